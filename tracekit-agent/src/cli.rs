@@ -1,0 +1,88 @@
+//! Command-line options shared by the agent's modes. Environment variables of
+//! the original (`RUN_ID`, `NODE_ID`, `STAGE`, `PROC_MATCH`,
+//! `PROC_INTERVAL_MS`, `CPU_FREQ_MHZ`) still work.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use tracekit_trace::node::{NodeIdentity, hostname};
+
+use crate::tracer::Scope;
+use crate::tracer::select::CollectorChoice;
+
+/// The original's process filter.
+pub const DEFAULT_MATCH: &str = "^ffmpeg$|^ffprobe$";
+
+#[derive(Debug, Clone, Args)]
+pub struct TracerArgs {
+    /// Sampling interval in ms: one sample per live traced process.
+    #[arg(long, env = "PROC_INTERVAL_MS", default_value_t = 200,
+          value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub interval_ms: u64,
+
+    /// Trace processes whose command (comm, or the exec'd file's base name)
+    /// matches this regex.
+    #[arg(long = "match", env = "PROC_MATCH", default_value = DEFAULT_MATCH)]
+    pub proc_match: String,
+
+    /// Which processes are traced: this agent's descendants (worker) or
+    /// every matching process on the machine (host).
+    #[arg(long, value_enum, default_value_t = Scope::Worker)]
+    pub scope: Scope,
+
+    /// Which collector runs.
+    #[arg(long, value_enum, default_value_t = CollectorChoice::Auto)]
+    pub collector: CollectorChoice,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IdentityArgs {
+    /// Run id: traces go to <logs>/<RUN_ID>/ (default: run-<UTC time>).
+    #[arg(long, env = "RUN_ID")]
+    pub run_id: Option<String>,
+
+    /// Node id (default: the host name).
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Stage label recorded with every trace.
+    #[arg(long, env = "STAGE", default_value = "cloud")]
+    pub stage: String,
+
+    /// CPU frequency in MHz to record (default: the CPU's maximum, else its
+    /// current frequency).
+    #[arg(long, env = "CPU_FREQ_MHZ")]
+    pub cpu_freq_mhz: Option<f64>,
+
+    /// Directory that holds <RUN_ID>/.
+    #[arg(long, default_value = "logs")]
+    pub logs: PathBuf,
+}
+
+impl IdentityArgs {
+    pub fn identity(&self) -> NodeIdentity {
+        NodeIdentity {
+            run_id: self.run_id.clone().unwrap_or_else(default_run_id),
+            node: self.node_id.clone().unwrap_or_else(hostname),
+            stage: self.stage.clone(),
+        }
+    }
+}
+
+fn default_run_id() -> String {
+    // SAFETY: time(NULL) and gmtime_r on our own struct.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    unsafe {
+        let now = libc::time(std::ptr::null_mut());
+        libc::gmtime_r(&now, &mut tm);
+    }
+    format!(
+        "run-{:04}{:02}{:02}-{:02}{:02}{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}

@@ -1,0 +1,81 @@
+//! Kernel time (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) to epoch milliseconds.
+//!
+//! The offset between CLOCK_REALTIME and CLOCK_MONOTONIC is measured as the
+//! tightest of a few back-to-back readings and re-measured at every interval,
+//! so a clock step is followed while kernel timestamps never drift.
+
+fn read(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass; both clocks always exist.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+/// CLOCK_MONOTONIC now, in ns (the clock of `bpf_ktime_get_ns`).
+pub fn monotonic_ns() -> u64 {
+    read(libc::CLOCK_MONOTONIC) as u64
+}
+
+/// CLOCK_REALTIME now, in epoch ms.
+pub fn epoch_ms() -> i64 {
+    (read(libc::CLOCK_REALTIME) / 1_000_000) as i64
+}
+
+/// Converts monotonic ns to epoch ms.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// realtime − monotonic, ns.
+    offset_ns: i128,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        let mut clock = Clock { offset_ns: 0 };
+        clock.recalibrate();
+        clock
+    }
+
+    /// Re-measure the offset: keep the pair read closest together.
+    pub fn recalibrate(&mut self) {
+        let mut best: Option<(i128, i128)> = None;
+        for _ in 0..5 {
+            let m0 = read(libc::CLOCK_MONOTONIC);
+            let r = read(libc::CLOCK_REALTIME);
+            let m1 = read(libc::CLOCK_MONOTONIC);
+            let gap = m1 - m0;
+            if best.is_none_or(|(g, _)| gap < g) {
+                best = Some((gap, r - (m0 + gap / 2)));
+            }
+        }
+        if let Some((_, offset)) = best {
+            self.offset_ns = offset;
+        }
+    }
+
+    /// Epoch ms of a monotonic timestamp (floored).
+    pub fn to_epoch_ms(&self, mono_ns: u64) -> i64 {
+        (mono_ns as i128 + self.offset_ns).div_euclid(1_000_000) as i64
+    }
+
+    /// Monotonic ns of an epoch ms timestamp.
+    pub fn to_mono_ns(&self, epoch_ms: i64) -> u64 {
+        (epoch_ms as i128 * 1_000_000 - self.offset_ns).max(0) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converts_now_to_now() {
+        let clock = Clock::new();
+        let a = epoch_ms();
+        let b = clock.to_epoch_ms(monotonic_ns());
+        assert!((b - a).abs() <= 2, "{a} vs {b}");
+        assert!((clock.to_mono_ns(b) as i128 - monotonic_ns() as i128).abs() < 10_000_000);
+    }
+}

@@ -1,0 +1,238 @@
+//! A tracing session: a collector, the process table and the trace writer,
+//! driven by the caller's event loop (trace-only mode, and the worker).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use regex::Regex;
+use tracekit_trace::node::{self, NodeIdentity};
+use tracekit_trace::{NodeMeta, TraceWriter, TracerStats};
+
+use crate::cli::TracerArgs;
+use crate::clock::{self, Clock};
+use crate::table::{Finished, ProcessTable};
+use crate::tracer::select::select;
+use crate::tracer::{Collector, Event, ProcStart, Scope, ebpf};
+
+/// How often `tracer_stats.json` is rewritten.
+const STATS_EVERY: Duration = Duration::from_secs(5);
+/// How often progress is logged.
+const PROGRESS_EVERY: Duration = Duration::from_secs(30);
+
+pub struct Session {
+    pub collector: Collector,
+    pub table: ProcessTable,
+    pub writer: TraceWriter,
+    pub meta: NodeMeta,
+    clock: Clock,
+    events: Vec<Event>,
+    interval: Duration,
+    last_stats: Instant,
+    last_progress: Instant,
+}
+
+impl Session {
+    /// Choose and start the collector, and open `<logs>/<RUN_ID>/`.
+    pub fn start(
+        args: &TracerArgs,
+        id: &NodeIdentity,
+        logs: &std::path::Path,
+        freq: Option<f64>,
+    ) -> Result<Self> {
+        let matcher = Regex::new(&args.proc_match)
+            .with_context(|| format!("--match {:?} is not a valid regex", args.proc_match))?;
+        let selected = select(args.collector, args.scope)?;
+        let mut meta = node::detect(id, freq);
+        meta.collector = Some(selected.collector.kind());
+        meta.fallback_reason = selected.fallback_reason;
+        meta.interval_ms = Some(args.interval_ms);
+        meta.scope = Some(args.scope.to_string());
+        meta.proc_match = Some(args.proc_match.clone());
+        let dir = logs.join(&id.run_id);
+        let writer = TraceWriter::create(&dir, &meta)?;
+        let table = ProcessTable::new(
+            matcher,
+            id.node.clone(),
+            id.stage.clone(),
+            selected.collector.kind(),
+        );
+        let mut session = Session {
+            collector: selected.collector,
+            table,
+            writer,
+            meta,
+            clock: Clock::new(),
+            events: Vec::new(),
+            interval: Duration::from_millis(args.interval_ms),
+            last_stats: Instant::now(),
+            last_progress: Instant::now(),
+        };
+        if args.scope == Scope::Host {
+            session.adopt_running()?;
+        }
+        tracing::info!(
+            collector = %session.collector.kind(),
+            scope = %args.scope,
+            dir = %dir.display(),
+            "tracing"
+        );
+        Ok(session)
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// Host scope: matching processes already running are traced from now.
+    fn adopt_running(&mut self) -> Result<()> {
+        let Collector::Ebpf(c) = &mut self.collector else {
+            // The procfs collector finds them at its first scan.
+            return Ok(());
+        };
+        let me = std::process::id();
+        for pid in ebpf::all_pids() {
+            if pid == me {
+                continue;
+            }
+            let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
+                continue;
+            };
+            let start = ProcStart {
+                pid,
+                ppid: 0,
+                comm: comm.trim().to_string(),
+                filename: std::fs::read_link(format!("/proc/{pid}/exe"))
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                start_ns: clock::monotonic_ns(),
+                pre_existing: true,
+            };
+            if !self.table.would_trace(&start) {
+                continue;
+            }
+            let threads = ebpf::running_threads(pid);
+            if threads.is_empty() {
+                continue;
+            }
+            c.adopt(&start, &threads)?;
+            self.events.push(Event::Start(start));
+        }
+        Ok(())
+    }
+
+    /// Wait until the collector may have events.
+    pub async fn ready(&mut self) -> Result<()> {
+        self.collector.ready().await
+    }
+
+    /// Take and apply pending events.
+    pub fn pump(&mut self) -> Result<Vec<Finished>> {
+        self.collector.drain(&mut self.events)?;
+        self.table.apply(
+            &mut self.events,
+            &mut self.collector,
+            &self.clock,
+            &mut self.writer,
+        )
+    }
+
+    /// Once per interval: events, the collector's own pass, one sample per
+    /// live process, flush.
+    pub fn tick(&mut self) -> Result<Vec<Finished>> {
+        self.clock.recalibrate();
+        let mut finished = self.pump()?;
+        let table = &self.table;
+        self.collector
+            .tick(&|pid| table.is_traced(pid), &mut self.events)?;
+        finished.extend(self.table.apply(
+            &mut self.events,
+            &mut self.collector,
+            &self.clock,
+            &mut self.writer,
+        )?);
+        // Stamp before reading: a process whose exit began after this
+        // instant ends after it, and one that began before is skipped.
+        let now_ms = clock::epoch_ms();
+        self.table
+            .sample(now_ms, &mut self.collector, &mut self.writer)?;
+        self.writer.flush()?;
+        if self.last_stats.elapsed() >= STATS_EVERY {
+            self.write_stats()?;
+        }
+        if self.last_progress.elapsed() >= PROGRESS_EVERY {
+            self.last_progress = Instant::now();
+            let c = self.table.counts();
+            tracing::info!(
+                live = self.table.live(),
+                finished = c.exits_recorded,
+                samples = c.samples,
+                "tracing progress"
+            );
+        }
+        Ok(finished)
+    }
+
+    /// The collector's and the agent's own cost so far.
+    pub fn stats(&mut self) -> TracerStats {
+        let c = self.collector.stats();
+        let t = self.table.counts();
+        let (agent_cpu_ms, agent_max_rss_kb) = self_usage();
+        TracerStats {
+            collector: Some(self.collector.kind()),
+            events_lost: c.events_lost,
+            map_full: c.map_full,
+            processes_seen: t.processes_seen,
+            exits_recorded: t.exits_recorded,
+            exits_recovered: c.exits_recovered,
+            agent_cpu_ms,
+            agent_max_rss_kb,
+            programs: c.programs,
+        }
+    }
+
+    fn write_stats(&mut self) -> Result<()> {
+        self.last_stats = Instant::now();
+        let stats = self.stats();
+        if stats.events_lost > 0 || stats.map_full > 0 {
+            tracing::warn!(
+                events_lost = stats.events_lost,
+                map_full = stats.map_full,
+                "the kernel side dropped data"
+            );
+        }
+        self.writer.write_stats(&stats)
+    }
+
+    /// Final pass at stop: last events, stats, everything synced.
+    pub fn finish(mut self) -> Result<TracerStats> {
+        self.tick()?;
+        let stats = self.stats();
+        self.writer.write_stats(&stats)?;
+        self.writer.sync()?;
+        for p in &stats.programs {
+            tracing::info!(
+                program = %p.program,
+                calls = p.run_count,
+                ns_per_call = format!("{:.0}", p.ns_per_call),
+                "BPF cost"
+            );
+        }
+        tracing::info!(
+            processes = stats.processes_seen,
+            exits = stats.exits_recorded,
+            events_lost = stats.events_lost,
+            agent_cpu_ms = format!("{:.0}", stats.agent_cpu_ms),
+            "tracing stopped"
+        );
+        Ok(stats)
+    }
+}
+
+/// This process's CPU time (ms) and peak RSS (KiB).
+fn self_usage() -> (f64, u64) {
+    // SAFETY: getrusage writes the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let ms = |tv: libc::timeval| tv.tv_sec as f64 * 1000.0 + tv.tv_usec as f64 / 1000.0;
+    (ms(ru.ru_utime) + ms(ru.ru_stime), ru.ru_maxrss as u64)
+}

@@ -1,0 +1,265 @@
+//! The table of traced processes: turns a collector's events and CPU readings
+//! into trace records.
+//!
+//! Each process's samples tile its run exactly: the first interval starts at
+//! its exec, every later one at the previous sample, and the last ends at its
+//! exit with the remainder of its exact CPU total, so the samples of a process
+//! add up to its whole CPU time.
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use regex::Regex;
+use tracekit_trace::{CollectorKind, Invocation, ProcSample, TraceWriter};
+
+use crate::clock::Clock;
+use crate::tracer::{Collector, CpuReading, Event, ProcExit, ProcStart, decode_status, rss_kb};
+
+struct Tracked {
+    start: ProcStart,
+    ts_start_ms: i64,
+    last_ts_ms: i64,
+    last_cpu_ns: u64,
+    rss_kb: u64,
+    peak_rss_kb: u64,
+}
+
+/// What the table has done so far.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TableCounts {
+    pub processes_seen: u64,
+    pub exits_recorded: u64,
+    pub samples: u64,
+}
+
+/// A finished process, as recorded.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub invocation: Invocation,
+}
+
+pub struct ProcessTable {
+    matcher: Regex,
+    node: String,
+    stage: String,
+    collector: CollectorKind,
+    procs: HashMap<u32, Tracked>,
+    /// Exit statuses learnt from wait(2) for children the agent reaped itself
+    /// (procfs cannot see them otherwise).
+    statuses: HashMap<u32, i32>,
+    counts: TableCounts,
+}
+
+impl ProcessTable {
+    pub fn new(matcher: Regex, node: String, stage: String, collector: CollectorKind) -> Self {
+        ProcessTable {
+            matcher,
+            node,
+            stage,
+            collector,
+            procs: HashMap::new(),
+            statuses: HashMap::new(),
+            counts: TableCounts::default(),
+        }
+    }
+
+    pub fn counts(&self) -> TableCounts {
+        self.counts
+    }
+
+    pub fn is_traced(&self, pid: u32) -> bool {
+        self.procs.contains_key(&pid)
+    }
+
+    pub fn live(&self) -> usize {
+        self.procs.len()
+    }
+
+    /// Remember the wait status of a child the agent reaped.
+    pub fn note_status(&mut self, pid: u32, status: i32) {
+        self.statuses.insert(pid, status);
+    }
+
+    /// Whether `start` would be traced.
+    pub fn would_trace(&self, start: &ProcStart) -> bool {
+        self.matches(start)
+    }
+
+    /// Whether `comm` (or the exec'd file's base name) matches `--match`.
+    fn matches(&self, start: &ProcStart) -> bool {
+        if self.matcher.is_match(&start.comm) {
+            return true;
+        }
+        // comm is cut at 15 bytes; the file name is not.
+        let base = start.filename.rsplit('/').next().unwrap_or("");
+        !base.is_empty() && self.matcher.is_match(base)
+    }
+
+    /// Apply the collector's events; finished processes are written and
+    /// returned.
+    pub fn apply(
+        &mut self,
+        events: &mut Vec<Event>,
+        collector: &mut Collector,
+        clock: &Clock,
+        writer: &mut TraceWriter,
+    ) -> Result<Vec<Finished>> {
+        let mut finished = Vec::new();
+        for event in events.drain(..) {
+            match event {
+                Event::Start(start) => self.on_start(start, collector, clock),
+                Event::Exit(exit) => {
+                    if let Some(done) = self.on_exit(exit, collector, clock, writer)? {
+                        finished.push(done);
+                    }
+                }
+            }
+        }
+        Ok(finished)
+    }
+
+    fn on_start(&mut self, start: ProcStart, collector: &mut Collector, clock: &Clock) {
+        if let Some(known) = self.procs.get_mut(&start.pid) {
+            // A traced process exec'd again: same process, new image.
+            known.start.comm = start.comm;
+            if !start.filename.is_empty() {
+                known.start.filename = start.filename;
+            }
+            return;
+        }
+        if !self.matches(&start) {
+            collector.forget(start.pid);
+            return;
+        }
+        let ts_start_ms = clock.to_epoch_ms(start.start_ns);
+        tracing::debug!(pid = start.pid, comm = %start.comm, "tracing process");
+        self.counts.processes_seen += 1;
+        let rss = rss_kb(start.pid).unwrap_or(0);
+        self.procs.insert(
+            start.pid,
+            Tracked {
+                start,
+                ts_start_ms,
+                last_ts_ms: ts_start_ms,
+                last_cpu_ns: 0,
+                rss_kb: rss,
+                peak_rss_kb: rss,
+            },
+        );
+    }
+
+    fn on_exit(
+        &mut self,
+        exit: ProcExit,
+        collector: &mut Collector,
+        clock: &Clock,
+        writer: &mut TraceWriter,
+    ) -> Result<Option<Finished>> {
+        collector.forget(exit.pid);
+        let Some(mut t) = self.procs.remove(&exit.pid) else {
+            return Ok(None);
+        };
+        // A sample is never taken after an exit began, so this only guards
+        // against a clock step.
+        let ts_end_ms = clock.to_epoch_ms(exit.end_ns).max(t.last_ts_ms);
+        let cpu_ns = exit.cpu_ns.max(t.last_cpu_ns);
+        let dt = ts_end_ms - t.last_ts_ms;
+        let cpu_delta_ms = delta_ms(t.last_cpu_ns, cpu_ns);
+        // A process shorter than a millisecond still gets its one line.
+        let has_samples = t.last_ts_ms > t.ts_start_ms;
+        if dt > 0 || cpu_delta_ms > 0.0 || !has_samples {
+            writer.sample(&ProcSample {
+                ts_ms: ts_end_ms,
+                pid: exit.pid,
+                dt_ms: dt,
+                cpu_ms: cpu_delta_ms,
+                rss_kb: t.rss_kb,
+            })?;
+            self.counts.samples += 1;
+        }
+        t.last_ts_ms = ts_end_ms;
+        let status = exit.status.or_else(|| self.statuses.remove(&exit.pid));
+        self.statuses.remove(&exit.pid);
+        let (exit_code, signal) = match status {
+            Some(s) => decode_status(s),
+            None => (None, None),
+        };
+        let mut extra = serde_json::Map::new();
+        extra.insert("rss_peak_kb".into(), t.peak_rss_kb.into());
+        if t.start.pre_existing {
+            // CPU and samples count from when tracing began.
+            extra.insert("pre_existing".into(), true.into());
+        }
+        let invocation = Invocation {
+            trace_id: format!("{}-{}-{}", self.node, exit.pid, t.ts_start_ms),
+            pid: exit.pid,
+            ts_enqueue: t.ts_start_ms,
+            ts_start: t.ts_start_ms,
+            ts_end: ts_end_ms,
+            ppid: Some(t.start.ppid),
+            comm: Some(t.start.comm.clone()),
+            filename: (!t.start.filename.is_empty()).then(|| t.start.filename.clone()),
+            cpu_ms: Some(ns_to_ms(cpu_ns)),
+            exit_code,
+            signal,
+            node: Some(self.node.clone()),
+            stage: Some(self.stage.clone()),
+            collector: Some(self.collector),
+            extra,
+        };
+        writer.invocation(&invocation)?;
+        self.counts.exits_recorded += 1;
+        Ok(Some(Finished { invocation }))
+    }
+
+    /// One sample per live traced process, all stamped `now_ms`.
+    pub fn sample(
+        &mut self,
+        now_ms: i64,
+        collector: &mut Collector,
+        writer: &mut TraceWriter,
+    ) -> Result<()> {
+        let mut pids: Vec<u32> = self.procs.keys().copied().collect();
+        pids.sort_unstable();
+        for pid in pids {
+            let reading = collector.cpu(pid);
+            let Some(t) = self.procs.get_mut(&pid) else {
+                continue;
+            };
+            let CpuReading::Running(cpu_ns) = reading else {
+                continue;
+            };
+            let dt = now_ms - t.last_ts_ms;
+            if dt <= 0 {
+                continue;
+            }
+            if let Some(rss) = rss_kb(pid) {
+                t.rss_kb = rss;
+                t.peak_rss_kb = t.peak_rss_kb.max(rss);
+            }
+            let cpu_ns = cpu_ns.max(t.last_cpu_ns);
+            writer.sample(&ProcSample {
+                ts_ms: now_ms,
+                pid,
+                dt_ms: dt,
+                cpu_ms: delta_ms(t.last_cpu_ns, cpu_ns),
+                rss_kb: t.rss_kb,
+            })?;
+            self.counts.samples += 1;
+            t.last_ts_ms = now_ms;
+            t.last_cpu_ns = cpu_ns;
+        }
+        Ok(())
+    }
+}
+
+/// ns to ms with µs precision (three decimals), as the trace records it.
+pub fn ns_to_ms(ns: u64) -> f64 {
+    (ns / 1000) as f64 / 1000.0
+}
+
+/// CPU ms between two cumulative readings, from whole µs of each, so the
+/// deltas of a process add up to its total exactly.
+fn delta_ms(from_ns: u64, to_ns: u64) -> f64 {
+    (to_ns / 1000).saturating_sub(from_ns / 1000) as f64 / 1000.0
+}

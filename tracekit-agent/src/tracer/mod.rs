@@ -1,0 +1,183 @@
+//! The tracer: one collector interface, two implementations.
+//!
+//! [`ebpf`] follows exec/fork/exit in the kernel and reads exact per-process
+//! CPU totals; [`procfs`] polls `/proc` like the original (and misses what the
+//! original missed). Both produce the same [`Event`]s and CPU readings, which
+//! [`crate::table::ProcessTable`] turns into trace records.
+
+pub mod ebpf;
+pub mod procfs;
+pub mod select;
+
+use anyhow::Result;
+use tracekit_trace::{CollectorKind, ProgramCost};
+
+/// A process came into view: it exec'd (or was forked by a traced process,
+/// or was found already running).
+#[derive(Debug, Clone)]
+pub struct ProcStart {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    pub filename: String,
+    /// CLOCK_MONOTONIC ns.
+    pub start_ns: u64,
+    /// Already running when tracing began: CPU counts from then on.
+    pub pre_existing: bool,
+}
+
+/// A traced process ended.
+#[derive(Debug, Clone)]
+pub struct ProcExit {
+    pub pid: u32,
+    /// CLOCK_MONOTONIC ns.
+    pub end_ns: u64,
+    /// Total CPU time, ns (exact for eBPF; last value seen for procfs).
+    pub cpu_ns: u64,
+    /// wait(2) status when known.
+    pub status: Option<i32>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    Start(ProcStart),
+    Exit(ProcExit),
+}
+
+/// The CPU time of a live traced process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuReading {
+    /// Running; total CPU so far, ns.
+    Running(u64),
+    /// Its threads are exiting: the exit event with the final total follows,
+    /// so it is not sampled now (a sample would postdate the exit).
+    Exiting,
+    /// Not known to the collector.
+    Unknown,
+}
+
+/// Counters a collector reports about itself.
+#[derive(Debug, Clone, Default)]
+pub struct CollectorStats {
+    pub events_lost: u64,
+    pub map_full: u64,
+    pub exits_recovered: u64,
+    pub programs: Vec<ProgramCost>,
+}
+
+/// Scope of tracing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scope {
+    /// Processes started by this agent and their descendants.
+    Worker,
+    /// Every matching process on the machine.
+    Host,
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Scope::Worker => "worker",
+            Scope::Host => "host",
+        })
+    }
+}
+
+/// The collector that runs.
+pub enum Collector {
+    Ebpf(Box<ebpf::EbpfCollector>),
+    Procfs(procfs::ProcfsCollector),
+}
+
+impl Collector {
+    pub fn kind(&self) -> CollectorKind {
+        match self {
+            Collector::Ebpf(_) => CollectorKind::Ebpf,
+            Collector::Procfs(_) => CollectorKind::Procfs,
+        }
+    }
+
+    /// Resolves when events may be waiting ([`Collector::drain`] them); the
+    /// procfs collector has no events between ticks and never resolves.
+    pub async fn ready(&mut self) -> Result<()> {
+        match self {
+            Collector::Ebpf(c) => c.ready().await,
+            Collector::Procfs(_) => std::future::pending().await,
+        }
+    }
+
+    /// Take the events that arrived, without blocking.
+    pub fn drain(&mut self, out: &mut Vec<Event>) -> Result<()> {
+        match self {
+            Collector::Ebpf(c) => c.drain(out),
+            Collector::Procfs(_) => Ok(()),
+        }
+    }
+
+    /// Work done once per interval before sampling: procfs scans `/proc`;
+    /// eBPF recovers exits whose events were lost.
+    pub fn tick(&mut self, known: &dyn Fn(u32) -> bool, out: &mut Vec<Event>) -> Result<()> {
+        match self {
+            Collector::Ebpf(c) => c.tick(known, out),
+            Collector::Procfs(c) => c.tick(known, out),
+        }
+    }
+
+    pub fn cpu(&mut self, pid: u32) -> CpuReading {
+        match self {
+            Collector::Ebpf(c) => c.cpu(pid),
+            Collector::Procfs(c) => c.cpu(pid),
+        }
+    }
+
+    /// Stop tracing `pid` (it does not match, or its exit is recorded).
+    pub fn forget(&mut self, pid: u32) {
+        match self {
+            Collector::Ebpf(c) => c.forget(pid),
+            Collector::Procfs(c) => c.forget(pid),
+        }
+    }
+
+    pub fn stats(&mut self) -> CollectorStats {
+        match self {
+            Collector::Ebpf(c) => c.stats(),
+            Collector::Procfs(_) => CollectorStats::default(),
+        }
+    }
+}
+
+/// Decode a wait(2) status into (exit code, signal).
+pub fn decode_status(status: i32) -> (Option<i32>, Option<i32>) {
+    let sig = status & 0x7f;
+    if sig == 0 {
+        (Some((status >> 8) & 0xff), None)
+    } else {
+        (None, Some(sig))
+    }
+}
+
+/// Resident set size of `pid` in KiB, from `/proc/<pid>/statm`.
+pub fn rss_kb(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size_kb())
+}
+
+fn page_size_kb() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 { size as u64 / 1024 } else { 4 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_wait_status() {
+        assert_eq!(decode_status(0), (Some(0), None));
+        assert_eq!(decode_status(1 << 8), (Some(1), None));
+        assert_eq!(decode_status(9), (None, Some(9)));
+        assert_eq!(decode_status(0x80 | 11), (None, Some(11)));
+    }
+}

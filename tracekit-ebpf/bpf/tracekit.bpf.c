@@ -1,0 +1,226 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * Tracekit's kernel side: follows exec, fork and exit of the processes in
+ * scope and accumulates each traced process's CPU time from the kernel's own
+ * runtime accounting (task->se.sum_exec_runtime) at every context switch.
+ * Nothing per switch reaches user space: it reads the per-process totals from
+ * the `procs` map at its own interval, and exec/fork/exit events from a ring
+ * buffer. Every lost event or full map is counted in `stats`.
+ */
+#include "kernel.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "tracekit.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Set by the loader before load (TK_SCOPE_*). */
+const volatile __u32 cfg_scope = TK_SCOPE_WORKER;
+
+/* Processes whose descendants are in scope (worker scope): the agent's tgid,
+ * put there by the agent, and every process forked below it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u8);
+} scope SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct tk_proc);
+} procs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct tk_thread);
+} threads SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TK_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+static __always_inline void count(__u32 stat)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &stat);
+	if (v)
+		*v += 1; /* per-CPU slot: no atomic needed */
+}
+
+static __always_inline unsigned long task_state(struct task_struct *t)
+{
+	if (bpf_core_field_exists(t->__state))
+		return BPF_CORE_READ(t, __state);
+	return BPF_CORE_READ((struct task_struct___pre514 *)t, state);
+}
+
+static __always_inline void emit(__u32 kind, __u32 tgid, struct tk_proc *p,
+				 struct task_struct *task, const char *filename)
+{
+	struct tk_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(TK_STAT_RINGBUF_LOST);
+		return;
+	}
+	e->kind = kind;
+	e->pid = tgid;
+	e->ppid = p->ppid;
+	e->exit_code = p->exit_code;
+	e->ts_ns = kind == TK_EV_EXIT ? p->exit_ns : bpf_ktime_get_ns();
+	e->start_ns = p->start_ns;
+	e->cpu_ns = p->cpu_ns;
+	BPF_CORE_READ_STR_INTO(&e->comm, task, comm);
+	if (filename)
+		bpf_probe_read_kernel_str(&e->filename, sizeof(e->filename), filename);
+	else
+		e->filename[0] = 0;
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* Start tracing process `tgid` whose only thread is `tid`. Its CPU time
+ * counts from the thread's birth, as the kernel's rusage does. */
+static __always_inline struct tk_proc *track(__u32 tgid, __u32 tid, __u32 ppid)
+{
+	struct tk_proc fresh = {
+		.start_ns = bpf_ktime_get_ns(),
+		.threads = 1,
+		.ppid = ppid,
+	};
+	struct tk_thread th = { .tgid = tgid };
+
+	long err = bpf_map_update_elem(&procs, &tgid, &fresh, BPF_NOEXIST);
+	if (err && err != -17 /* EEXIST: raced with another CPU, keep it */) {
+		count(TK_STAT_PROCS_FULL);
+		return 0;
+	}
+	if (bpf_map_update_elem(&threads, &tid, &th, BPF_ANY))
+		count(TK_STAT_THREADS_FULL);
+	return bpf_map_lookup_elem(&procs, &tgid);
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(tk_exec, struct task_struct *task, int old_pid, struct linux_binprm *bprm)
+{
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+	__u32 tid = BPF_CORE_READ(task, pid);
+
+	if (cfg_scope == TK_SCOPE_WORKER && !bpf_map_lookup_elem(&scope, &tgid))
+		return 0;
+	struct tk_proc *p = bpf_map_lookup_elem(&procs, &tgid);
+	if (!p) {
+		__u32 ppid = BPF_CORE_READ(task, real_parent, tgid);
+		p = track(tgid, tid, ppid);
+		if (!p)
+			return 0;
+	}
+	emit(TK_EV_EXEC, tgid, p, task, BPF_CORE_READ(bprm, filename));
+	return 0;
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(tk_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 ptgid = BPF_CORE_READ(parent, tgid);
+	__u32 ctgid = BPF_CORE_READ(child, tgid);
+	__u32 ctid = BPF_CORE_READ(child, pid);
+	struct tk_proc *p;
+
+	if (ctgid == ptgid) {
+		/* A new thread: count it if its process is traced. */
+		p = bpf_map_lookup_elem(&procs, &ptgid);
+		if (!p)
+			return 0;
+		struct tk_thread th = { .tgid = ctgid };
+		if (bpf_map_update_elem(&threads, &ctid, &th, BPF_ANY)) {
+			count(TK_STAT_THREADS_FULL);
+			return 0;
+		}
+		__sync_fetch_and_add(&p->threads, 1);
+		return 0;
+	}
+
+	/* A new process. Worker scope follows descendants before the child's
+	 * first instruction: this hook runs before it is woken up. */
+	if (cfg_scope == TK_SCOPE_WORKER && bpf_map_lookup_elem(&scope, &ptgid)) {
+		__u8 one = 1;
+		if (bpf_map_update_elem(&scope, &ctgid, &one, BPF_ANY))
+			count(TK_STAT_SCOPE_FULL);
+	}
+	if (!bpf_map_lookup_elem(&procs, &ptgid))
+		return 0;
+	/* A traced process's child is traced too (it may never exec). */
+	p = track(ctgid, ctid, ptgid);
+	if (p)
+		emit(TK_EV_FORK, ctgid, p, child, 0);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(tk_exit, struct task_struct *task)
+{
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+
+	/* signal->live drops to 0 when the group's last thread exits; read it
+	 * rather than the tracepoint's group_dead argument, which older kernels
+	 * lack. */
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0;
+	if (cfg_scope == TK_SCOPE_WORKER)
+		bpf_map_delete_elem(&scope, &tgid);
+	struct tk_proc *p = bpf_map_lookup_elem(&procs, &tgid);
+	if (!p)
+		return 0;
+	p->exit_code = BPF_CORE_READ(task, exit_code);
+	__sync_fetch_and_or(&p->flags, TK_PROC_GROUP_DEAD);
+	return 0;
+}
+
+/* The hot path: one hash lookup for an untraced thread. */
+SEC("tp_btf/sched_switch")
+int BPF_PROG(tk_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	__u32 tid = prev->pid;
+	struct tk_thread *t = bpf_map_lookup_elem(&threads, &tid);
+	if (!t)
+		return 0;
+
+	__u32 tgid = t->tgid;
+	struct tk_proc *p = bpf_map_lookup_elem(&procs, &tgid);
+	if (!p) {
+		/* User space stopped tracing this process (no match). */
+		bpf_map_delete_elem(&threads, &tid);
+		return 0;
+	}
+	/* update_curr() ran for prev before this tracepoint: the runtime is
+	 * current to the nanosecond. */
+	__u64 rt = prev->se.sum_exec_runtime;
+	__u64 delta = rt - t->last_runtime;
+	t->last_runtime = rt;
+	__sync_fetch_and_add(&p->cpu_ns, delta);
+
+	if (!(task_state(prev) & TASK_DEAD))
+		return 0;
+	/* This thread's final switch-out: its runtime is complete. */
+	bpf_map_delete_elem(&threads, &tid);
+	if (__sync_fetch_and_add(&p->threads, -1) != 1)
+		return 0;
+	/* The process ends here, not at the exit tracepoint: tearing down its
+	 * memory and files comes between the two and takes milliseconds. */
+	p->exit_ns = bpf_ktime_get_ns();
+	__sync_fetch_and_or(&p->flags, TK_PROC_EXITED);
+	emit(TK_EV_EXIT, tgid, p, prev, 0);
+	return 0;
+}

@@ -1,0 +1,68 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * The kernel/user ABI of Tracekit's tracer, defined once.
+ *
+ * Included by the eBPF program (tracekit.bpf.c) and mirrored by
+ * tracekit-ebpf/src/abi.rs; the test `abi_matches_c` compiles this header with
+ * the host compiler and checks every size and offset against the Rust mirror.
+ */
+#ifndef TRACEKIT_H
+#define TRACEKIT_H
+
+#include <linux/types.h>
+
+#define TK_COMM_LEN 16
+#define TK_FILENAME_LEN 128
+
+/* Value of the `cfg_scope` global. */
+#define TK_SCOPE_WORKER 0 /* the agent's descendants (the `scope` map) */
+#define TK_SCOPE_HOST 1   /* every process on the host */
+
+/* tk_event.kind */
+#define TK_EV_EXEC 1 /* a process in scope called exec */
+#define TK_EV_FORK 2 /* a traced process forked a child process */
+#define TK_EV_EXIT 3 /* the last thread of a traced process is gone */
+
+/* tk_proc.flags */
+#define TK_PROC_GROUP_DEAD 1 /* every thread called exit (exit_code set) */
+#define TK_PROC_EXITED 2     /* the last thread switched out for good: cpu_ns, exit_ns final */
+
+/* Indexes into the per-CPU `stats` array. */
+#define TK_STAT_RINGBUF_LOST 0 /* ring buffer full: an event was dropped */
+#define TK_STAT_PROCS_FULL 1   /* `procs` map full: a process was not traced */
+#define TK_STAT_THREADS_FULL 2 /* `threads` map full: a thread's CPU was not counted */
+#define TK_STAT_SCOPE_FULL 3   /* `scope` map full: a descendant left the scope */
+#define TK_STAT_MAX 4
+
+/* Per traced process (key: tgid), map `procs`. */
+struct tk_proc {
+	__u64 cpu_ns;   /* CPU time of all its threads since their birth, ns */
+	__u64 start_ns; /* exec (or fork) time, bpf_ktime_get_ns() */
+	__u64 exit_ns;  /* the last thread's final switch-out, 0 while alive */
+	__u32 threads;  /* live threads */
+	__u32 ppid;     /* parent tgid at exec */
+	__s32 exit_code; /* wait(2) status: code << 8, or signal number */
+	__u32 flags;    /* TK_PROC_* */
+};
+
+/* Per thread of a traced process (key: tid), map `threads`. */
+struct tk_thread {
+	__u64 last_runtime; /* se.sum_exec_runtime already counted */
+	__u32 tgid;
+	__u32 _pad;
+};
+
+/* One ring-buffer record. */
+struct tk_event {
+	__u32 kind;
+	__u32 pid; /* tgid */
+	__u32 ppid;
+	__s32 exit_code;
+	__u64 ts_ns;    /* when it happened, bpf_ktime_get_ns() */
+	__u64 start_ns; /* the process's start (exec/fork) */
+	__u64 cpu_ns;   /* final CPU total (TK_EV_EXIT) */
+	char comm[TK_COMM_LEN];
+	char filename[TK_FILENAME_LEN];
+};
+
+#endif /* TRACEKIT_H */

@@ -1,0 +1,115 @@
+//! Rust mirror of `bpf/tracekit.h`. Keep both in step: `abi_matches_c` fails
+//! otherwise.
+
+/// Length of `comm` in the kernel (TASK_COMM_LEN).
+pub const TK_COMM_LEN: usize = 16;
+/// Bytes of the exec filename carried by an event.
+pub const TK_FILENAME_LEN: usize = 128;
+
+/// `cfg_scope`: the agent's descendants only.
+pub const TK_SCOPE_WORKER: u32 = 0;
+/// `cfg_scope`: every process on the host.
+pub const TK_SCOPE_HOST: u32 = 1;
+
+/// A process in scope called exec.
+pub const TK_EV_EXEC: u32 = 1;
+/// A traced process forked a child process.
+pub const TK_EV_FORK: u32 = 2;
+/// The last thread of a traced process is gone; `cpu_ns` is final.
+pub const TK_EV_EXIT: u32 = 3;
+
+/// Every thread called exit: `exit_code` is set.
+pub const TK_PROC_GROUP_DEAD: u32 = 1;
+/// The last thread switched out for good: `cpu_ns` and `exit_ns` are final.
+pub const TK_PROC_EXITED: u32 = 2;
+
+/// Ring buffer full: an event was dropped.
+pub const TK_STAT_RINGBUF_LOST: u32 = 0;
+/// `procs` map full: a process was not traced.
+pub const TK_STAT_PROCS_FULL: u32 = 1;
+/// `threads` map full: a thread's CPU was not counted.
+pub const TK_STAT_THREADS_FULL: u32 = 2;
+/// `scope` map full: a descendant left the scope.
+pub const TK_STAT_SCOPE_FULL: u32 = 3;
+/// Number of counters in `stats`.
+pub const TK_STAT_MAX: u32 = 4;
+
+/// Names of the maps and programs in the object.
+pub mod names {
+    pub const MAP_SCOPE: &str = "scope";
+    pub const MAP_PROCS: &str = "procs";
+    pub const MAP_THREADS: &str = "threads";
+    pub const MAP_EVENTS: &str = "events";
+    pub const MAP_STATS: &str = "stats";
+    pub const GLOBAL_SCOPE: &str = "cfg_scope";
+    /// (program, tracepoint) pairs, all `tp_btf`.
+    pub const PROGRAMS: [(&str, &str); 4] = [
+        ("tk_exec", "sched_process_exec"),
+        ("tk_fork", "sched_process_fork"),
+        ("tk_exit", "sched_process_exit"),
+        ("tk_switch", "sched_switch"),
+    ];
+}
+
+/// Per traced process (key: tgid), map `procs`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TkProc {
+    pub cpu_ns: u64,
+    pub start_ns: u64,
+    pub exit_ns: u64,
+    pub threads: u32,
+    pub ppid: u32,
+    pub exit_code: i32,
+    pub flags: u32,
+}
+
+/// Per thread of a traced process (key: tid), map `threads`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TkThread {
+    pub last_runtime: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
+/// One ring-buffer record.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TkEvent {
+    pub kind: u32,
+    pub pid: u32,
+    pub ppid: u32,
+    pub exit_code: i32,
+    pub ts_ns: u64,
+    pub start_ns: u64,
+    pub cpu_ns: u64,
+    pub comm: [u8; TK_COMM_LEN],
+    pub filename: [u8; TK_FILENAME_LEN],
+}
+
+impl TkEvent {
+    /// Read an event from ring-buffer bytes; `None` if too short.
+    pub fn from_bytes(bytes: &[u8]) -> Option<TkEvent> {
+        if bytes.len() < core::mem::size_of::<TkEvent>() {
+            return None;
+        }
+        // SAFETY: TkEvent is plain old data of the length checked above;
+        // read_unaligned copes with any alignment of the ring buffer slice.
+        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<TkEvent>()) })
+    }
+}
+
+/// A NUL-terminated kernel string as text.
+pub fn c_str(bytes: &[u8]) -> &str {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    core::str::from_utf8(&bytes[..end]).unwrap_or("")
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] data with no padding holes read as values.
+    unsafe impl aya::Pod for super::TkProc {}
+    unsafe impl aya::Pod for super::TkThread {}
+    unsafe impl aya::Pod for super::TkEvent {}
+}

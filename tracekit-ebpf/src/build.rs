@@ -1,0 +1,84 @@
+//! Compiling the kernel program, shared by the agent's build script and
+//! `cargo xtask build-ebpf` so both use the same flags.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Directory of the C sources.
+pub fn source_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("bpf")
+}
+
+/// Files the object depends on (for `cargo:rerun-if-changed`).
+pub fn sources() -> Vec<PathBuf> {
+    ["tracekit.bpf.c", "tracekit.h", "kernel.h"]
+        .iter()
+        .map(|f| source_dir().join(f))
+        .collect()
+}
+
+/// Why the object could not be built: one line that says what to do.
+#[derive(Debug)]
+pub struct BuildError(pub String);
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// The clang to use: `$CLANG`, else the first of clang, clang-19 … clang-14.
+pub fn find_clang() -> Result<PathBuf, BuildError> {
+    if let Some(c) = std::env::var_os("CLANG") {
+        return Ok(PathBuf::from(c));
+    }
+    let names = ["clang", "clang-19", "clang-18", "clang-17", "clang-16", "clang-15", "clang-14"];
+    for name in names {
+        if Command::new(name).arg("--version").output().is_ok_and(|o| o.status.success()) {
+            return Ok(PathBuf::from(name));
+        }
+    }
+    Err(BuildError(
+        "clang not found: install it with `apt-get install -y clang libbpf-dev` (or set CLANG)"
+            .into(),
+    ))
+}
+
+/// Compile `bpf/tracekit.bpf.c` to the BPF object `out`.
+pub fn compile(out: &Path) -> Result<(), BuildError> {
+    let clang = find_clang()?;
+    if !Path::new("/usr/include/bpf/bpf_helpers.h").exists() {
+        return Err(BuildError(
+            "libbpf headers not found: install them with `apt-get install -y libbpf-dev`".into(),
+        ));
+    }
+    let (arch, triple) = match std::env::consts::ARCH {
+        "aarch64" => ("arm64", "aarch64-linux-gnu"),
+        "riscv64" => ("riscv", "riscv64-linux-gnu"),
+        _ => ("x86", "x86_64-linux-gnu"),
+    };
+    let src = source_dir();
+    let output = Command::new(&clang)
+        .args(["-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror"])
+        .arg(format!("-D__TARGET_ARCH_{arch}"))
+        .arg(format!("-I/usr/include/{triple}"))
+        .arg("-I")
+        .arg(&src)
+        .arg("-c")
+        .arg(src.join("tracekit.bpf.c"))
+        .arg("-o")
+        .arg(out)
+        .output()
+        .map_err(|e| BuildError(format!("running {}: {e}", clang.display())))?;
+    if !output.status.success() {
+        return Err(BuildError(format!(
+            "{} failed to compile the eBPF program:\n{}",
+            clang.display(),
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    Ok(())
+}

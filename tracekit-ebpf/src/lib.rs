@@ -1,0 +1,13 @@
+//! Tracekit's kernel program and the ABI it shares with user space.
+//!
+//! The kernel side is C with CO-RE (`bpf/tracekit.bpf.c`); the ABI is defined
+//! once in `bpf/tracekit.h` and mirrored here as plain `#[repr(C)]` types.
+//! A test compiles the header with the host C compiler and checks every size
+//! and offset against this mirror.
+#![cfg_attr(not(any(feature = "user", feature = "build", test)), no_std)]
+
+pub mod abi;
+#[cfg(feature = "build")]
+pub mod build;
+
+pub use abi::*;

@@ -1,0 +1,69 @@
+//! Tracekit's Redis queue protocol: the one place that knows every key, Lua
+//! script and task state transition. The scheduler (`tracekit-sched`) and the
+//! worker (`tracekit-agent`) only call the operations of [`Queue`].
+//!
+//! # Data model
+//!
+//! The original system's key names are kept, so old and new parts can share
+//! one Redis while a fleet migrates; the keys marked *new* are what
+//! reliability needs.
+//!
+//! | key | type | meaning |
+//! |---|---|---|
+//! | `q:pending` | list | global FIFO of submitted task JSON (name configurable: [`Keys::pending`]) |
+//! | `q:<node>` | list | tasks placed on `<node>`, oldest first; each holds its `cpu_units` of the node's capacity |
+//! | `inflight:<node>` | list | *new*: tasks the node's worker has taken and not finished (crash-recoverable) |
+//! | `cap:<node>` | int | free capacity units (`cap_total` − units held by queued and in-flight tasks) |
+//! | `cap_total:<node>` | int | total capacity units |
+//! | `phys:<node>`, `ratio:<node>` | int, float | logical cores, allocation ratio (informational) |
+//! | `run_count:<node>` | int | tasks placed on the node and not finished (queued + in flight), never below 0 |
+//! | `parallel:<node>` | int | *new*: slots of the node (0 = capacity only, no slot tokens) |
+//! | `slots:available` | list | slot tokens (value = node id), one per free slot (name configurable: [`Keys::slots`]) |
+//! | `nodes:registry` | sorted set | *new*: every node that ever registered, all scores 0 so the set is in byte order of names (the tie order of placement) |
+//! | `nodes:alive` | sorted set | *new*: node → last heartbeat (Redis server time, ms). A node is alive while `now − heartbeat < timeout`. A sorted set rather than keys with a TTL because one command lists both the live and the expired nodes; an expired key could not say whose it was. |
+//! | `q:dead` | list | *new*: dead letters, JSON `{"task": <raw task string>, "reason": …, "node": …, "ts": ms}` |
+//! | `q:attempts` | hash | *new*: raw task → failed attempts so far (deleted when the task finishes) |
+//! | `dispatch:<id>:mark` | int | *new*: highest submission index a dispatcher has pushed (exactly-once submission across retries), expires after a day |
+//!
+//! # Task states
+//!
+//! ```text
+//!  submit ─▶ q:pending ──place──▶ q:<node> ──take──▶ inflight:<node> ──complete──▶ (gone)
+//!               ▲  │                 │                    │   └──dead_letter──▶ q:dead
+//!               │  └─dead (bad, too big, too many attempts)──▶ q:dead
+//!               └──── recover (node dead) / deregister / register (orphans) / requeue
+//! ```
+//!
+//! Every arrow is one Lua script (`src/scripts/*.lua`, all sharing
+//! `common.lua`), so each transition is atomic: a crash or a lost connection
+//! leaves a task in exactly one place and the capacity books balanced. Every
+//! script is safe to retry after a lost reply: placement and recovery act on
+//! the current state; complete/dead-letter/requeue act only while the task is
+//! still in flight (`LREM` count); submission skips indexes at or below the
+//! dispatcher's high-water mark.
+//!
+//! Placement ([`Queue::place`]) reads the registry, heartbeats and every
+//! live node's counters with a fixed number of commands (`ZRANGE`, `ZMSCORE`,
+//! one `MGET`), applies the filters and weigher, and moves the task — one
+//! round trip per call, and a call may place a batch of tasks.
+//!
+//! Keys are built inside the scripts (only the pending and slot lists are
+//! declared in `KEYS`), which standalone Redis allows; Redis Cluster is not
+//! supported.
+
+pub mod conn;
+pub mod keys;
+pub mod queue;
+mod scripts;
+pub mod task;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use conn::{RedisConn, RedisOptions};
+pub use keys::Keys;
+pub use queue::{
+    DeadLetter, Heartbeat, NodeState, PlaceEvent, PlaceOptions, PlaceOutcome, PlaceStatus,
+    QueueError, Queue, Recovered, Registered, Registration, Snapshot, SubmitTarget, Take, Weigher,
+    WeigherOrder,
+};
+pub use task::{Task, TaskError};

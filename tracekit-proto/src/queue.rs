@@ -1,0 +1,655 @@
+//! The protocol operations: one method per task state transition, each one
+//! Lua script (see the crate doc for the data model and the state diagram).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::{RedisError, Value};
+
+use crate::conn::RedisConn;
+use crate::keys::{self, Keys};
+use crate::scripts;
+
+/// Errors of protocol operations.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("Redis: {0}")]
+    Redis(#[from] RedisError),
+    #[error("unexpected reply from {script}: {detail}")]
+    Reply {
+        script: &'static str,
+        detail: String,
+    },
+}
+
+fn bad_reply(script: &'static str, detail: impl Into<String>) -> QueueError {
+    QueueError::Reply {
+        script,
+        detail: detail.into(),
+    }
+}
+
+/// The central scheduler's weigher (SPEC "Central scheduler").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Weigher {
+    /// First fit by node name.
+    #[default]
+    None,
+    /// Metric `run_count`.
+    Instances,
+    /// Metric `cap_total − cap`.
+    Vcpu,
+}
+
+impl Weigher {
+    fn arg(self) -> &'static str {
+        match self {
+            Weigher::None => "",
+            Weigher::Instances => "instances",
+            Weigher::Vcpu => "vcpu",
+        }
+    }
+}
+
+/// Whether the weigher prefers the smallest or the largest metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeigherOrder {
+    #[default]
+    Min,
+    Max,
+}
+
+/// Parameters of one placement call.
+#[derive(Debug, Clone)]
+pub struct PlaceOptions {
+    pub weigher: Weigher,
+    pub order: WeigherOrder,
+    /// Only slot tokens among the newest `scan_slots` count (0 = all).
+    pub scan_slots: usize,
+    /// A task that failed this many attempts is dead-lettered (0 = no limit).
+    pub max_attempts: u32,
+    /// A node whose last heartbeat is older is not alive.
+    pub heartbeat_timeout: Duration,
+    /// Most placements (and dead letters) in one call (≥ 1).
+    pub batch: usize,
+}
+
+impl Default for PlaceOptions {
+    fn default() -> Self {
+        Self {
+            weigher: Weigher::None,
+            order: WeigherOrder::Min,
+            scan_slots: 0,
+            max_attempts: 3,
+            heartbeat_timeout: Duration::from_secs(10),
+            batch: 1,
+        }
+    }
+}
+
+/// Why a placement call stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlaceStatus {
+    /// `q:pending` is empty.
+    Empty,
+    /// The head task fits no live node now (head-of-line blocking).
+    Wait,
+    /// No node is alive.
+    NoLiveNodes,
+    /// The batch was used up; there may be more to place.
+    More,
+}
+
+/// What happened to one head task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlaceEvent {
+    Placed { node: String, task: String },
+    Dead { reason: String, task: String },
+}
+
+/// Result of [`Queue::place`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaceOutcome {
+    pub status: PlaceStatus,
+    pub events: Vec<PlaceEvent>,
+}
+
+/// A worker's registration.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub node: String,
+    /// Total capacity units.
+    pub capacity: i64,
+    /// Logical cores (informational, `phys:<node>`).
+    pub cores: u32,
+    /// Allocation ratio (informational, `ratio:<node>`).
+    pub ratio: f64,
+    /// Slot tokens to keep for the node (0 = capacity only).
+    pub parallel: u32,
+    /// Overwrite a stale `cap_total` (otherwise set only when absent).
+    pub reset_capacity: bool,
+    /// Hand the node's queued tasks back to the head of pending.
+    pub clear_queue: bool,
+}
+
+/// Result of [`Queue::register`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registered {
+    pub cap_total: i64,
+    /// Free capacity (total minus what the node's queued tasks hold).
+    pub cap: i64,
+    /// In-flight tasks of a previous process, sent back to pending.
+    pub orphans_requeued: i64,
+    /// Tasks still queued for the node.
+    pub queued: i64,
+}
+
+/// Result of [`Queue::heartbeat`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heartbeat {
+    Alive,
+    /// The node is not alive (declared dead or never registered): its work
+    /// was taken back, and it must [`Queue::register`] again.
+    Lost,
+}
+
+/// Result of [`Queue::take_task`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Take {
+    /// The raw task, now in `inflight:<node>`. Pass it unchanged to
+    /// complete/dead-letter/requeue.
+    Task(String),
+    Empty,
+    /// The node is not alive; register again.
+    Lost,
+}
+
+/// A node declared dead by [`Queue::recover_dead_nodes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    pub node: String,
+    /// Tasks put back at the head of pending.
+    pub tasks: usize,
+}
+
+/// Where [`Queue::submit`] puts tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmitTarget<'a> {
+    Pending,
+    /// Directly on a node's queue (the dispatcher's per-node modes).
+    Node(&'a str),
+}
+
+/// One node as [`Queue::snapshot`] sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeState {
+    pub name: String,
+    pub alive: bool,
+    pub last_heartbeat_ms: Option<i64>,
+    pub cap: i64,
+    pub cap_total: i64,
+    pub run_count: i64,
+    pub parallel: i64,
+    pub phys: Option<String>,
+    pub ratio: Option<String>,
+    pub queued: usize,
+    pub inflight: usize,
+    pub slot_tokens: usize,
+}
+
+/// The whole queue state, for `status` and tests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub now_ms: i64,
+    pub nodes: Vec<NodeState>,
+    pub pending: usize,
+    pub dead: usize,
+}
+
+/// One entry of `q:dead`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct DeadLetter {
+    pub task: String,
+    pub reason: String,
+    #[serde(default)]
+    pub node: Option<String>,
+    pub ts: i64,
+}
+
+/// The protocol on one connection.
+#[derive(Clone)]
+pub struct Queue {
+    conn: RedisConn,
+    keys: Keys,
+}
+
+fn utf8(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        other => utf8(other).and_then(|s| s.parse().ok()),
+    }
+}
+
+impl Queue {
+    pub fn new(conn: RedisConn, keys: Keys) -> Queue {
+        Queue { conn, keys }
+    }
+
+    pub fn conn(&self) -> &RedisConn {
+        &self.conn
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Runs a script with KEYS = [pending, slots, extra…] and `args`, retrying
+    /// transient failures (every script is safe to repeat).
+    async fn eval(
+        &self,
+        name: &'static str,
+        script: &redis::Script,
+        extra_keys: &[&str],
+        args: &[&[u8]],
+    ) -> Result<Value, QueueError> {
+        let mut inv = script.prepare_invoke();
+        inv.key(&self.keys.pending).key(&self.keys.slots);
+        for k in extra_keys {
+            inv.key(*k);
+        }
+        for a in args {
+            inv.arg(*a);
+        }
+        let inv = &inv;
+        self.conn
+            .run(name, |mut c| async move { inv.invoke_async::<Value>(&mut c).await })
+            .await
+            .map_err(QueueError::from)
+    }
+
+    // ---- central scheduler ----
+
+    /// Places up to `opts.batch` head tasks (strict FIFO, filters + weigher,
+    /// see `place.lua`), all in one atomic call; dead-letters head tasks that
+    /// can never run.
+    pub async fn place(&self, opts: &PlaceOptions) -> Result<PlaceOutcome, QueueError> {
+        let order = match opts.order {
+            WeigherOrder::Min => "min",
+            WeigherOrder::Max => "max",
+        };
+        let v = self
+            .eval(
+                "place.lua",
+                &scripts::PLACE,
+                &[],
+                &[
+                    opts.weigher.arg().as_bytes(),
+                    order.as_bytes(),
+                    opts.scan_slots.to_string().as_bytes(),
+                    opts.max_attempts.to_string().as_bytes(),
+                    (opts.heartbeat_timeout.as_millis() as u64).to_string().as_bytes(),
+                    opts.batch.max(1).to_string().as_bytes(),
+                ],
+            )
+            .await?;
+        parse_place(v)
+    }
+
+    /// Declares every node whose heartbeat is older than `timeout` dead and
+    /// takes its work back (see `recover.lua`).
+    pub async fn recover_dead_nodes(&self, timeout: Duration) -> Result<Vec<Recovered>, QueueError> {
+        let v = self
+            .eval(
+                "recover.lua",
+                &scripts::RECOVER,
+                &[],
+                &[(timeout.as_millis() as u64).to_string().as_bytes()],
+            )
+            .await?;
+        let Value::Array(items) = v else {
+            return Err(bad_reply("recover.lua", format!("{v:?}")));
+        };
+        items
+            .chunks(2)
+            .map(|c| match c {
+                [n, k] => Ok(Recovered {
+                    node: utf8(n).ok_or_else(|| bad_reply("recover.lua", "node"))?,
+                    tasks: int(k).ok_or_else(|| bad_reply("recover.lua", "count"))? as usize,
+                }),
+                _ => Err(bad_reply("recover.lua", "odd reply")),
+            })
+            .collect()
+    }
+
+    // ---- dispatcher ----
+
+    /// Appends `(index, raw task)` items exactly once per dispatcher:
+    /// indexes must increase strictly over the dispatcher's life; items at or
+    /// below its high-water mark are skipped (a retried call pushes nothing
+    /// twice). Returns how many were pushed.
+    pub async fn submit(
+        &self,
+        dispatcher_id: &str,
+        target: SubmitTarget<'_>,
+        items: &[(u64, String)],
+    ) -> Result<usize, QueueError> {
+        let mark = keys::dispatch_mark(dispatcher_id);
+        let node = match target {
+            SubmitTarget::Pending => "",
+            SubmitTarget::Node(n) => n,
+        };
+        let idx: Vec<String> = items.iter().map(|(i, _)| i.to_string()).collect();
+        let mut args: Vec<&[u8]> = vec![node.as_bytes(), b"86400000"];
+        for (i, (_, raw)) in idx.iter().zip(items) {
+            args.push(i.as_bytes());
+            args.push(raw.as_bytes());
+        }
+        let v = self.eval("submit.lua", &scripts::SUBMIT, &[&mark], &args).await?;
+        int(&v)
+            .map(|n| n as usize)
+            .ok_or_else(|| bad_reply("submit.lua", format!("{v:?}")))
+    }
+
+    // ---- worker ----
+
+    /// (Re)registers a worker process (see `register.lua`).
+    pub async fn register(&self, r: &Registration) -> Result<Registered, QueueError> {
+        let v = self
+            .eval(
+                "register.lua",
+                &scripts::REGISTER,
+                &[],
+                &[
+                    r.node.as_bytes(),
+                    r.capacity.to_string().as_bytes(),
+                    r.cores.to_string().as_bytes(),
+                    r.ratio.to_string().as_bytes(),
+                    r.parallel.to_string().as_bytes(),
+                    if r.reset_capacity { b"1" } else { b"0" },
+                    if r.clear_queue { b"1" } else { b"0" },
+                ],
+            )
+            .await?;
+        match &v {
+            Value::Array(a) if a.len() == 4 => {
+                let g = |i: usize| int(&a[i]).ok_or_else(|| bad_reply("register.lua", format!("{v:?}")));
+                Ok(Registered {
+                    cap_total: g(0)?,
+                    cap: g(1)?,
+                    orphans_requeued: g(2)?,
+                    queued: g(3)?,
+                })
+            }
+            _ => Err(bad_reply("register.lua", format!("{v:?}"))),
+        }
+    }
+
+    /// Refreshes the node's heartbeat.
+    pub async fn heartbeat(&self, node: &str) -> Result<Heartbeat, QueueError> {
+        let v = self
+            .eval("heartbeat.lua", &scripts::HEARTBEAT, &[], &[node.as_bytes()])
+            .await?;
+        match int(&v) {
+            Some(1) => Ok(Heartbeat::Alive),
+            Some(0) => Ok(Heartbeat::Lost),
+            _ => Err(bad_reply("heartbeat.lua", format!("{v:?}"))),
+        }
+    }
+
+    /// Moves the node's oldest queued task to its in-flight list. A task that
+    /// is not UTF-8 cannot be a task: it is dead-lettered and the next one taken.
+    pub async fn take_task(&self, node: &str) -> Result<Take, QueueError> {
+        loop {
+            let v = self.eval("take.lua", &scripts::TAKE, &[], &[node.as_bytes()]).await?;
+            let Value::Array(a) = &v else {
+                return Err(bad_reply("take.lua", format!("{v:?}")));
+            };
+            match (a.first().and_then(utf8).as_deref(), a.get(1)) {
+                (Some("empty"), _) => return Ok(Take::Empty),
+                (Some("lost"), _) => return Ok(Take::Lost),
+                (Some("task"), Some(Value::BulkString(b))) => match String::from_utf8(b.clone()) {
+                    Ok(s) => return Ok(Take::Task(s)),
+                    Err(_) => {
+                        tracing::warn!(node, "dead-lettering a task that is not UTF-8");
+                        self.eval(
+                            "dead_letter.lua",
+                            &scripts::DEAD_LETTER,
+                            &[],
+                            &[node.as_bytes(), b, b"task is not UTF-8"],
+                        )
+                        .await?;
+                    }
+                },
+                _ => return Err(bad_reply("take.lua", format!("{v:?}"))),
+            }
+        }
+    }
+
+    /// [`Queue::take_task`], polling (20 ms growing to 250 ms) until a task
+    /// arrives, the node is lost, or `timeout` passes (then `Take::Empty`).
+    pub async fn take_task_wait(&self, node: &str, timeout: Duration) -> Result<Take, QueueError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut delay = Duration::from_millis(20);
+        loop {
+            match self.take_task(node).await? {
+                Take::Empty if tokio::time::Instant::now() + delay < deadline => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(250));
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// The node's in-flight tasks, oldest first (to adopt after a reconnect).
+    pub async fn inflight_tasks(&self, node: &str) -> Result<Vec<String>, QueueError> {
+        self.lrange(&keys::inflight(node)).await
+    }
+
+    /// The node's queued tasks, oldest first.
+    pub async fn queued_tasks(&self, node: &str) -> Result<Vec<String>, QueueError> {
+        self.lrange(&keys::queue(node)).await
+    }
+
+    /// The pending tasks, head first.
+    pub async fn pending_tasks(&self) -> Result<Vec<String>, QueueError> {
+        self.lrange(&self.keys.pending).await
+    }
+
+    async fn lrange(&self, key: &str) -> Result<Vec<String>, QueueError> {
+        Ok(self
+            .conn
+            .run("LRANGE", |mut c| async move {
+                redis::cmd("LRANGE").arg(key).arg(0).arg(-1).query_async(&mut c).await
+            })
+            .await?)
+    }
+
+    /// The task finished: it leaves the in-flight list and gives back its
+    /// capacity, run_count and slot token. `false` if it was no longer in
+    /// flight (already completed, or the node was declared dead).
+    pub async fn complete_task(&self, node: &str, raw: &str) -> Result<bool, QueueError> {
+        let v = self
+            .eval("complete.lua", &scripts::COMPLETE, &[], &[node.as_bytes(), raw.as_bytes()])
+            .await?;
+        Ok(int(&v) == Some(1))
+    }
+
+    /// The task can never run: it goes to `q:dead` with `reason`, its
+    /// capacity comes back. `false` if it was no longer in flight.
+    pub async fn dead_letter_task(&self, node: &str, raw: &str, reason: &str) -> Result<bool, QueueError> {
+        let v = self
+            .eval(
+                "dead_letter.lua",
+                &scripts::DEAD_LETTER,
+                &[],
+                &[node.as_bytes(), raw.as_bytes(), reason.as_bytes()],
+            )
+            .await?;
+        Ok(int(&v) == Some(1))
+    }
+
+    /// Hands an in-flight task back to the head of pending (capacity comes
+    /// back); `failed` counts one attempt towards the central's
+    /// `--max-attempts`. `false` if it was no longer in flight.
+    pub async fn requeue_task(&self, node: &str, raw: &str, failed: bool) -> Result<bool, QueueError> {
+        let v = self
+            .eval(
+                "requeue.lua",
+                &scripts::REQUEUE,
+                &[],
+                &[node.as_bytes(), raw.as_bytes(), if failed { b"1" } else { b"0" }],
+            )
+            .await?;
+        Ok(int(&v) == Some(1))
+    }
+
+    /// The worker leaves: everything it still holds goes back to the head of
+    /// pending; returns how many tasks.
+    pub async fn deregister(&self, node: &str) -> Result<usize, QueueError> {
+        let v = self
+            .eval("deregister.lua", &scripts::DEREGISTER, &[], &[node.as_bytes()])
+            .await?;
+        int(&v)
+            .map(|n| n as usize)
+            .ok_or_else(|| bad_reply("deregister.lua", format!("{v:?}")))
+    }
+
+    // ---- inspection ----
+
+    /// Dead letters `start..=stop` (LRANGE indexes; 0, -1 = all).
+    pub async fn dead_letters(&self, start: i64, stop: i64) -> Result<Vec<DeadLetter>, QueueError> {
+        let raw: Vec<String> = self
+            .conn
+            .run("LRANGE", |mut c| async move {
+                redis::cmd("LRANGE").arg(keys::DEAD).arg(start).arg(stop).query_async(&mut c).await
+            })
+            .await?;
+        raw.iter()
+            .map(|s| serde_json::from_str(s).map_err(|e| bad_reply("q:dead", format!("{e}: {s}"))))
+            .collect()
+    }
+
+    /// Every registered node with its counters, plus queue lengths. Several
+    /// commands in one pipeline: consistent enough for display, not atomic.
+    pub async fn snapshot(&self, heartbeat_timeout: Duration) -> Result<Snapshot, QueueError> {
+        let keys = &self.keys;
+        let (time, names, pending, dead, tokens): ((i64, i64), Vec<String>, usize, usize, Vec<String>) = self
+            .conn
+            .run("snapshot", |mut c| async move {
+                redis::pipe()
+                    .cmd("TIME")
+                    .cmd("ZRANGE")
+                    .arg(keys::REGISTRY)
+                    .arg(0)
+                    .arg(-1)
+                    .cmd("LLEN")
+                    .arg(&keys.pending)
+                    .cmd("LLEN")
+                    .arg(keys::DEAD)
+                    .cmd("LRANGE")
+                    .arg(&keys.slots)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let now_ms = time.0 * 1000 + time.1 / 1000;
+        let mut token_count: HashMap<&str, usize> = HashMap::new();
+        for t in &tokens {
+            *token_count.entry(t.as_str()).or_default() += 1;
+        }
+        let names_ref = &names;
+        let rows: Vec<Value> = self
+            .conn
+            .run("snapshot nodes", |mut c| async move {
+                let mut p = redis::pipe();
+                for n in names_ref {
+                    p.cmd("MGET")
+                        .arg(keys::cap(n))
+                        .arg(keys::cap_total(n))
+                        .arg(keys::run_count(n))
+                        .arg(keys::parallel(n))
+                        .arg(keys::phys(n))
+                        .arg(keys::ratio(n));
+                    p.cmd("ZSCORE").arg(keys::ALIVE).arg(n);
+                    p.cmd("LLEN").arg(keys::queue(n));
+                    p.cmd("LLEN").arg(keys::inflight(n));
+                }
+                p.query_async(&mut c).await
+            })
+            .await?;
+        let timeout_ms = heartbeat_timeout.as_millis() as i64;
+        let mut nodes = Vec::with_capacity(names.len());
+        for (name, row) in names.iter().zip(rows.chunks(4)) {
+            let [Value::Array(vals), hb, q, inf] = row else {
+                return Err(bad_reply("snapshot", format!("{row:?}")));
+            };
+            let get = |i: usize| vals.get(i).and_then(int).unwrap_or(0);
+            let text = |i: usize| vals.get(i).and_then(utf8);
+            let last = match hb {
+                Value::Double(d) => Some(*d as i64),
+                other => utf8(other).and_then(|s| s.parse::<f64>().ok()).map(|d| d as i64),
+            };
+            nodes.push(NodeState {
+                name: name.clone(),
+                alive: last.is_some_and(|l| l > now_ms - timeout_ms),
+                last_heartbeat_ms: last,
+                cap: get(0),
+                cap_total: get(1),
+                run_count: get(2),
+                parallel: get(3),
+                phys: text(4),
+                ratio: text(5),
+                queued: int(q).unwrap_or(0) as usize,
+                inflight: int(inf).unwrap_or(0) as usize,
+                slot_tokens: token_count.get(name.as_str()).copied().unwrap_or(0),
+            });
+        }
+        Ok(Snapshot {
+            now_ms,
+            nodes,
+            pending,
+            dead,
+        })
+    }
+}
+
+fn parse_place(v: Value) -> Result<PlaceOutcome, QueueError> {
+    let Value::Array(items) = v else {
+        return Err(bad_reply("place.lua", format!("{v:?}")));
+    };
+    let status = match items.first().and_then(utf8).as_deref() {
+        Some("empty") => PlaceStatus::Empty,
+        Some("wait") => PlaceStatus::Wait,
+        Some("nolive") => PlaceStatus::NoLiveNodes,
+        Some("more") => PlaceStatus::More,
+        other => return Err(bad_reply("place.lua", format!("status {other:?}"))),
+    };
+    let mut events = Vec::new();
+    for c in items[1..].chunks(3) {
+        let [k, a, raw] = c else {
+            return Err(bad_reply("place.lua", "truncated event"));
+        };
+        let (a, task) = (
+            utf8(a).ok_or_else(|| bad_reply("place.lua", "event field"))?,
+            utf8(raw).ok_or_else(|| bad_reply("place.lua", "event task"))?,
+        );
+        events.push(match utf8(k).as_deref() {
+            Some("placed") => PlaceEvent::Placed { node: a, task },
+            Some("dead") => PlaceEvent::Dead { reason: a, task },
+            other => return Err(bad_reply("place.lua", format!("event {other:?}"))),
+        });
+    }
+    Ok(PlaceOutcome { status, events })
+}

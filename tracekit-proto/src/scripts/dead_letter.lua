@@ -1,0 +1,10 @@
+-- dead_letter.lua: ARGV 1 node, 2 raw task, 3 reason. Like complete.lua, but
+-- the task goes to the dead-letter list with the reason. Returns 1 or 0.
+local node, raw, reason = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('LREM', 'inflight:' .. node, 1, raw) == 0 then
+  return 0
+end
+release(node, raw)
+redis.call('HDEL', ATTEMPTS, raw)
+redis.call('RPUSH', DEAD, dead_entry(raw, reason, node))
+return 1

@@ -1,0 +1,50 @@
+-- register.lua: a worker process (re)joins. ARGV: 1 node, 2 capacity units,
+-- 3 logical cores, 4 allocation ratio, 5 parallel slots (0 = capacity only),
+-- 6 reset capacity (1/0), 7 clear own queue (1/0).
+-- A registering process runs nothing yet, so whatever a previous process of
+-- this node left in flight is orphaned: it goes back to the head of pending
+-- (one failed attempt each). Bookkeeping is recomputed from what is really
+-- queued for the node, so stale values cannot survive a restart; the total is
+-- overwritten only with reset (or when absent).
+-- Returns { cap_total, cap, orphans requeued, queued }.
+local node, capacity = ARGV[1], num(ARGV[2])
+local reset, clear = ARGV[6] == '1', ARGV[7] == '1'
+local orphans = redis.call('LRANGE', 'inflight:' .. node, 0, -1)
+local back = {}
+for _, raw in ipairs(orphans) do
+  redis.call('HINCRBY', ATTEMPTS, raw, 1)
+  back[#back + 1] = raw
+end
+redis.call('DEL', 'inflight:' .. node)
+if clear then
+  for _, raw in ipairs(redis.call('LRANGE', 'q:' .. node, 0, -1)) do
+    back[#back + 1] = raw
+  end
+  redis.call('DEL', 'q:' .. node)
+end
+push_head(back)
+local queued = redis.call('LRANGE', 'q:' .. node, 0, -1)
+local held = 0
+for _, raw in ipairs(queued) do
+  held = held + held_units(raw)
+end
+local total = redis.call('GET', 'cap_total:' .. node)
+if reset or not total then
+  total = capacity
+else
+  total = num(total)
+end
+local parallel = num(ARGV[5])
+redis.call('SET', 'cap_total:' .. node, total)
+redis.call('SET', 'cap:' .. node, total - held)
+redis.call('SET', 'run_count:' .. node, #queued)
+redis.call('SET', 'phys:' .. node, ARGV[3])
+redis.call('SET', 'ratio:' .. node, ARGV[4])
+redis.call('SET', 'parallel:' .. node, parallel)
+redis.call('LREM', SLOTS, 0, node)
+for _ = 1, parallel - #queued do
+  redis.call('RPUSH', SLOTS, node)
+end
+redis.call('ZADD', REGISTRY, 0, node)
+redis.call('ZADD', ALIVE, now_ms(), node)
+return { total, total - held, #orphans, #queued }

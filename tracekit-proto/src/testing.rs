@@ -1,0 +1,182 @@
+//! A throwaway `redis-server` for tests (feature `testing`): loopback, a free
+//! port, a random password, no persistence, its own temp dir; stopped (by its
+//! PID) when dropped.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let server = tracekit_proto::testing::RedisServer::start()?;
+//! let queue = server.queue().await?; // a Queue on a fresh connection
+//! std::env::set_var("X", server.url()); // redis://:PASSWORD@127.0.0.1:PORT/0
+//! # Ok(()) }
+//! ```
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::conn::{RedisConn, RedisOptions};
+use crate::keys::Keys;
+use crate::queue::Queue;
+
+/// A running `redis-server` owned by the test.
+pub struct RedisServer {
+    child: Child,
+    port: u16,
+    password: String,
+    _dir: tempfile::TempDir,
+}
+
+fn random_hex(bytes: usize) -> anyhow::Result<String> {
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .context("reading /dev/urandom")?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("binding a probe socket")?;
+    Ok(l.local_addr()?.port())
+}
+
+impl RedisServer {
+    /// Starts `redis-server` (from PATH) and waits until it answers PING.
+    pub fn start() -> anyhow::Result<RedisServer> {
+        Self::start_with(&[])
+    }
+
+    /// Like [`RedisServer::start`], with extra `redis-server` arguments.
+    pub fn start_with(extra: &[&str]) -> anyhow::Result<RedisServer> {
+        // A port can be taken between probing and binding: try a few.
+        let mut last_err = None;
+        for _ in 0..5 {
+            match Self::try_start(extra) {
+                Ok(s) => return Ok(s),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
+    }
+
+    fn try_start(extra: &[&str]) -> anyhow::Result<RedisServer> {
+        let dir = tempfile::tempdir().context("creating a temp dir for redis-server")?;
+        let port = free_port()?;
+        let password = random_hex(16)?;
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--requirepass", &password])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--logfile", "redis.log", "--daemonize", "no"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server (is it installed?)")?;
+        let mut server = RedisServer {
+            child,
+            port,
+            password,
+            _dir: dir,
+        };
+        server.wait_ready(Duration::from_secs(20))?;
+        Ok(server)
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("redis-server exited early ({status}) on port {}", self.port);
+            }
+            if self.ping().unwrap_or(false) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("redis-server on port {} did not answer PING within {limit:?}", self.port)
+    }
+
+    /// AUTH + PING over a raw socket (no async runtime needed).
+    fn ping(&self) -> anyhow::Result<bool> {
+        use std::io::Write;
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let auth = format!(
+            "*2\r\n$4\r\nAUTH\r\n${}\r\n{}\r\n*1\r\n$4\r\nPING\r\n",
+            self.password.len(),
+            self.password
+        );
+        s.write_all(auth.as_bytes())?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while !got.ends_with(b"+PONG\r\n") {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                return Ok(false);
+            }
+            got.extend_from_slice(&buf[..n]);
+            if got.windows(4).any(|w| w == b"-ERR" || w == b"-LOA") {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// PID of the server process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's working directory (its `redis.log` is there).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    /// `redis://:PASSWORD@127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        format!("redis://:{}@127.0.0.1:{}/0", self.password, self.port)
+    }
+
+    /// `redis://127.0.0.1:PORT/0` (pass the password separately).
+    pub fn url_without_password(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// A new connection (retrying for at most 10 s).
+    pub async fn conn(&self) -> anyhow::Result<RedisConn> {
+        RedisConn::connect(&RedisOptions {
+            url: self.url(),
+            password: None,
+            retry_for: Some(Duration::from_secs(10)),
+        })
+        .await
+    }
+
+    /// A [`Queue`] with the default key names on a new connection.
+    pub async fn queue(&self) -> anyhow::Result<Queue> {
+        Ok(Queue::new(self.conn().await?, Keys::default()))
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        // Stop exactly the process we started, then reap it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,356 @@
+//! Tolerant readers of node and run directories.
+//!
+//! JSONL files are streamed line by line, never held whole. What a crash or a
+//! `kill -9` can leave behind is a torn *last* line: it is skipped with a
+//! warning and counted in [`ReadStats::torn_tail`]. A bad line anywhere else is
+//! not something a crash produces, so it is counted, logged with its
+//! `file:line` and kept in [`ReadStats::bad_lines`]; reading goes on so that one
+//! damaged line never costs the rest of a run, and the audit reports it as a
+//! problem. Nothing is dropped silently.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::de::DeserializeOwned;
+
+use crate::schema::{
+    CTS_DIR, INVOCATIONS_FILE, InvocationRecord, LEGACY_CTS_DIR, NODE_META_FILE, NODES_FILE,
+    NodeInfo, NodeMeta, PROC_METRICS_FILE, SampleRecord, TRACER_STATS_FILE, TracerStats,
+};
+
+/// How many bad lines are kept verbatim per file (all are counted).
+const KEPT_BAD_LINES: usize = 20;
+
+/// A line that could not be parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadLine {
+    pub file: PathBuf,
+    /// 1-based line number.
+    pub line: u64,
+    pub error: String,
+}
+
+impl std::fmt::Display for BadLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}", self.file.display(), self.line, self.error)
+    }
+}
+
+/// What reading one JSONL file found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReadStats {
+    /// Lines in the file, blank ones included.
+    pub lines: u64,
+    /// Records parsed and handed on.
+    pub records: u64,
+    /// The last line was torn (unparseable) and skipped.
+    pub torn_tail: bool,
+    /// Unparseable lines before the last one.
+    pub bad_count: u64,
+    /// The first [`KEPT_BAD_LINES`] of them.
+    pub bad_lines: Vec<BadLine>,
+    /// Bytes read.
+    pub bytes: u64,
+}
+
+impl ReadStats {
+    /// Add another file's counts (for totals over nodes).
+    pub fn merge(&mut self, other: &ReadStats) {
+        self.lines += other.lines;
+        self.records += other.records;
+        self.torn_tail |= other.torn_tail;
+        self.bad_count += other.bad_count;
+        for b in &other.bad_lines {
+            if self.bad_lines.len() < KEPT_BAD_LINES {
+                self.bad_lines.push(b.clone());
+            }
+        }
+        self.bytes += other.bytes;
+    }
+}
+
+/// Stream the records of a JSONL file into `f`, with the line number of each.
+///
+/// A missing file reads as empty (a node that ran no task has none); any other
+/// I/O error, and any error `f` returns, ends the read with `file:line`
+/// context. `progress` is called with the bytes read so far about every 1 MiB.
+pub fn read_jsonl<T, F>(
+    path: &Path,
+    mut f: F,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<ReadStats>
+where
+    T: DeserializeOwned,
+    F: FnMut(T, u64) -> Result<()>,
+{
+    let mut stats = ReadStats::default();
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(stats),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut buf = Vec::with_capacity(512);
+    // A bad line is only known to be "in the middle" once another line follows.
+    let mut pending_bad: Option<BadLine> = None;
+    let mut next_report = 1u64 << 20;
+    loop {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        stats.lines += 1;
+        stats.bytes += n as u64;
+        if stats.bytes >= next_report {
+            progress(stats.bytes, total);
+            next_report = stats.bytes + (1 << 20);
+        }
+        let line = trim_ascii(&buf);
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(bad) = pending_bad.take() {
+            record_middle_bad(&mut stats, bad);
+        }
+        match serde_json::from_slice::<T>(line) {
+            Ok(record) => {
+                stats.records += 1;
+                f(record, stats.lines)
+                    .with_context(|| format!("{}:{}", path.display(), stats.lines))?;
+            }
+            Err(e) => {
+                pending_bad = Some(BadLine {
+                    file: path.to_path_buf(),
+                    line: stats.lines,
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+    if let Some(bad) = pending_bad {
+        tracing::warn!(
+            "{}:{}: skipping torn last line ({})",
+            bad.file.display(),
+            bad.line,
+            bad.error
+        );
+        stats.torn_tail = true;
+    }
+    progress(stats.bytes, total);
+    Ok(stats)
+}
+
+fn record_middle_bad(stats: &mut ReadStats, bad: BadLine) {
+    tracing::warn!("{bad}: unparseable line skipped");
+    stats.bad_count += 1;
+    if stats.bad_lines.len() < KEPT_BAD_LINES {
+        stats.bad_lines.push(bad);
+    }
+}
+
+fn trim_ascii(mut s: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = s {
+        if first.is_ascii_whitespace() {
+            s = rest;
+        } else {
+            break;
+        }
+    }
+    while let [rest @ .., last] = s {
+        if last.is_ascii_whitespace() {
+            s = rest;
+        } else {
+            break;
+        }
+    }
+    s
+}
+
+/// One node's trace directory, `logs/<RUN_ID>/` (or `logs/<RUN_ID>/<node>/`
+/// in a gathered run), with its small files read.
+#[derive(Debug, Clone)]
+pub struct NodeDir {
+    pub dir: PathBuf,
+    /// `CTS/`, or `cctf/` in older traces of the original.
+    pub cts: PathBuf,
+    pub meta: NodeMeta,
+    /// `CTS/nodes.json`, or the entry derived from `node_meta.json` when the
+    /// file is missing.
+    pub nodes: Vec<NodeInfo>,
+    /// `CTS/tracer_stats.json` (absent in the original's traces).
+    pub tracer_stats: Option<TracerStats>,
+}
+
+impl NodeDir {
+    /// Read the node directory `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let meta_path = dir.join(NODE_META_FILE);
+        let meta: NodeMeta = read_json(&meta_path)?;
+        let cts = [CTS_DIR, LEGACY_CTS_DIR]
+            .iter()
+            .map(|d| dir.join(d))
+            .find(|p| p.is_dir())
+            .unwrap_or_else(|| dir.join(CTS_DIR));
+        let nodes_path = cts.join(NODES_FILE);
+        let nodes = if nodes_path.exists() {
+            read_nodes_json(&nodes_path)?
+        } else {
+            vec![NodeInfo::from_meta(&meta)]
+        };
+        let stats_path = cts.join(TRACER_STATS_FILE);
+        let tracer_stats = if stats_path.exists() {
+            Some(read_json(&stats_path)?)
+        } else {
+            None
+        };
+        Ok(NodeDir {
+            dir: dir.to_path_buf(),
+            cts,
+            meta,
+            nodes,
+            tracer_stats,
+        })
+    }
+
+    /// The node's name as `node_meta.json` gives it.
+    pub fn name(&self) -> &str {
+        &self.meta.node
+    }
+
+    pub fn invocations_path(&self) -> PathBuf {
+        self.cts.join(INVOCATIONS_FILE)
+    }
+
+    pub fn samples_path(&self) -> PathBuf {
+        self.cts.join(PROC_METRICS_FILE)
+    }
+
+    /// Stream `CTS/invocations.jsonl`.
+    pub fn read_invocations(
+        &self,
+        f: impl FnMut(InvocationRecord, u64) -> Result<()>,
+    ) -> Result<ReadStats> {
+        read_jsonl(&self.invocations_path(), f, |_, _| {})
+    }
+
+    /// Stream `CTS/proc_metrics.jsonl`; `progress(bytes_read, total)`.
+    pub fn read_samples(
+        &self,
+        f: impl FnMut(SampleRecord, u64) -> Result<()>,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<ReadStats> {
+        read_jsonl(&self.samples_path(), f, progress)
+    }
+}
+
+/// `nodes.json` is a list; the original sometimes wrote a single object.
+fn read_nodes_json(path: &Path) -> Result<Vec<NodeInfo>> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<NodeInfo>),
+        One(NodeInfo),
+    }
+    Ok(match read_json::<OneOrMany>(path)? {
+        OneOrMany::Many(v) => v,
+        OneOrMany::One(n) => vec![n],
+    })
+}
+
+/// Read a whole (small) JSON file.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let body = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&body).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// The node directories under `input`: `input` itself when it holds
+/// `node_meta.json`, else its sub-directories that do, sorted by name.
+pub fn discover(input: &Path) -> Result<Vec<NodeDir>> {
+    if input.join(NODE_META_FILE).is_file() {
+        return Ok(vec![NodeDir::open(input)?]);
+    }
+    let entries =
+        std::fs::read_dir(input).with_context(|| format!("listing {}", input.display()))?;
+    let mut dirs = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", input.display()))?;
+        let path = entry.path();
+        if path.is_dir() && path.join(NODE_META_FILE).is_file() {
+            dirs.push(path);
+        }
+    }
+    if dirs.is_empty() {
+        bail!(
+            "{} is neither a node directory (no {NODE_META_FILE}) nor a run directory \
+             (no sub-directory holds one)",
+            input.display()
+        );
+    }
+    dirs.sort();
+    dirs.iter().map(|d| NodeDir::open(d)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn read_all(path: &Path) -> (Vec<SampleRecord>, ReadStats) {
+        let mut out = Vec::new();
+        let stats = read_jsonl(
+            path,
+            |r: SampleRecord, _| {
+                out.push(r);
+                Ok(())
+            },
+            |_, _| {},
+        )
+        .unwrap();
+        (out, stats)
+    }
+
+    #[test]
+    fn torn_tail_is_skipped_and_middle_bad_line_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.jsonl");
+        let mut f = File::create(&path).unwrap();
+        writeln!(f, r#"{{"ts_ms":1,"pid":2,"dt_ms":3,"cpu_ms":4.5,"rss_kb":6}}"#).unwrap();
+        writeln!(f, "garbage").unwrap();
+        writeln!(f).unwrap();
+        writeln!(f, r#"{{"ts_ms":2,"pid":2,"dt_ms":1,"cpu_ms":1,"rss_kb":6}}"#).unwrap();
+        write!(f, r#"{{"ts_ms":3,"pid":2,"dt"#).unwrap();
+        drop(f);
+        let (recs, stats) = read_all(&path);
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[1].cpu_ms, Some(1.0));
+        assert!(stats.torn_tail);
+        assert_eq!(stats.bad_count, 1);
+        assert_eq!(stats.bad_lines[0].line, 2);
+        assert_eq!(stats.lines, 5);
+    }
+
+    #[test]
+    fn complete_last_line_without_newline_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.jsonl");
+        std::fs::write(&path, r#"{"ts_ms":1,"pid":2,"dt_ms":0,"cpu_ms":0}"#).unwrap();
+        let (recs, stats) = read_all(&path);
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].rss_kb, None);
+        assert!(!stats.torn_tail);
+    }
+
+    #[test]
+    fn missing_file_reads_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let (recs, stats) = read_all(&dir.path().join("none.jsonl"));
+        assert!(recs.is_empty());
+        assert_eq!(stats, ReadStats::default());
+    }
+}

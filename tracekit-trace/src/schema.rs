@@ -1,0 +1,294 @@
+//! Record types and file layout of a node's trace directory, `logs/<RUN_ID>/`.
+//!
+//! Field names, units and order follow SPEC.md ("Trace output"); richer fields
+//! follow the required ones and are optional for readers, so traces of the
+//! original system still parse.
+
+use serde::{Deserialize, Serialize};
+
+/// `node_meta.json`, at the top of a node directory.
+pub const NODE_META_FILE: &str = "node_meta.json";
+/// Sub-directory holding the CTS files.
+pub const CTS_DIR: &str = "CTS";
+/// `CTS/invocations.jsonl`: one line per task or traced process.
+pub const INVOCATIONS_FILE: &str = "invocations.jsonl";
+/// `CTS/proc_metrics.jsonl`: one line per traced PID per interval.
+pub const PROC_METRICS_FILE: &str = "proc_metrics.jsonl";
+/// `CTS/nodes.json`: the node list, rounded as OpenDC wants it.
+pub const NODES_FILE: &str = "nodes.json";
+/// `CTS/tracer_stats.json`: the collector's own cost and losses.
+pub const TRACER_STATS_FILE: &str = "tracer_stats.json";
+/// `CTS/audit_report.md`.
+pub const AUDIT_REPORT_FILE: &str = "audit_report.md";
+/// What older traces of the original system called the CTS directory.
+pub const LEGACY_CTS_DIR: &str = "cctf";
+
+/// Which collector produced a trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CollectorKind {
+    /// The eBPF tracer: exact exec/exit and kernel CPU accounting.
+    Ebpf,
+    /// `/proc` polling: misses short processes and each process's tail.
+    Procfs,
+}
+
+impl std::fmt::Display for CollectorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CollectorKind::Ebpf => "ebpf",
+            CollectorKind::Procfs => "procfs",
+        })
+    }
+}
+
+/// `node_meta.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeMeta {
+    pub run_id: String,
+    pub node: String,
+    pub stage: String,
+    pub host: String,
+    pub iface: String,
+    pub cpu_cores: u32,
+    pub mem_mb: u64,
+    pub cpu_model: String,
+    pub cpu_freq_mhz: f64,
+    /// Which collector ran (absent in the original's traces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector: Option<CollectorKind>,
+    /// Why the eBPF tracer was not used, when it was not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<String>,
+    /// Sampling interval in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_ms: Option<u64>,
+    /// `worker` or `host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The `--match` regex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proc_match: Option<String>,
+}
+
+/// One entry of `CTS/nodes.json`: frequency rounded to 100 MHz, memory to whole
+/// GiB (expressed in MB).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub stage: String,
+    pub cpu_cores: u32,
+    pub mem_mb: u64,
+    pub cpu_model: String,
+    pub cpu_freq_mhz: f64,
+}
+
+impl NodeInfo {
+    /// The rounded form of `meta` that `nodes.json` holds.
+    pub fn from_meta(meta: &NodeMeta) -> Self {
+        NodeInfo {
+            node_id: meta.node.clone(),
+            stage: meta.stage.clone(),
+            cpu_cores: meta.cpu_cores,
+            mem_mb: round_mem_mb_to_gib(meta.mem_mb),
+            cpu_model: meta.cpu_model.clone(),
+            cpu_freq_mhz: round_freq_mhz(meta.cpu_freq_mhz),
+        }
+    }
+}
+
+/// Frequency rounded to the nearest 100 MHz.
+pub fn round_freq_mhz(mhz: f64) -> f64 {
+    (mhz / 100.0).round() * 100.0
+}
+
+/// Memory rounded to whole GiB, expressed in MB (1 GiB = 1024 MB here, as the
+/// original did), at least 1 GiB.
+pub fn round_mem_mb_to_gib(mb: u64) -> u64 {
+    let gib = ((mb as f64) / 1024.0).round().max(1.0) as u64;
+    gib * 1024
+}
+
+/// One line of `CTS/invocations.jsonl`: a task (worker) or a traced process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Invocation {
+    pub trace_id: String,
+    pub pid: u32,
+    /// Epoch ms when the task was submitted (= ts_start for processes the
+    /// agent did not launch).
+    pub ts_enqueue: i64,
+    /// Epoch ms of exec.
+    pub ts_start: i64,
+    /// Epoch ms of exit.
+    pub ts_end: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ppid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    /// Exact total CPU time of the process in ms (user + system), from the
+    /// collector. For procfs this is the last value seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<f64>,
+    /// Exit code when the process exited normally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Signal number when the process was killed by a signal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector: Option<CollectorKind>,
+    /// Fields the worker adds for a task (input, output, cpuset, bytes, ...).
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One line of `CTS/proc_metrics.jsonl`: one traced PID over one interval.
+///
+/// The samples of a process tile its run: the first starts at ts_start, each
+/// `dt_ms` is the distance to the previous sample, the last ends at ts_end,
+/// and their `cpu_ms` add up to the process's total CPU time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcSample {
+    /// Epoch ms at the end of the interval.
+    pub ts_ms: i64,
+    pub pid: u32,
+    /// Length of the interval in ms.
+    pub dt_ms: i64,
+    /// CPU time used in the interval, ms (summed over threads and cores).
+    pub cpu_ms: f64,
+    /// Resident set size at the end of the interval, KiB.
+    pub rss_kb: u64,
+}
+
+/// One eBPF program's cost, from the kernel's BPF statistics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgramCost {
+    pub program: String,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+    pub ns_per_call: f64,
+}
+
+/// `CTS/tracer_stats.json`: the collector's own cost and losses, rewritten at
+/// every interval and at stop.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TracerStats {
+    pub collector: Option<CollectorKind>,
+    /// Ring-buffer reservations that failed (events lost).
+    pub events_lost: u64,
+    /// Map insertions that failed because a map was full.
+    pub map_full: u64,
+    /// Processes seen (exec/fork) and exits recorded.
+    pub processes_seen: u64,
+    pub exits_recorded: u64,
+    /// Exits recovered from the kernel map after their event was lost.
+    pub exits_recovered: u64,
+    /// The agent's own CPU time (user + sys) in ms so far.
+    pub agent_cpu_ms: f64,
+    /// The agent's peak RSS in KiB.
+    pub agent_max_rss_kb: u64,
+    pub programs: Vec<ProgramCost>,
+}
+
+/// A line of `CTS/invocations.jsonl` as readers take it: every field optional,
+/// because traces of the original may hold `null` or lack fields, and the audit
+/// counts what is missing instead of failing. Unknown fields are ignored.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct InvocationRecord {
+    #[serde(default)]
+    pub trace_id: Option<String>,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub ts_enqueue: Option<i64>,
+    #[serde(default)]
+    pub ts_start: Option<i64>,
+    #[serde(default)]
+    pub ts_end: Option<i64>,
+    #[serde(default)]
+    pub cpu_ms: Option<f64>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub comm: Option<String>,
+}
+
+impl InvocationRecord {
+    /// Names of the fields SPEC.md requires, in its order.
+    pub const REQUIRED: [&'static str; 5] = ["trace_id", "pid", "ts_enqueue", "ts_start", "ts_end"];
+
+    /// Whether each of [`Self::REQUIRED`] is present.
+    pub fn present(&self) -> [bool; 5] {
+        [
+            self.trace_id.is_some(),
+            self.pid.is_some(),
+            self.ts_enqueue.is_some(),
+            self.ts_start.is_some(),
+            self.ts_end.is_some(),
+        ]
+    }
+
+    /// The task's times, when pid and all three times are present.
+    pub fn window(&self) -> Option<TaskTimes> {
+        Some(TaskTimes {
+            pid: self.pid?,
+            ts_enqueue: self.ts_enqueue?,
+            ts_start: self.ts_start?,
+            ts_end: self.ts_end?,
+        })
+    }
+
+    /// Whether the task failed: a non-zero exit code or a killing signal.
+    pub fn failed(&self) -> bool {
+        self.exit_code.is_some_and(|c| c != 0) || self.signal.is_some_and(|s| s != 0)
+    }
+}
+
+/// The times that place a task: what the export and the join need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskTimes {
+    pub pid: u32,
+    pub ts_enqueue: i64,
+    pub ts_start: i64,
+    pub ts_end: i64,
+}
+
+/// A line of `CTS/proc_metrics.jsonl` as readers take it: every field optional
+/// (the original wrote `rss_kb` only when it had it, and integer `cpu_ms`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+pub struct SampleRecord {
+    #[serde(default)]
+    pub ts_ms: Option<i64>,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub dt_ms: Option<i64>,
+    #[serde(default)]
+    pub cpu_ms: Option<f64>,
+    #[serde(default)]
+    pub rss_kb: Option<u64>,
+}
+
+impl SampleRecord {
+    /// Names of the fields SPEC.md lists, in its order.
+    pub const FIELDS: [&'static str; 5] = ["ts_ms", "pid", "dt_ms", "cpu_ms", "rss_kb"];
+
+    /// Whether each of [`Self::FIELDS`] is present.
+    pub fn present(&self) -> [bool; 5] {
+        [
+            self.ts_ms.is_some(),
+            self.pid.is_some(),
+            self.dt_ms.is_some(),
+            self.cpu_ms.is_some(),
+            self.rss_kb.is_some(),
+        ]
+    }
+}
