@@ -59,11 +59,6 @@ impl Clock {
     pub fn to_epoch_ms(&self, mono_ns: u64) -> i64 {
         (mono_ns as i128 + self.offset_ns).div_euclid(1_000_000) as i64
     }
-
-    /// Monotonic ns of an epoch ms timestamp.
-    pub fn to_mono_ns(&self, epoch_ms: i64) -> u64 {
-        (epoch_ms as i128 * 1_000_000 - self.offset_ns).max(0) as u64
-    }
 }
 
 #[cfg(test)]
@@ -76,6 +71,5 @@ mod tests {
         let a = epoch_ms();
         let b = clock.to_epoch_ms(monotonic_ns());
         assert!((b - a).abs() <= 2, "{a} vs {b}");
-        assert!((clock.to_mono_ns(b) as i128 - monotonic_ns() as i128).abs() < 10_000_000);
     }
 }

@@ -24,6 +24,16 @@ enum Command {
     /// Trace only (no Redis, no worker) until SIGINT/SIGTERM or until the
     /// command after `--` ends; writes <logs>/<RUN_ID>/.
     Trace(trace_cmd::TraceArgs),
+
+    /// Internal: load and attach the eBPF tracer and pin it under --pin-dir
+    /// for the agent that started this process.
+    #[command(hide = true)]
+    LoadEbpf {
+        #[arg(long, value_enum)]
+        scope: tracer::Scope,
+        #[arg(long)]
+        pin_dir: std::path::PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,6 +45,16 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if let Command::LoadEbpf { scope, pin_dir } = &cli.command {
+        // A short-lived child: no async runtime needed.
+        return match tracer::ebpf::load_and_pin(*scope, pin_dir) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -49,6 +69,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Trace(args) => trace_cmd::run(args).await,
+            Command::LoadEbpf { .. } => unreachable!("handled before the runtime starts"),
         }
     });
     match result {

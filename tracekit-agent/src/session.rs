@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use regex::Regex;
 use tracekit_trace::node::{self, NodeIdentity};
-use tracekit_trace::{NodeMeta, TraceWriter, TracerStats};
+use tracekit_trace::{Invocation, TraceWriter, TracerStats};
 
 use crate::cli::TracerArgs;
 use crate::clock::{self, Clock};
-use crate::table::{Finished, ProcessTable};
+use crate::table::ProcessTable;
 use crate::tracer::select::select;
 use crate::tracer::{Collector, Event, ProcStart, Scope, ebpf};
 
@@ -23,7 +23,6 @@ pub struct Session {
     pub collector: Collector,
     pub table: ProcessTable,
     pub writer: TraceWriter,
-    pub meta: NodeMeta,
     clock: Clock,
     events: Vec<Event>,
     interval: Duration,
@@ -60,7 +59,6 @@ impl Session {
             collector: selected.collector,
             table,
             writer,
-            meta,
             clock: Clock::new(),
             events: Vec::new(),
             interval: Duration::from_millis(args.interval_ms),
@@ -106,6 +104,8 @@ impl Session {
                     .unwrap_or_default(),
                 start_ns: clock::monotonic_ns(),
                 pre_existing: true,
+                forked: false,
+                image: 0,
             };
             if !self.table.would_trace(&start) {
                 continue;
@@ -126,7 +126,7 @@ impl Session {
     }
 
     /// Take and apply pending events.
-    pub fn pump(&mut self) -> Result<Vec<Finished>> {
+    pub fn pump(&mut self) -> Result<Vec<Invocation>> {
         self.collector.drain(&mut self.events)?;
         self.table.apply(
             &mut self.events,
@@ -138,7 +138,7 @@ impl Session {
 
     /// Once per interval: events, the collector's own pass, one sample per
     /// live process, flush.
-    pub fn tick(&mut self) -> Result<Vec<Finished>> {
+    pub fn tick(&mut self) -> Result<Vec<Invocation>> {
         self.clock.recalibrate();
         let mut finished = self.pump()?;
         let table = &self.table;

@@ -32,12 +32,6 @@ pub struct TableCounts {
     pub samples: u64,
 }
 
-/// A finished process, as recorded.
-#[derive(Debug, Clone)]
-pub struct Finished {
-    pub invocation: Invocation,
-}
-
 pub struct ProcessTable {
     matcher: Regex,
     node: String,
@@ -103,7 +97,7 @@ impl ProcessTable {
         collector: &mut Collector,
         clock: &Clock,
         writer: &mut TraceWriter,
-    ) -> Result<Vec<Finished>> {
+    ) -> Result<Vec<Invocation>> {
         let mut finished = Vec::new();
         for event in events.drain(..) {
             match event {
@@ -128,7 +122,11 @@ impl ProcessTable {
             return;
         }
         if !self.matches(&start) {
-            collector.forget(start.pid);
+            // A forked child carries its parent's comm: wait for its exec
+            // (or exit) before dropping it.
+            if !start.forked {
+                collector.forget_image(start.pid, start.image);
+            }
             return;
         }
         let ts_start_ms = clock.to_epoch_ms(start.start_ns);
@@ -154,7 +152,7 @@ impl ProcessTable {
         collector: &mut Collector,
         clock: &Clock,
         writer: &mut TraceWriter,
-    ) -> Result<Option<Finished>> {
+    ) -> Result<Option<Invocation>> {
         collector.forget(exit.pid);
         let Some(mut t) = self.procs.remove(&exit.pid) else {
             return Ok(None);
@@ -209,7 +207,7 @@ impl ProcessTable {
         };
         writer.invocation(&invocation)?;
         self.counts.exits_recorded += 1;
-        Ok(Some(Finished { invocation }))
+        Ok(Some(invocation))
     }
 
     /// One sample per live traced process, all stamped `now_ms`.

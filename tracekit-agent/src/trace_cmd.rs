@@ -79,10 +79,10 @@ pub async fn run(args: TraceArgs) -> Result<i32> {
         tokio::select! {
             r = session.ready() => {
                 r?;
-                session.pump()?;
+                log_finished(&session.pump()?);
             }
             _ = ticker.tick() => {
-                session.tick()?;
+                log_finished(&session.tick()?);
             }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
@@ -96,7 +96,7 @@ pub async fn run(args: TraceArgs) -> Result<i32> {
             }
         }
         if let Some(deadline) = grace {
-            session.pump()?;
+            log_finished(&session.pump()?);
             let traced = child_pid.is_some_and(|pid| session.table.is_traced(pid));
             if session.table.live() == 0 || !traced && tokio::time::Instant::now() >= deadline {
                 break;
@@ -109,4 +109,16 @@ pub async fn run(args: TraceArgs) -> Result<i32> {
     }
     session.finish()?;
     Ok(exit_code)
+}
+
+fn log_finished(done: &[tracekit_trace::Invocation]) {
+    for inv in done {
+        tracing::debug!(
+            pid = inv.pid,
+            comm = inv.comm.as_deref().unwrap_or(""),
+            cpu_ms = inv.cpu_ms.unwrap_or(0.0),
+            run_ms = inv.ts_end - inv.ts_start,
+            "process finished"
+        );
+    }
 }

@@ -82,6 +82,8 @@ static __always_inline void emit(__u32 kind, __u32 tgid, struct tk_proc *p,
 	e->ts_ns = kind == TK_EV_EXIT ? p->exit_ns : bpf_ktime_get_ns();
 	e->start_ns = p->start_ns;
 	e->cpu_ns = p->cpu_ns;
+	e->image = p->image;
+	e->_pad = 0;
 	BPF_CORE_READ_STR_INTO(&e->comm, task, comm);
 	if (filename)
 		bpf_probe_read_kernel_str(&e->filename, sizeof(e->filename), filename);
@@ -120,7 +122,11 @@ int BPF_PROG(tk_exec, struct task_struct *task, int old_pid, struct linux_binprm
 	if (cfg_scope == TK_SCOPE_WORKER && !bpf_map_lookup_elem(&scope, &tgid))
 		return 0;
 	struct tk_proc *p = bpf_map_lookup_elem(&procs, &tgid);
-	if (!p) {
+	if (p) {
+		/* Traced already (forked by a traced process, or exec'd before):
+		 * a new image. User space decides on it by this number. */
+		__sync_fetch_and_add(&p->image, 1);
+	} else {
 		__u32 ppid = BPF_CORE_READ(task, real_parent, tgid);
 		p = track(tgid, tid, ppid);
 		if (!p)

@@ -43,6 +43,8 @@ struct tk_proc {
 	__u32 ppid;     /* parent tgid at exec */
 	__s32 exit_code; /* wait(2) status: code << 8, or signal number */
 	__u32 flags;    /* TK_PROC_* */
+	__u32 image;      /* execs since tracing began: tells user space which image an event is about */
+	__u32 _pad;
 };
 
 /* Per thread of a traced process (key: tid), map `threads`. */
@@ -61,6 +63,8 @@ struct tk_event {
 	__u64 ts_ns;    /* when it happened, bpf_ktime_get_ns() */
 	__u64 start_ns; /* the process's start (exec/fork) */
 	__u64 cpu_ns;   /* final CPU total (TK_EV_EXIT) */
+	__u32 image;      /* tk_proc.image when emitted */
+	__u32 _pad;
 	char comm[TK_COMM_LEN];
 	char filename[TK_FILENAME_LEN];
 };

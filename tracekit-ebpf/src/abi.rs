@@ -62,6 +62,9 @@ pub struct TkProc {
     pub ppid: u32,
     pub exit_code: i32,
     pub flags: u32,
+    /// Execs since tracing began: which image an event is about.
+    pub image: u32,
+    pub _pad: u32,
 }
 
 /// Per thread of a traced process (key: tid), map `threads`.
@@ -84,6 +87,8 @@ pub struct TkEvent {
     pub ts_ns: u64,
     pub start_ns: u64,
     pub cpu_ns: u64,
+    pub image: u32,
+    pub _pad: u32,
     pub comm: [u8; TK_COMM_LEN],
     pub filename: [u8; TK_FILENAME_LEN],
 }

@@ -20,14 +20,14 @@ fn c_layout() -> HashMap<String, u64> {
     let structs: [(&str, &[&str]); 3] = [
         (
             "tk_proc",
-            &["cpu_ns", "start_ns", "exit_ns", "threads", "ppid", "exit_code", "flags"],
+            &["cpu_ns", "start_ns", "exit_ns", "threads", "ppid", "exit_code", "flags", "image", "_pad"],
         ),
         ("tk_thread", &["last_runtime", "tgid", "_pad"]),
         (
             "tk_event",
             &[
-                "kind", "pid", "ppid", "exit_code", "ts_ns", "start_ns", "cpu_ns", "comm",
-                "filename",
+                "kind", "pid", "ppid", "exit_code", "ts_ns", "start_ns", "cpu_ns", "image", "_pad",
+                "comm", "filename",
             ],
         ),
     ];
@@ -94,6 +94,8 @@ fn abi_matches_c() {
         ("tk_proc.ppid", offset_of!(TkProc, ppid) as u64),
         ("tk_proc.exit_code", offset_of!(TkProc, exit_code) as u64),
         ("tk_proc.flags", offset_of!(TkProc, flags) as u64),
+        ("tk_proc.image", offset_of!(TkProc, image) as u64),
+        ("tk_proc._pad", offset_of!(TkProc, _pad) as u64),
         ("tk_thread.size", size_of::<TkThread>() as u64),
         ("tk_thread.last_runtime", offset_of!(TkThread, last_runtime) as u64),
         ("tk_thread.tgid", offset_of!(TkThread, tgid) as u64),
@@ -106,6 +108,8 @@ fn abi_matches_c() {
         ("tk_event.ts_ns", offset_of!(TkEvent, ts_ns) as u64),
         ("tk_event.start_ns", offset_of!(TkEvent, start_ns) as u64),
         ("tk_event.cpu_ns", offset_of!(TkEvent, cpu_ns) as u64),
+        ("tk_event.image", offset_of!(TkEvent, image) as u64),
+        ("tk_event._pad", offset_of!(TkEvent, _pad) as u64),
         ("tk_event.comm", offset_of!(TkEvent, comm) as u64),
         ("tk_event.filename", offset_of!(TkEvent, filename) as u64),
         ("TK_COMM_LEN", TK_COMM_LEN as u64),

@@ -6,7 +6,10 @@ use std::collections::HashSet;
 use std::os::fd::OwnedFd;
 
 use anyhow::{Context, Result, anyhow};
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf};
+use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
 use tokio::io::Interest;
@@ -24,8 +27,8 @@ use super::{CollectorStats, CpuReading, Event, ProcExit, ProcStart, Scope};
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracekit.bpf.o"));
 
 pub struct EbpfCollector {
-    // Programs stay attached while `bpf` lives.
-    bpf: Ebpf,
+    // The programs stay attached while these links are held.
+    links: Vec<FdLink>,
     events: AsyncFd<RingBuf<MapData>>,
     procs: BpfHashMap<MapData, u32, TkProc>,
     threads: BpfHashMap<MapData, u32, TkThread>,
@@ -36,31 +39,95 @@ pub struct EbpfCollector {
     last_lost: u64,
 }
 
-impl EbpfCollector {
-    /// Load, configure and attach. `pre_existing` processes (host scope) are
-    /// inserted into the maps so they are traced from now on.
-    pub fn start(scope: Scope) -> Result<Self> {
-        let btf = Btf::from_sys_fs().context("reading kernel BTF (/sys/kernel/btf/vmlinux)")?;
-        let cfg_scope: u32 = match scope {
-            Scope::Worker => TK_SCOPE_WORKER,
-            Scope::Host => TK_SCOPE_HOST,
-        };
-        let mut bpf = EbpfLoader::new()
-            .btf(Some(&btf))
-            .override_global(names::GLOBAL_SCOPE, &cfg_scope, true)
-            .load(OBJECT)
-            .context("loading the eBPF object")?;
+/// Where the loader pins what it made, for the agent to pick up.
+const PIN_ROOT: &str = "/sys/fs/bpf/tracekit";
+/// bpffs's magic number (statfs f_type).
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
+/// The loader, run in a short-lived child process (`tracekit-agent
+/// load-ebpf`): parsing the kernel's BTF for CO-RE takes ~40 MB that the
+/// long-running agent should not keep as its peak. It loads, attaches, and
+/// pins every map and link under `pin_dir`.
+pub fn load_and_pin(scope: Scope, pin_dir: &Path) -> Result<()> {
+    let btf = Btf::from_sys_fs().context("reading kernel BTF (/sys/kernel/btf/vmlinux)")?;
+    let cfg_scope: u32 = match scope {
+        Scope::Worker => TK_SCOPE_WORKER,
+        Scope::Host => TK_SCOPE_HOST,
+    };
+    let mut bpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .override_global(names::GLOBAL_SCOPE, &cfg_scope, true)
+        .load(OBJECT)
+        .context("loading the eBPF object")?;
+    for (prog, tracepoint) in names::PROGRAMS {
+        let program: &mut BtfTracePoint = bpf
+            .program_mut(prog)
+            .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
+            .try_into()
+            .with_context(|| format!("program {prog} is not a BTF tracepoint"))?;
+        program
+            .load(tracepoint, &btf)
+            .with_context(|| format!("loading {prog} (tp_btf/{tracepoint})"))?;
+        let id = program
+            .attach()
+            .with_context(|| format!("attaching {prog} to tp_btf/{tracepoint}"))?;
+        let link: FdLink = program.take_link(id)?.into();
+        link.pin(pin_dir.join(format!("link_{prog}")))
+            .with_context(|| format!("pinning the link of {prog}"))?;
+    }
+    for name in [
+        names::MAP_SCOPE,
+        names::MAP_PROCS,
+        names::MAP_THREADS,
+        names::MAP_EVENTS,
+        names::MAP_STATS,
+    ] {
+        map(&mut bpf, name)?
+            .pin(pin_dir.join(name))
+            .with_context(|| format!("pinning map {name}"))?;
+    }
+    Ok(())
+}
+
+impl EbpfCollector {
+    /// Load and attach the tracer (through the loader process) and open what
+    /// it pinned; the pins are removed at once, so everything is released
+    /// when the agent exits, however it exits.
+    pub fn start(scope: Scope) -> Result<Self> {
+        mount_bpffs()?;
+        remove_stale_pins();
+        let pin_dir = PathBuf::from(PIN_ROOT).join(std::process::id().to_string());
+        let _ = std::fs::remove_dir_all(&pin_dir);
+        std::fs::create_dir_all(&pin_dir)
+            .with_context(|| format!("creating {}", pin_dir.display()))?;
+        let opened = run_loader(scope, &pin_dir).and_then(|()| Self::open(scope, &pin_dir));
+        let _ = std::fs::remove_dir_all(&pin_dir);
+        opened
+    }
+
+    fn open(scope: Scope, pin_dir: &Path) -> Result<Self> {
+        let mut links = Vec::new();
+        for (prog, _) in names::PROGRAMS {
+            let path = pin_dir.join(format!("link_{prog}"));
+            let pinned = PinnedLink::from_pin(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            links.push(pinned.unpin().context("unpinning a link")?);
+        }
+        let open_map = |name: &str| -> Result<MapData> {
+            let path = pin_dir.join(name);
+            let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+            std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+            Ok(data)
+        };
         // The agent's own process roots the worker scope, before anything is
         // spawned, so its children are in scope from their first instruction.
+        let mut scope_map: BpfHashMap<MapData, u32, u8> =
+            BpfHashMap::try_from(Map::HashMap(open_map(names::MAP_SCOPE)?))?;
         if scope == Scope::Worker {
-            let mut scope_map: BpfHashMap<_, u32, u8> =
-                BpfHashMap::try_from(map(&mut bpf, names::MAP_SCOPE)?)?;
             scope_map
                 .insert(std::process::id(), 1u8, 0)
                 .context("registering the agent in the scope map")?;
         }
-
         let stats_fd = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
             Ok(fd) => Some(fd),
             Err(e) => {
@@ -68,35 +135,17 @@ impl EbpfCollector {
                 None
             }
         };
-
-        for (prog, tracepoint) in names::PROGRAMS {
-            let program: &mut BtfTracePoint = bpf
-                .program_mut(prog)
-                .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
-                .try_into()
-                .with_context(|| format!("program {prog} is not a BTF tracepoint"))?;
-            program
-                .load(tracepoint, &btf)
-                .with_context(|| format!("loading {prog} (tp_btf/{tracepoint})"))?;
-            program
-                .attach()
-                .with_context(|| format!("attaching {prog} to tp_btf/{tracepoint}"))?;
-        }
-
-        let events = RingBuf::try_from(take(&mut bpf, names::MAP_EVENTS)?)?;
+        let events = RingBuf::try_from(Map::RingBuf(open_map(names::MAP_EVENTS)?))?;
         // SAFETY: the RingBuf owns its map fd, which stays open and the same
         // for as long as the AsyncFd owns the RingBuf.
         let events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
             .map_err(|e| anyhow!("registering the ring buffer with tokio: {e}"))?;
-        let procs = BpfHashMap::try_from(take(&mut bpf, names::MAP_PROCS)?)?;
-        let threads = BpfHashMap::try_from(take(&mut bpf, names::MAP_THREADS)?)?;
-        let stats = PerCpuArray::try_from(take(&mut bpf, names::MAP_STATS)?)?;
         Ok(EbpfCollector {
-            bpf,
+            links,
             events,
-            procs,
-            threads,
-            stats,
+            procs: BpfHashMap::try_from(Map::HashMap(open_map(names::MAP_PROCS)?))?,
+            threads: BpfHashMap::try_from(Map::HashMap(open_map(names::MAP_THREADS)?))?,
+            stats: PerCpuArray::try_from(Map::PerCpuArray(open_map(names::MAP_STATS)?))?,
             _stats_fd: stats_fd,
             recovered: 0,
             last_lost: 0,
@@ -153,6 +202,8 @@ impl EbpfCollector {
                     filename: c_str(&ev.filename).to_string(),
                     start_ns: ev.start_ns,
                     pre_existing: false,
+                    forked: ev.kind == TK_EV_FORK,
+                    image: ev.image,
                 })),
                 TK_EV_EXIT => out.push(Event::Exit(ProcExit {
                     pid: ev.pid,
@@ -198,6 +249,8 @@ impl EbpfCollector {
                         filename: String::new(),
                         start_ns: p.start_ns,
                         pre_existing: false,
+                        forked: false,
+                        image: p.image,
                     }));
                 }
             }
@@ -216,6 +269,13 @@ impl EbpfCollector {
         }
     }
 
+    pub fn forget_image(&mut self, pid: u32, image: u32) {
+        // Only if no later exec reused the entry (its event is still queued).
+        if self.procs.get(&pid, 0).is_ok_and(|p| p.image == image) {
+            let _ = self.procs.remove(&pid);
+        }
+    }
+
     pub fn forget(&mut self, pid: u32) {
         // The kernel drops the process's thread entries at their next switch.
         let _ = self.procs.remove(&pid);
@@ -229,15 +289,21 @@ impl EbpfCollector {
     }
 
     pub fn stats(&mut self) -> CollectorStats {
-        let programs = self
-            .bpf
-            .programs()
-            .filter_map(|(name, prog)| {
-                let info = prog.info().ok()?;
+        let ids: Vec<u32> = self
+            .links
+            .iter()
+            .filter_map(|l| Some(l.info().ok()?.program_id()))
+            .collect();
+        let programs = aya::programs::loaded_programs()
+            .filter_map(|info| {
+                let info = info.ok()?;
+                if !ids.contains(&info.id()) {
+                    return None;
+                }
                 let run_count = info.run_count();
                 let run_time_ns = info.run_time().as_nanos() as u64;
                 Some(ProgramCost {
-                    program: name.to_string(),
+                    program: info.name_as_str().unwrap_or("?").to_string(),
                     run_count,
                     run_time_ns,
                     ns_per_call: if run_count > 0 {
@@ -279,9 +345,72 @@ fn map<'a>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
         .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
 }
 
-fn take(bpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
-    bpf.take_map(name)
-        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+/// Run `tracekit-agent load-ebpf` and wait for it.
+fn run_loader(scope: Scope, pin_dir: &Path) -> Result<()> {
+    let exe = std::env::current_exe().context("locating the agent's executable")?;
+    let out = std::process::Command::new(&exe)
+        .arg("load-ebpf")
+        .arg("--scope")
+        .arg(scope.to_string())
+        .arg("--pin-dir")
+        .arg(pin_dir)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("running the eBPF loader {}", exe.display()))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let reason = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
+    anyhow::bail!("the eBPF loader failed ({}): {reason}", out.status)
+}
+
+/// Mount bpffs at /sys/fs/bpf unless it is there.
+fn mount_bpffs() -> Result<()> {
+    let root = Path::new("/sys/fs/bpf");
+    // SAFETY: statfs writes the struct we pass; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let is_bpffs = unsafe { libc::statfs(c"/sys/fs/bpf".as_ptr(), &mut st) } == 0
+        && st.f_type as i64 == BPF_FS_MAGIC;
+    if is_bpffs {
+        return Ok(());
+    }
+    std::fs::create_dir_all(root).context("creating /sys/fs/bpf")?;
+    // SAFETY: mount with constant NUL-terminated strings.
+    let r = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            c"/sys/fs/bpf".as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error()).context("mounting bpffs at /sys/fs/bpf");
+    }
+    tracing::info!("mounted bpffs at /sys/fs/bpf");
+    Ok(())
+}
+
+/// Pins left by an agent that died between its loader and unpinning (the
+/// directory is named after its pid) would keep programs attached: remove them.
+fn remove_stale_pins() {
+    let Ok(dir) = std::fs::read_dir(PIN_ROOT) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let alive = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            tracing::warn!(dir = %entry.path().display(), "removing stale tracer pins");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Pids of every process on the host (for adopting running ones).

@@ -24,6 +24,11 @@ pub struct ProcStart {
     pub start_ns: u64,
     /// Already running when tracing began: CPU counts from then on.
     pub pre_existing: bool,
+    /// Forked by a traced process, not (yet) exec'd: its comm is its
+    /// parent's, so no decision is taken on it until it execs or exits.
+    pub forked: bool,
+    /// The collector's image number of this image (see [`Collector::forget_image`]).
+    pub image: u32,
 }
 
 /// A traced process ended.
@@ -130,10 +135,19 @@ impl Collector {
         }
     }
 
-    /// Stop tracing `pid` (it does not match, or its exit is recorded).
+    /// Stop tracing `pid` (its exit is recorded).
     pub fn forget(&mut self, pid: u32) {
         match self {
             Collector::Ebpf(c) => c.forget(pid),
+            Collector::Procfs(c) => c.forget(pid),
+        }
+    }
+
+    /// Stop tracing the image `image` of `pid` (it does not match); a newer
+    /// exec of the same process, whose event is still queued, stays traced.
+    pub fn forget_image(&mut self, pid: u32, image: u32) {
+        match self {
+            Collector::Ebpf(c) => c.forget_image(pid, image),
             Collector::Procfs(c) => c.forget(pid),
         }
     }

@@ -107,6 +107,8 @@ impl ProcfsCollector {
                 // differ only by time spent suspended, which servers are not).
                 start_ns: self.ticks_to_ns(stat.start_ticks),
                 pre_existing: false,
+                forked: false,
+                image: 0,
             }));
         }
         Ok(())

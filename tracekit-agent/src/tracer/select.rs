@@ -1,7 +1,7 @@
 //! Choosing the collector: eBPF when this host and process allow it, else
 //! `/proc` polling, saying exactly why.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use caps::{CapSet, Capability};
 
 use super::{Collector, Scope, ebpf::EbpfCollector, procfs::ProcfsCollector};
@@ -74,9 +74,4 @@ fn preflight() -> Result<()> {
         tracing::debug!("could not raise RLIMIT_MEMLOCK (only older kernels need it)");
     }
     Ok(())
-}
-
-/// Whether this process could load eBPF (for tests and `--collector auto`).
-pub fn ebpf_possible() -> Result<()> {
-    preflight().context("eBPF preflight")
 }
