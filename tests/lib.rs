@@ -43,7 +43,9 @@ pub fn require_tool(test: &str, tool: &str) -> bool {
 pub fn test_video(width: u32, height: u32, seconds: u32) -> Result<PathBuf> {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     let dir = DIR.get_or_init(|| tempfile::tempdir().expect("creating a temp dir"));
-    let path = dir.path().join(format!("testsrc_{width}x{height}_{seconds}s.mp4"));
+    let path = dir
+        .path()
+        .join(format!("testsrc_{width}x{height}_{seconds}s.mp4"));
     if path.exists() {
         return Ok(path);
     }
@@ -55,9 +57,24 @@ pub fn test_video(width: u32, height: u32, seconds: u32) -> Result<PathBuf> {
 pub fn make_video(path: &Path, width: u32, height: u32, seconds: u32) -> Result<()> {
     let tmp = path.with_extension("part.mp4");
     let status = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
         .arg(format!("testsrc=size={width}x{height}:rate=25"))
-        .args(["-t", &seconds.to_string(), "-pix_fmt", "yuv420p", "-c:v", "libx264"])
+        .args([
+            "-t",
+            &seconds.to_string(),
+            "-pix_fmt",
+            "yuv420p",
+            "-c:v",
+            "libx264",
+        ])
         .args(["-preset", "ultrafast"])
         .arg(&tmp)
         .status()

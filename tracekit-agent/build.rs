@@ -5,8 +5,9 @@ fn main() {
         println!("cargo:rerun-if-changed={}", src.display());
     }
     println!("cargo:rerun-if-env-changed=CLANG");
-    let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"))
-        .join("tracekit.bpf.o");
+    let out =
+        std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"))
+            .join("tracekit.bpf.o");
     if let Err(e) = tracekit_ebpf::build::compile(&out) {
         // One line that says what to install; cargo shows it as the error.
         eprintln!("error: {e}");

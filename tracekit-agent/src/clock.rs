@@ -56,7 +56,7 @@ impl Clock {
     }
 
     /// Epoch ms of a monotonic timestamp (floored).
-    pub fn to_epoch_ms(&self, mono_ns: u64) -> i64 {
+    pub fn epoch_ms_of(&self, mono_ns: u64) -> i64 {
         (mono_ns as i128 + self.offset_ns).div_euclid(1_000_000) as i64
     }
 }
@@ -69,7 +69,7 @@ mod tests {
     fn converts_now_to_now() {
         let clock = Clock::new();
         let a = epoch_ms();
-        let b = clock.to_epoch_ms(monotonic_ns());
+        let b = clock.epoch_ms_of(monotonic_ns());
         assert!((b - a).abs() <= 2, "{a} vs {b}");
     }
 }

@@ -2,6 +2,7 @@
 
 mod cli;
 mod clock;
+mod matcher;
 mod session;
 mod table;
 mod trace_cmd;
@@ -33,6 +34,9 @@ enum Command {
         scope: tracer::Scope,
         #[arg(long)]
         pin_dir: std::path::PathBuf,
+        /// Exact comms the kernel lets start tracing (none: every exec).
+        #[arg(long = "comm")]
+        comms: Vec<String>,
     },
 }
 
@@ -45,9 +49,14 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    if let Command::LoadEbpf { scope, pin_dir } = &cli.command {
+    if let Command::LoadEbpf {
+        scope,
+        pin_dir,
+        comms,
+    } = &cli.command
+    {
         // A short-lived child: no async runtime needed.
-        return match tracer::ebpf::load_and_pin(*scope, pin_dir) {
+        return match tracer::ebpf::load_and_pin(*scope, comms, pin_dir) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("{e:#}");

@@ -3,13 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use regex::Regex;
+use anyhow::Result;
 use tracekit_trace::node::{self, NodeIdentity};
 use tracekit_trace::{Invocation, TraceWriter, TracerStats};
 
 use crate::cli::TracerArgs;
 use crate::clock::{self, Clock};
+use crate::matcher::Matcher;
 use crate::table::ProcessTable;
 use crate::tracer::select::select;
 use crate::tracer::{Collector, Event, ProcStart, Scope, ebpf};
@@ -38,9 +38,8 @@ impl Session {
         logs: &std::path::Path,
         freq: Option<f64>,
     ) -> Result<Self> {
-        let matcher = Regex::new(&args.proc_match)
-            .with_context(|| format!("--match {:?} is not a valid regex", args.proc_match))?;
-        let selected = select(args.collector, args.scope)?;
+        let matcher = Matcher::new(&args.proc_match)?;
+        let selected = select(args.collector, args.scope, matcher.exact_comms())?;
         let mut meta = node::detect(id, freq);
         meta.collector = Some(selected.collector.kind());
         meta.fallback_reason = selected.fallback_reason;

@@ -9,10 +9,10 @@
 use std::collections::HashMap;
 
 use anyhow::Result;
-use regex::Regex;
 use tracekit_trace::{CollectorKind, Invocation, ProcSample, TraceWriter};
 
 use crate::clock::Clock;
+use crate::matcher::Matcher;
 use crate::tracer::{Collector, CpuReading, Event, ProcExit, ProcStart, decode_status, rss_kb};
 
 struct Tracked {
@@ -33,7 +33,7 @@ pub struct TableCounts {
 }
 
 pub struct ProcessTable {
-    matcher: Regex,
+    matcher: Matcher,
     node: String,
     stage: String,
     collector: CollectorKind,
@@ -45,7 +45,7 @@ pub struct ProcessTable {
 }
 
 impl ProcessTable {
-    pub fn new(matcher: Regex, node: String, stage: String, collector: CollectorKind) -> Self {
+    pub fn new(matcher: Matcher, node: String, stage: String, collector: CollectorKind) -> Self {
         ProcessTable {
             matcher,
             node,
@@ -76,17 +76,7 @@ impl ProcessTable {
 
     /// Whether `start` would be traced.
     pub fn would_trace(&self, start: &ProcStart) -> bool {
-        self.matches(start)
-    }
-
-    /// Whether `comm` (or the exec'd file's base name) matches `--match`.
-    fn matches(&self, start: &ProcStart) -> bool {
-        if self.matcher.is_match(&start.comm) {
-            return true;
-        }
-        // comm is cut at 15 bytes; the file name is not.
-        let base = start.filename.rsplit('/').next().unwrap_or("");
-        !base.is_empty() && self.matcher.is_match(base)
+        self.matcher.matches(&start.comm, &start.filename)
     }
 
     /// Apply the collector's events; finished processes are written and
@@ -121,7 +111,7 @@ impl ProcessTable {
             }
             return;
         }
-        if !self.matches(&start) {
+        if !self.would_trace(&start) {
             // A forked child carries its parent's comm: wait for its exec
             // (or exit) before dropping it.
             if !start.forked {
@@ -129,7 +119,7 @@ impl ProcessTable {
             }
             return;
         }
-        let ts_start_ms = clock.to_epoch_ms(start.start_ns);
+        let ts_start_ms = clock.epoch_ms_of(start.start_ns);
         tracing::debug!(pid = start.pid, comm = %start.comm, "tracing process");
         self.counts.processes_seen += 1;
         let rss = rss_kb(start.pid).unwrap_or(0);
@@ -159,7 +149,7 @@ impl ProcessTable {
         };
         // A sample is never taken after an exit began, so this only guards
         // against a clock step.
-        let ts_end_ms = clock.to_epoch_ms(exit.end_ns).max(t.last_ts_ms);
+        let ts_end_ms = clock.epoch_ms_of(exit.end_ns).max(t.last_ts_ms);
         let cpu_ns = exit.cpu_ns.max(t.last_cpu_ns);
         let dt = ts_end_ms - t.last_ts_ms;
         let cpu_delta_ms = delta_ms(t.last_cpu_ns, cpu_ns);

@@ -87,11 +87,13 @@ fn samples(node_dir: &Path) -> Vec<Value> {
 }
 
 fn int(v: &Value, k: &str) -> i64 {
-    v[k].as_i64().unwrap_or_else(|| panic!("{k} missing in {v}"))
+    v[k].as_i64()
+        .unwrap_or_else(|| panic!("{k} missing in {v}"))
 }
 
 fn float(v: &Value, k: &str) -> f64 {
-    v[k].as_f64().unwrap_or_else(|| panic!("{k} missing in {v}"))
+    v[k].as_f64()
+        .unwrap_or_else(|| panic!("{k} missing in {v}"))
 }
 
 /// Samples of each pid must tile [ts_start, ts_end] and add up to cpu_ms.
@@ -102,9 +104,15 @@ fn check_tiling(node_dir: &Path) {
     }
     for inv in invocations(node_dir) {
         let pid = int(&inv, "pid");
-        let rows = by_pid.get(&pid).unwrap_or_else(|| panic!("no samples for {inv}"));
+        let rows = by_pid
+            .get(&pid)
+            .unwrap_or_else(|| panic!("no samples for {inv}"));
         let dt: i64 = rows.iter().map(|s| int(s, "dt_ms")).sum();
-        assert_eq!(dt, int(&inv, "ts_end") - int(&inv, "ts_start"), "tiling of {inv}");
+        assert_eq!(
+            dt,
+            int(&inv, "ts_end") - int(&inv, "ts_start"),
+            "tiling of {inv}"
+        );
         assert_eq!(int(rows.last().unwrap(), "ts_ms"), int(&inv, "ts_end"));
         let cpu: f64 = rows.iter().map(|s| float(s, "cpu_ms")).sum();
         assert!(
@@ -113,7 +121,10 @@ fn check_tiling(node_dir: &Path) {
             float(&inv, "cpu_ms")
         );
         for w in rows.windows(2) {
-            assert!(int(&w[1], "ts_ms") > int(&w[0], "ts_ms"), "time goes forward");
+            assert!(
+                int(&w[1], "ts_ms") > int(&w[0], "ts_ms"),
+                "time goes forward"
+            );
         }
     }
 }
@@ -150,23 +161,71 @@ fn cpu_time_and_times_match_the_kernel() {
     let input = input.to_str().expect("utf-8 path");
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = |name: &str| tmp.path().join(name).to_string_lossy().into_owned();
-    let agent = Agent::start(tmp.path(), "acc", &["--scope", "host", "--interval-ms", "100"]);
+    let agent = Agent::start(
+        tmp.path(),
+        "acc",
+        &["--scope", "host", "--interval-ms", "100"],
+    );
     let (o1, o2, o3) = (out("st.mp4"), out("mt.mp4"), out("hevc.mp4"));
     let encodes: Vec<(&str, Vec<&str>)> = vec![
         (
             "x264 single-threaded",
-            vec!["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-threads", "1", "-i", input,
-                 "-c:v", "libx264", "-preset", "fast", "-threads", "1", &o1],
+            vec![
+                "ffmpeg",
+                "-nostdin",
+                "-loglevel",
+                "error",
+                "-y",
+                "-threads",
+                "1",
+                "-i",
+                input,
+                "-c:v",
+                "libx264",
+                "-preset",
+                "fast",
+                "-threads",
+                "1",
+                &o1,
+            ],
         ),
         (
             "x264 multi-threaded",
-            vec!["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", input, "-c:v", "libx264",
-                 "-preset", "medium", "-threads", "4", &o2],
+            vec![
+                "ffmpeg",
+                "-nostdin",
+                "-loglevel",
+                "error",
+                "-y",
+                "-i",
+                input,
+                "-c:v",
+                "libx264",
+                "-preset",
+                "medium",
+                "-threads",
+                "4",
+                &o2,
+            ],
         ),
         (
             "x265",
-            vec!["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", input, "-c:v", "libx265",
-                 "-preset", "ultrafast", "-x265-params", "log-level=error", &o3],
+            vec![
+                "ffmpeg",
+                "-nostdin",
+                "-loglevel",
+                "error",
+                "-y",
+                "-i",
+                input,
+                "-c:v",
+                "libx265",
+                "-preset",
+                "ultrafast",
+                "-x265-params",
+                "log-level=error",
+                &o3,
+            ],
         ),
     ];
     let mut runs = Vec::new();
@@ -190,9 +249,18 @@ fn cpu_time_and_times_match_the_kernel() {
             int(inv, "ts_start") - t0,
             t1 - int(inv, "ts_end")
         );
-        assert!(err <= 0.005, "{name}: traced {traced} ms vs rusage {cpu} ms");
-        assert!((int(inv, "ts_start") - t0).abs() <= 5, "{name}: exec time {inv} vs {t0}");
-        assert!((t1 - int(inv, "ts_end")).abs() <= 5, "{name}: exit time {inv} vs {t1}");
+        assert!(
+            err <= 0.005,
+            "{name}: traced {traced} ms vs rusage {cpu} ms"
+        );
+        assert!(
+            (int(inv, "ts_start") - t0).abs() <= 5,
+            "{name}: exec time {inv} vs {t0}"
+        );
+        assert!(
+            (t1 - int(inv, "ts_end")).abs() <= 5,
+            "{name}: exit time {inv} vs {t1}"
+        );
         assert_eq!(inv["exit_code"], 0);
     }
     check_tiling(&dir);
@@ -236,16 +304,30 @@ fn records_exit_status() {
                   ffmpeg -no-such-option 2>/dev/null; \
                   ffmpeg -nostdin -loglevel error -f lavfi -i testsrc -f null - & p=$!; \
                   sleep 1; kill -9 $p; wait $p; exit 0";
-    let dir = trace_command(tmp.path(), "status", &[], &["sh", "-c", script]);
+    // A pattern that is not a set of exact names: matched in user space.
+    let dir = trace_command(
+        tmp.path(),
+        "status",
+        &["--match", "^ff(mpeg|probe)$"],
+        &["sh", "-c", script],
+    );
     let invs = invocations(&dir);
     assert_eq!(invs.len(), 3, "{invs:?}");
     let mut by_start = invs.clone();
     by_start.sort_by_key(|i| int(i, "ts_start"));
-    assert_eq!(by_start[0]["exit_code"], 0, "ffmpeg -version: {}", by_start[0]);
+    assert_eq!(
+        by_start[0]["exit_code"], 0,
+        "ffmpeg -version: {}",
+        by_start[0]
+    );
     assert_eq!(by_start[1]["exit_code"], 1, "bad option: {}", by_start[1]);
     assert_eq!(by_start[2]["signal"], 9, "SIGKILL: {}", by_start[2]);
     assert!(by_start[2]["exit_code"].is_null());
-    assert!(float(&by_start[2], "cpu_ms") > 100.0, "the killed encode ran: {}", by_start[2]);
+    assert!(
+        float(&by_start[2], "cpu_ms") > 100.0,
+        "the killed encode ran: {}",
+        by_start[2]
+    );
     check_tiling(&dir);
 }
 
@@ -264,7 +346,16 @@ fn worker_scope_sees_only_its_own() {
         Command::new(AGENT)
             .args(["trace", "--run-id", run, "--node-id", run, "--logs"])
             .arg(tmp.path())
-            .args(["--", "ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", input])
+            .args([
+                "--",
+                "ffmpeg",
+                "-nostdin",
+                "-loglevel",
+                "error",
+                "-y",
+                "-i",
+                input,
+            ])
             .args(["-c:v", "libx264", "-preset", "veryfast"])
             .arg(&out)
             .spawn()
@@ -301,8 +392,20 @@ fn procfs_collector_writes_the_same_files() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("o.mp4");
     let out = out.to_str().expect("utf-8 path");
-    let cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", input, "-c:v", "libx264",
-               "-preset", "medium", out];
+    let cmd = [
+        "ffmpeg",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-y",
+        "-i",
+        input,
+        "-c:v",
+        "libx264",
+        "-preset",
+        "medium",
+        out,
+    ];
     let ebpf = trace_command(tmp.path(), "ebpf", &["--interval-ms", "100"], &cmd);
     let procfs = trace_command(
         tmp.path(),
@@ -311,8 +414,13 @@ fn procfs_collector_writes_the_same_files() {
         &cmd,
     );
     for dir in [&ebpf, &procfs] {
-        for f in ["node_meta.json", "CTS/invocations.jsonl", "CTS/proc_metrics.jsonl",
-                  "CTS/nodes.json", "CTS/tracer_stats.json"] {
+        for f in [
+            "node_meta.json",
+            "CTS/invocations.jsonl",
+            "CTS/proc_metrics.jsonl",
+            "CTS/nodes.json",
+            "CTS/tracer_stats.json",
+        ] {
             assert!(dir.join(f).exists(), "{} lacks {f}", dir.display());
         }
         assert_eq!(invocations(dir).len(), 1);
@@ -332,7 +440,11 @@ fn procfs_collector_writes_the_same_files() {
     };
     assert_eq!(keys(e), keys(p));
     // The known loss: procfs misses the tail (and its clock has 10 ms ticks).
-    eprintln!("CPU: ebpf {} ms, procfs {} ms", float(e, "cpu_ms"), float(p, "cpu_ms"));
+    eprintln!(
+        "CPU: ebpf {} ms, procfs {} ms",
+        float(e, "cpu_ms"),
+        float(p, "cpu_ms")
+    );
     assert!(float(p, "cpu_ms") <= float(e, "cpu_ms") * 1.05);
 }
 
@@ -344,9 +456,18 @@ fn falls_back_to_procfs_without_privilege() {
     }
     let tmp = tempfile::tempdir().expect("tempdir");
     // Let the unprivileged agent write its trace.
-    Command::new("chmod").arg("777").arg(tmp.path()).status().expect("chmod");
+    Command::new("chmod")
+        .arg("777")
+        .arg(tmp.path())
+        .status()
+        .expect("chmod");
     let status = Command::new("setpriv")
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(AGENT)
         .args(["trace", "--run-id", "nopriv", "--logs"])
         .arg(tmp.path())
@@ -357,13 +478,27 @@ fn falls_back_to_procfs_without_privilege() {
     assert!(status.success());
     let meta: Value = read_json(&tmp.path().join("nopriv/node_meta.json")).expect("meta");
     assert_eq!(meta["collector"], "procfs");
-    let reason = meta["fallback_reason"].as_str().expect("a reason is recorded");
+    let reason = meta["fallback_reason"]
+        .as_str()
+        .expect("a reason is recorded");
     assert!(reason.contains("CAP_BPF"), "{reason}");
     // Asking for eBPF explicitly is an error, not a silent fallback.
     let status = Command::new("setpriv")
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(AGENT)
-        .args(["trace", "--collector", "ebpf", "--run-id", "strict", "--logs"])
+        .args([
+            "trace",
+            "--collector",
+            "ebpf",
+            "--run-id",
+            "strict",
+            "--logs",
+        ])
         .arg(tmp.path())
         .args(["--", "true"])
         .status()

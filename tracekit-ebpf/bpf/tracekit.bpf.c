@@ -17,6 +17,16 @@ char LICENSE[] SEC("license") = "GPL";
 
 /* Set by the loader before load (TK_SCOPE_*). */
 const volatile __u32 cfg_scope = TK_SCOPE_WORKER;
+/* When set, only an exec whose comm is a key of `comms` starts tracing:
+ * the match is a set of exact names, so other execs never reach user space. */
+const volatile __u32 cfg_comm_filter = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TK_MAX_COMMS);
+	__type(key, char[TK_COMM_LEN]);
+	__type(value, __u8);
+} comms SEC(".maps");
 
 /* Processes whose descendants are in scope (worker scope): the agent's tgid,
  * put there by the agent, and every process forked below it. */
@@ -60,11 +70,13 @@ static __always_inline void count(__u32 stat)
 		*v += 1; /* per-CPU slot: no atomic needed */
 }
 
+/* tp_btf arguments are trusted kernel pointers: fields are read directly,
+ * without a probe-read helper call, on the hot path. */
 static __always_inline unsigned long task_state(struct task_struct *t)
 {
 	if (bpf_core_field_exists(t->__state))
-		return BPF_CORE_READ(t, __state);
-	return BPF_CORE_READ((struct task_struct___pre514 *)t, state);
+		return t->__state;
+	return ((struct task_struct___pre514 *)t)->state;
 }
 
 static __always_inline void emit(__u32 kind, __u32 tgid, struct tk_proc *p,
@@ -127,6 +139,12 @@ int BPF_PROG(tk_exec, struct task_struct *task, int old_pid, struct linux_binprm
 		 * a new image. User space decides on it by this number. */
 		__sync_fetch_and_add(&p->image, 1);
 	} else {
+		if (cfg_comm_filter) {
+			char comm[TK_COMM_LEN] = {};
+			bpf_get_current_comm(comm, sizeof(comm));
+			if (!bpf_map_lookup_elem(&comms, comm))
+				return 0;
+		}
 		__u32 ppid = BPF_CORE_READ(task, real_parent, tgid);
 		p = track(tgid, tid, ppid);
 		if (!p)

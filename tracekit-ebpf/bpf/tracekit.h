@@ -13,6 +13,7 @@
 
 #define TK_COMM_LEN 16
 #define TK_FILENAME_LEN 128
+#define TK_MAX_COMMS 64 /* entries of the `comms` filter map */
 
 /* Value of the `cfg_scope` global. */
 #define TK_SCOPE_WORKER 0 /* the agent's descendants (the `scope` map) */

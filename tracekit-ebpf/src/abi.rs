@@ -5,6 +5,8 @@
 pub const TK_COMM_LEN: usize = 16;
 /// Bytes of the exec filename carried by an event.
 pub const TK_FILENAME_LEN: usize = 128;
+/// Entries of the `comms` filter map.
+pub const TK_MAX_COMMS: u32 = 64;
 
 /// `cfg_scope`: the agent's descendants only.
 pub const TK_SCOPE_WORKER: u32 = 0;
@@ -41,7 +43,9 @@ pub mod names {
     pub const MAP_THREADS: &str = "threads";
     pub const MAP_EVENTS: &str = "events";
     pub const MAP_STATS: &str = "stats";
+    pub const MAP_COMMS: &str = "comms";
     pub const GLOBAL_SCOPE: &str = "cfg_scope";
+    pub const GLOBAL_COMM_FILTER: &str = "cfg_comm_filter";
     /// (program, tracepoint) pairs, all `tp_btf`.
     pub const PROGRAMS: [(&str, &str); 4] = [
         ("tk_exec", "sched_process_exec"),

@@ -35,9 +35,15 @@ pub fn find_clang() -> Result<PathBuf, BuildError> {
     if let Some(c) = std::env::var_os("CLANG") {
         return Ok(PathBuf::from(c));
     }
-    let names = ["clang", "clang-19", "clang-18", "clang-17", "clang-16", "clang-15", "clang-14"];
+    let names = [
+        "clang", "clang-19", "clang-18", "clang-17", "clang-16", "clang-15", "clang-14",
+    ];
     for name in names {
-        if Command::new(name).arg("--version").output().is_ok_and(|o| o.status.success()) {
+        if Command::new(name)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
             return Ok(PathBuf::from(name));
         }
     }
@@ -62,7 +68,9 @@ pub fn compile(out: &Path) -> Result<(), BuildError> {
     };
     let src = source_dir();
     let output = Command::new(&clang)
-        .args(["-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror"])
+        .args([
+            "-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror",
+        ])
         .arg(format!("-D__TARGET_ARCH_{arch}"))
         .arg(format!("-I/usr/include/{triple}"))
         .arg("-I")

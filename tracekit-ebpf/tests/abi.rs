@@ -20,14 +20,33 @@ fn c_layout() -> HashMap<String, u64> {
     let structs: [(&str, &[&str]); 3] = [
         (
             "tk_proc",
-            &["cpu_ns", "start_ns", "exit_ns", "threads", "ppid", "exit_code", "flags", "image", "_pad"],
+            &[
+                "cpu_ns",
+                "start_ns",
+                "exit_ns",
+                "threads",
+                "ppid",
+                "exit_code",
+                "flags",
+                "image",
+                "_pad",
+            ],
         ),
         ("tk_thread", &["last_runtime", "tgid", "_pad"]),
         (
             "tk_event",
             &[
-                "kind", "pid", "ppid", "exit_code", "ts_ns", "start_ns", "cpu_ns", "image", "_pad",
-                "comm", "filename",
+                "kind",
+                "pid",
+                "ppid",
+                "exit_code",
+                "ts_ns",
+                "start_ns",
+                "cpu_ns",
+                "image",
+                "_pad",
+                "comm",
+                "filename",
             ],
         ),
     ];
@@ -40,6 +59,7 @@ fn c_layout() -> HashMap<String, u64> {
     for c in [
         "TK_COMM_LEN",
         "TK_FILENAME_LEN",
+        "TK_MAX_COMMS",
         "TK_SCOPE_WORKER",
         "TK_SCOPE_HOST",
         "TK_EV_EXEC",
@@ -97,7 +117,10 @@ fn abi_matches_c() {
         ("tk_proc.image", offset_of!(TkProc, image) as u64),
         ("tk_proc._pad", offset_of!(TkProc, _pad) as u64),
         ("tk_thread.size", size_of::<TkThread>() as u64),
-        ("tk_thread.last_runtime", offset_of!(TkThread, last_runtime) as u64),
+        (
+            "tk_thread.last_runtime",
+            offset_of!(TkThread, last_runtime) as u64,
+        ),
         ("tk_thread.tgid", offset_of!(TkThread, tgid) as u64),
         ("tk_thread._pad", offset_of!(TkThread, _pad) as u64),
         ("tk_event.size", size_of::<TkEvent>() as u64),
@@ -114,6 +137,7 @@ fn abi_matches_c() {
         ("tk_event.filename", offset_of!(TkEvent, filename) as u64),
         ("TK_COMM_LEN", TK_COMM_LEN as u64),
         ("TK_FILENAME_LEN", TK_FILENAME_LEN as u64),
+        ("TK_MAX_COMMS", TK_MAX_COMMS as u64),
         ("TK_SCOPE_WORKER", TK_SCOPE_WORKER as u64),
         ("TK_SCOPE_HOST", TK_SCOPE_HOST as u64),
         ("TK_EV_EXEC", TK_EV_EXEC as u64),
@@ -127,8 +151,17 @@ fn abi_matches_c() {
         ("TK_STAT_SCOPE_FULL", TK_STAT_SCOPE_FULL as u64),
         ("TK_STAT_MAX", TK_STAT_MAX as u64),
     ];
-    assert_eq!(c.len(), rust.len(), "the probe and the mirror list different items");
+    assert_eq!(
+        c.len(),
+        rust.len(),
+        "the probe and the mirror list different items"
+    );
     for (name, value) in rust {
-        assert_eq!(c.get(name), Some(&value), "{name}: C says {:?}, Rust {value}", c.get(name));
+        assert_eq!(
+            c.get(name),
+            Some(&value),
+            "{name}: C says {:?}, Rust {value}",
+            c.get(name)
+        );
     }
 }

@@ -1,1 +1,64 @@
-fn main() {}
+//! `cargo xtask …`: building the eBPF object, the test entry point, and the
+//! benchmarks that print side-by-side comparisons.
+
+mod bench;
+mod util;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(about = "Tracekit's build, test and benchmark tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Compile the eBPF program (bpf/tracekit.bpf.c) to a BPF object.
+    BuildEbpf {
+        /// Where to write the object.
+        #[arg(long, default_value = "target/bpf/tracekit.bpf.o")]
+        out: PathBuf,
+    },
+    /// Run every test of the workspace (unit, integration, eBPF, end to
+    /// end); eBPF and cgroup tests need root.
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run a benchmark and print its comparison table.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = util::workspace_root()?;
+    std::env::set_current_dir(&root).with_context(|| format!("entering {}", root.display()))?;
+    match cli.command {
+        Command::BuildEbpf { out } => {
+            if let Some(dir) = out.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            tracekit_ebpf::build::compile(&out)?;
+            println!("{}", out.display());
+            Ok(())
+        }
+        Command::Test { args } => test(&args),
+        Command::Bench(args) => bench::run(&args),
+    }
+}
+
+/// The README's test command: builds every binary (end-to-end tests drive
+/// them), then runs all tests.
+fn test(extra: &[String]) -> Result<()> {
+    util::cargo(&["build", "--workspace", "--bins"])?;
+    let mut args = vec!["test", "--workspace"];
+    args.extend(extra.iter().map(String::as_str));
+    util::cargo(&args)
+}

@@ -9,14 +9,14 @@ use anyhow::{Context, Result, anyhow};
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf};
-use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::BtfTracePoint;
+use aya::programs::links::{FdLink, PinnedLink};
 use aya::{Btf, Ebpf, EbpfLoader};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tracekit_ebpf::{
-    TK_EV_EXEC, TK_EV_EXIT, TK_EV_FORK, TK_PROC_EXITED, TK_PROC_GROUP_DEAD, TK_SCOPE_HOST,
-    TK_SCOPE_WORKER, TK_STAT_PROCS_FULL, TK_STAT_RINGBUF_LOST, TK_STAT_SCOPE_FULL,
+    TK_COMM_LEN, TK_EV_EXEC, TK_EV_EXIT, TK_EV_FORK, TK_PROC_EXITED, TK_PROC_GROUP_DEAD,
+    TK_SCOPE_HOST, TK_SCOPE_WORKER, TK_STAT_PROCS_FULL, TK_STAT_RINGBUF_LOST, TK_STAT_SCOPE_FULL,
     TK_STAT_THREADS_FULL, TkEvent, TkProc, TkThread, c_str, names,
 };
 use tracekit_trace::ProgramCost;
@@ -48,7 +48,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 /// load-ebpf`): parsing the kernel's BTF for CO-RE takes ~40 MB that the
 /// long-running agent should not keep as its peak. It loads, attaches, and
 /// pins every map and link under `pin_dir`.
-pub fn load_and_pin(scope: Scope, pin_dir: &Path) -> Result<()> {
+pub fn load_and_pin(scope: Scope, comms: &[String], pin_dir: &Path) -> Result<()> {
     let btf = Btf::from_sys_fs().context("reading kernel BTF (/sys/kernel/btf/vmlinux)")?;
     let cfg_scope: u32 = match scope {
         Scope::Worker => TK_SCOPE_WORKER,
@@ -57,8 +57,24 @@ pub fn load_and_pin(scope: Scope, pin_dir: &Path) -> Result<()> {
     let mut bpf = EbpfLoader::new()
         .btf(Some(&btf))
         .override_global(names::GLOBAL_SCOPE, &cfg_scope, true)
+        .override_global(
+            names::GLOBAL_COMM_FILTER,
+            &u32::from(!comms.is_empty()),
+            true,
+        )
         .load(OBJECT)
         .context("loading the eBPF object")?;
+    // The filter is filled before the programs are attached.
+    let mut filter: BpfHashMap<_, [u8; TK_COMM_LEN], u8> =
+        BpfHashMap::try_from(map(&mut bpf, names::MAP_COMMS)?)?;
+    for comm in comms {
+        let mut key = [0u8; TK_COMM_LEN];
+        let n = comm.len().min(TK_COMM_LEN - 1);
+        key[..n].copy_from_slice(&comm.as_bytes()[..n]);
+        filter
+            .insert(key, 1u8, 0)
+            .with_context(|| format!("adding {comm} to the comm filter"))?;
+    }
     for (prog, tracepoint) in names::PROGRAMS {
         let program: &mut BtfTracePoint = bpf
             .program_mut(prog)
@@ -93,14 +109,15 @@ impl EbpfCollector {
     /// Load and attach the tracer (through the loader process) and open what
     /// it pinned; the pins are removed at once, so everything is released
     /// when the agent exits, however it exits.
-    pub fn start(scope: Scope) -> Result<Self> {
+    pub fn start(scope: Scope, comms: Option<&[String]>) -> Result<Self> {
         mount_bpffs()?;
         remove_stale_pins();
         let pin_dir = PathBuf::from(PIN_ROOT).join(std::process::id().to_string());
         let _ = std::fs::remove_dir_all(&pin_dir);
         std::fs::create_dir_all(&pin_dir)
             .with_context(|| format!("creating {}", pin_dir.display()))?;
-        let opened = run_loader(scope, &pin_dir).and_then(|()| Self::open(scope, &pin_dir));
+        let opened = run_loader(scope, comms.unwrap_or_default(), &pin_dir)
+            .and_then(|()| Self::open(scope, &pin_dir));
         let _ = std::fs::remove_dir_all(&pin_dir);
         opened
     }
@@ -115,7 +132,8 @@ impl EbpfCollector {
         }
         let open_map = |name: &str| -> Result<MapData> {
             let path = pin_dir.join(name);
-            let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+            let data =
+                MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
             std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
             Ok(data)
         };
@@ -333,7 +351,8 @@ pub fn running_threads(pid: u32) -> Vec<(u32, u64)> {
     };
     dir.filter_map(|e| {
         let tid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-        let schedstat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
+        let schedstat =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
         let runtime = schedstat.split_whitespace().next()?.parse().ok()?;
         Some((tid, runtime))
     })
@@ -346,7 +365,7 @@ fn map<'a>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
 }
 
 /// Run `tracekit-agent load-ebpf` and wait for it.
-fn run_loader(scope: Scope, pin_dir: &Path) -> Result<()> {
+fn run_loader(scope: Scope, comms: &[String], pin_dir: &Path) -> Result<()> {
     let exe = std::env::current_exe().context("locating the agent's executable")?;
     let out = std::process::Command::new(&exe)
         .arg("load-ebpf")
@@ -354,6 +373,7 @@ fn run_loader(scope: Scope, pin_dir: &Path) -> Result<()> {
         .arg(scope.to_string())
         .arg("--pin-dir")
         .arg(pin_dir)
+        .args(comms.iter().flat_map(|c| ["--comm", c.as_str()]))
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null())
         .output()
@@ -362,7 +382,11 @@ fn run_loader(scope: Scope, pin_dir: &Path) -> Result<()> {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let reason = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
+    let reason = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no output");
     anyhow::bail!("the eBPF loader failed ({}): {reason}", out.status)
 }
 

@@ -53,7 +53,10 @@ impl ProcfsCollector {
         let mut stats = HashMap::new();
         if let Ok(dir) = std::fs::read_dir("/proc") {
             for entry in dir.flatten() {
-                let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok())
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<u32>().ok())
                 else {
                     continue;
                 };
@@ -79,7 +82,8 @@ impl ProcfsCollector {
                 }));
             }
         }
-        self.ignored.retain(|pid, start| stats.get(pid).is_some_and(|s| s.start_ticks == *start));
+        self.ignored
+            .retain(|pid, start| stats.get(pid).is_some_and(|s| s.start_ticks == *start));
         for (&pid, stat) in &stats {
             let cpu_ns = self.ticks_to_ns(stat.cpu_ticks);
             if let Some(seen) = self.seen.get_mut(&pid) {
@@ -122,10 +126,10 @@ impl ProcfsCollector {
     }
 
     pub fn forget(&mut self, pid: u32) {
-        if self.seen.remove(&pid).is_some() {
-            if let Some(stat) = read_stat(pid) {
-                self.ignored.insert(pid, stat.start_ticks);
-            }
+        if self.seen.remove(&pid).is_some()
+            && let Some(stat) = read_stat(pid)
+        {
+            self.ignored.insert(pid, stat.start_ticks);
         }
     }
 }

@@ -24,14 +24,16 @@ pub struct Selected {
     pub fallback_reason: Option<String>,
 }
 
-pub fn select(choice: CollectorChoice, scope: Scope) -> Result<Selected> {
+/// `comms`: the exact names `--match` stands for, if it is such a set (the
+/// kernel then filters execs itself).
+pub fn select(choice: CollectorChoice, scope: Scope, comms: Option<&[String]>) -> Result<Selected> {
     if choice == CollectorChoice::Procfs {
         return Ok(Selected {
             collector: Collector::Procfs(ProcfsCollector::new(scope)),
             fallback_reason: None,
         });
     }
-    match preflight().and_then(|()| EbpfCollector::start(scope)) {
+    match preflight().and_then(|()| EbpfCollector::start(scope, comms)) {
         Ok(c) => Ok(Selected {
             collector: Collector::Ebpf(Box::new(c)),
             fallback_reason: None,
@@ -52,8 +54,8 @@ pub fn select(choice: CollectorChoice, scope: Scope) -> Result<Selected> {
 /// memlock limit that older kernels charge maps against.
 fn preflight() -> Result<()> {
     let has = |cap| caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false);
-    let admin = has(Capability::CAP_SYS_ADMIN);
-    if !admin && !(has(Capability::CAP_BPF) && has(Capability::CAP_PERFMON)) {
+    let bpf_caps = has(Capability::CAP_BPF) && has(Capability::CAP_PERFMON);
+    if !(bpf_caps || has(Capability::CAP_SYS_ADMIN)) {
         anyhow::bail!(
             "missing privilege: loading the tracer needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); run the agent as root"
         );

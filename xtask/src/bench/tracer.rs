@@ -1,0 +1,305 @@
+//! The tracer benchmark. Every figure is measured in this one run:
+//!
+//! 1. Overhead: the same ffmpeg encode with no tracer, with the eBPF tracer
+//!    and with the procfs collector at the same interval, interleaved (the
+//!    order rotates every round) with the same idle gap before each run;
+//!    medians of wall time and of the encode's CPU time (wait4), and their
+//!    ratios against no tracer.
+//! 2. Cost: the agent's own CPU per minute at a 1 s interval with one traced
+//!    process, with and without 1,000 idle untraced processes on the host;
+//!    the `sched_switch` program's mean ns per call (BPF stats); the agent's
+//!    peak RSS.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::Value;
+
+use crate::util::{self, median, wait4};
+
+#[derive(Debug, Clone, Args)]
+pub struct TracerBenchArgs {
+    /// Rounds of the overhead comparison (each runs every variant once).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Idle seconds before every measured encode.
+    #[arg(long, default_value_t = 1.0)]
+    pub idle_s: f64,
+    /// Seconds the agent's steady cost is measured for, per configuration.
+    #[arg(long, default_value_t = 30)]
+    pub steady_s: u64,
+    /// Idle untraced processes for the scaling measurement.
+    #[arg(long, default_value_t = 1000)]
+    pub idle_procs: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    None,
+    Ebpf,
+    Procfs,
+}
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Variant::None => "no tracer",
+            Variant::Ebpf => "eBPF tracer",
+            Variant::Procfs => "procfs collector",
+        }
+    }
+    fn collector(self) -> Option<&'static str> {
+        match self {
+            Variant::None => None,
+            Variant::Ebpf => Some("ebpf"),
+            Variant::Procfs => Some("procfs"),
+        }
+    }
+}
+
+struct Agent {
+    child: Child,
+    dir: PathBuf,
+}
+
+fn start_agent(
+    agent: &Path,
+    logs: &Path,
+    run: &str,
+    collector: &str,
+    interval_ms: u64,
+) -> Result<Agent> {
+    let child = Command::new(agent)
+        .args(["trace", "--scope", "host", "--collector", collector])
+        .args([
+            "--interval-ms",
+            &interval_ms.to_string(),
+            "--run-id",
+            run,
+            "--logs",
+        ])
+        .arg(logs)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting the agent")?;
+    let dir = logs.join(run);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dir.join("node_meta.json").exists() {
+        if Instant::now() > deadline {
+            bail!("the agent did not start within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Agent { child, dir })
+}
+
+impl Agent {
+    fn stop(self) -> Result<(util::Usage, Value)> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let usage = wait4(self.child.id())?;
+        std::mem::forget(self.child); // reaped by wait4
+        let stats = std::fs::read_to_string(self.dir.join("CTS/tracer_stats.json"))
+            .context("reading tracer_stats.json")?;
+        Ok((usage, serde_json::from_str(&stats)?))
+    }
+}
+
+/// CPU seconds of all threads of `pid`, from their schedstat (ns precision).
+fn threads_cpu_s(pid: u32) -> f64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    dir.flatten()
+        .filter_map(|t| {
+            let s = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+            s.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .sum::<f64>()
+        / 1e9
+}
+
+pub fn run(args: &TracerBenchArgs) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the tracer benchmark needs root (eBPF)");
+    }
+    util::cargo(&["build", "--release", "-p", "tracekit-agent"])?;
+    let agent = util::workspace_root()?.join("target/release/tracekit-agent");
+    let tmp = tempfile::tempdir().context("temp dir")?;
+    let logs = tmp.path().join("logs");
+    let input = tmp.path().join("input.mp4");
+    eprintln!("generating the input video…");
+    let status = Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .args([
+            "testsrc=size=1280x720:rate=25",
+            "-t",
+            "8",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .args(["-c:v", "libx264", "-preset", "ultrafast"])
+        .arg(&input)
+        .status()
+        .context("running ffmpeg (apt-get install -y ffmpeg)")?;
+    if !status.success() {
+        bail!("ffmpeg could not generate the input");
+    }
+    overhead(args, &agent, &logs, &input, tmp.path())?;
+    steady_cost(args, &agent, &logs)?;
+    Ok(())
+}
+
+fn overhead(
+    args: &TracerBenchArgs,
+    agent: &Path,
+    logs: &Path,
+    input: &Path,
+    tmp: &Path,
+) -> Result<()> {
+    let variants = [Variant::None, Variant::Ebpf, Variant::Procfs];
+    let mut wall: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    let output = tmp.join("out.mp4");
+    for round in 0..args.rounds {
+        for k in 0..3 {
+            let i = (round + k) % 3;
+            let v = variants[i];
+            eprintln!("round {}/{}: {}", round + 1, args.rounds, v.name());
+            let a = match v.collector() {
+                Some(c) => Some(start_agent(
+                    agent,
+                    logs,
+                    &format!("ovh-{round}-{c}"),
+                    c,
+                    200,
+                )?),
+                None => None,
+            };
+            std::thread::sleep(Duration::from_secs_f64(args.idle_s));
+            let t0 = Instant::now();
+            let child = Command::new("ffmpeg")
+                .args(["-nostdin", "-loglevel", "error", "-y", "-i"])
+                .arg(input)
+                .args(["-c:v", "libx264", "-preset", "medium", "-threads", "2"])
+                .arg(&output)
+                .spawn()
+                .context("running ffmpeg")?;
+            let usage = wait4(child.id())?;
+            std::mem::forget(child);
+            let elapsed = t0.elapsed().as_secs_f64();
+            if usage.status != 0 {
+                bail!("the encode failed ({})", usage.status);
+            }
+            if let Some(a) = a {
+                a.stop()?;
+            }
+            wall[i].push(elapsed);
+            cpu[i].push(usage.cpu_s);
+        }
+    }
+    let base_wall = median(&wall[0]);
+    let base_cpu = median(&cpu[0]);
+    println!();
+    println!(
+        "## Tracer overhead: the same encode, {} interleaved rounds, {:.1} s idle before each run, 200 ms interval",
+        args.rounds, args.idle_s
+    );
+    println!();
+    println!("| variant | median wall s | median encode CPU s | wall ratio | CPU ratio |");
+    println!("|---|---:|---:|---:|---:|");
+    for (i, v) in variants.iter().enumerate() {
+        println!(
+            "| {} | {:.3} | {:.3} | {:.4} | {:.4} |",
+            v.name(),
+            median(&wall[i]),
+            median(&cpu[i]),
+            median(&wall[i]) / base_wall,
+            median(&cpu[i]) / base_cpu
+        );
+    }
+    println!();
+    Ok(())
+}
+
+fn steady_cost(args: &TracerBenchArgs, agent: &Path, logs: &Path) -> Result<()> {
+    println!(
+        "## Agent cost at a 1 s interval, {} s per configuration, one traced ffmpeg (realtime encode)",
+        args.steady_s
+    );
+    println!();
+    println!(
+        "| collector | idle untraced processes | agent CPU-s per minute | sched_switch ns/call | sched_switch calls/s | agent peak RSS MB | loader peak RSS MB |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for idle in [0, args.idle_procs] {
+        let mut sleepers = Vec::new();
+        for _ in 0..idle {
+            sleepers.push(
+                Command::new("sleep")
+                    .arg("3600")
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .context("starting an idle process")?,
+            );
+        }
+        for collector in ["ebpf", "procfs"] {
+            eprintln!("steady cost: {collector}, {idle} idle processes");
+            let run = format!("steady-{collector}-{idle}");
+            let a = start_agent(agent, logs, &run, collector, 1000)?;
+            let mut ffmpeg = Command::new("ffmpeg")
+                .args(["-nostdin", "-loglevel", "error", "-re", "-f", "lavfi", "-i"])
+                .arg("testsrc=size=640x360:rate=25")
+                .args(["-t", &(args.steady_s + 10).to_string()])
+                .args(["-c:v", "libx264", "-preset", "veryfast", "-f", "null", "-"])
+                .stdin(Stdio::null())
+                .spawn()
+                .context("running ffmpeg")?;
+            std::thread::sleep(Duration::from_secs(3));
+            let pid = a.child.id();
+            let c0 = threads_cpu_s(pid);
+            let t0 = Instant::now();
+            std::thread::sleep(Duration::from_secs(args.steady_s));
+            let c1 = threads_cpu_s(pid);
+            let per_min = (c1 - c0) / t0.elapsed().as_secs_f64() * 60.0;
+            let _ = ffmpeg.kill();
+            let _ = ffmpeg.wait();
+            let (usage, stats) = a.stop()?;
+            let switch = stats["programs"]
+                .as_array()
+                .and_then(|p| p.iter().find(|p| p["program"] == "tk_switch"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            let agent_rss = stats["agent_max_rss_kb"].as_f64().unwrap_or(0.0) / 1024.0;
+            let fmt_opt = |v: Option<f64>, prec: usize| {
+                v.map(|x| format!("{x:.prec$}"))
+                    .unwrap_or_else(|| "–".into())
+            };
+            let calls_per_s = switch["run_count"]
+                .as_f64()
+                .map(|c| c / (args.steady_s as f64 + 4.0));
+            println!(
+                "| {collector} | {idle} | {per_min:.4} | {} | {} | {agent_rss:.1} | {} |",
+                fmt_opt(switch["ns_per_call"].as_f64(), 0),
+                fmt_opt(calls_per_s, 0),
+                // wait4's maxrss covers the agent and its reaped loader.
+                if collector == "ebpf" {
+                    format!("{:.1}", usage.max_rss_kb as f64 / 1024.0)
+                } else {
+                    "–".into()
+                },
+            );
+        }
+        for mut s in sleepers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+    }
+    println!();
+    Ok(())
+}
