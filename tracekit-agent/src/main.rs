@@ -7,17 +7,30 @@ mod session;
 mod table;
 mod trace_cmd;
 mod tracer;
+mod worker;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 /// Tracekit's node agent: traces ffmpeg tasks with eBPF (exact exec/exit and
 /// CPU time) and runs the tasks placed on this node.
+///
+/// Without a command it runs the worker: `sudo tracekit-agent --redis URL
+/// --cpu-binding exclusive …`.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+
+    #[command(flatten)]
+    worker: worker::WorkerArgs,
+
+    #[command(flatten)]
+    tracer: cli::TracerArgs,
+
+    #[command(flatten)]
+    identity: cli::IdentityArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -49,11 +62,11 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    if let Command::LoadEbpf {
+    if let Some(Command::LoadEbpf {
         scope,
         pin_dir,
         comms,
-    } = &cli.command
+    }) = &cli.command
     {
         // A short-lived child: no async runtime needed.
         return match tracer::ebpf::load_and_pin(*scope, comms, pin_dir) {
@@ -77,8 +90,12 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Trace(args) => trace_cmd::run(args).await,
-            Command::LoadEbpf { .. } => unreachable!("handled before the runtime starts"),
+            Some(Command::Trace(args)) => trace_cmd::run(args).await,
+            Some(Command::LoadEbpf { .. }) => unreachable!("handled before the runtime starts"),
+            None => {
+                worker::check(&cli.worker)?;
+                worker::run(cli.worker, cli.tracer, cli.identity).await
+            }
         }
     });
     match result {

@@ -24,6 +24,15 @@ struct Tracked {
     peak_rss_kb: u64,
 }
 
+/// What the worker knows of a process it launched for a task: recorded in
+/// the process's invocation line instead of the generic fields.
+#[derive(Debug, Clone, Default)]
+pub struct Annotation {
+    pub trace_id: String,
+    pub ts_enqueue: Option<i64>,
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
 /// What the table has done so far.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TableCounts {
@@ -41,6 +50,7 @@ pub struct ProcessTable {
     /// Exit statuses learnt from wait(2) for children the agent reaped itself
     /// (procfs cannot see them otherwise).
     statuses: HashMap<u32, i32>,
+    annotations: HashMap<u32, Annotation>,
     counts: TableCounts,
 }
 
@@ -53,6 +63,7 @@ impl ProcessTable {
             collector,
             procs: HashMap::new(),
             statuses: HashMap::new(),
+            annotations: HashMap::new(),
             counts: TableCounts::default(),
         }
     }
@@ -67,6 +78,17 @@ impl ProcessTable {
 
     pub fn live(&self) -> usize {
         self.procs.len()
+    }
+
+    /// Attach the worker's task fields to `pid`'s invocation line.
+    pub fn annotate(&mut self, pid: u32, annotation: Annotation) {
+        self.annotations.insert(pid, annotation);
+    }
+
+    /// Drop an annotation whose process was never seen (the worker writes
+    /// that task's line itself).
+    pub fn take_annotation(&mut self, pid: u32) -> Option<Annotation> {
+        self.annotations.remove(&pid)
     }
 
     /// Remember the wait status of a child the agent reaped.
@@ -172,16 +194,25 @@ impl ProcessTable {
             Some(s) => decode_status(s),
             None => (None, None),
         };
+        let annotation = self.annotations.remove(&exit.pid);
+        let annotated = annotation.is_some();
         let mut extra = serde_json::Map::new();
         extra.insert("rss_peak_kb".into(), t.peak_rss_kb.into());
         if t.start.pre_existing {
             // CPU and samples count from when tracing began.
             extra.insert("pre_existing".into(), true.into());
         }
+        let (trace_id, ts_enqueue) = match &annotation {
+            Some(a) => (a.trace_id.clone(), a.ts_enqueue.unwrap_or(t.ts_start_ms)),
+            None => (format!("{}-{}-{}", self.node, exit.pid, t.ts_start_ms), t.ts_start_ms),
+        };
+        if let Some(a) = annotation {
+            extra.extend(a.extra);
+        }
         let invocation = Invocation {
-            trace_id: format!("{}-{}-{}", self.node, exit.pid, t.ts_start_ms),
+            trace_id,
             pid: exit.pid,
-            ts_enqueue: t.ts_start_ms,
+            ts_enqueue,
             ts_start: t.ts_start_ms,
             ts_end: ts_end_ms,
             ppid: Some(t.start.ppid),
@@ -195,7 +226,10 @@ impl ProcessTable {
             collector: Some(self.collector),
             extra,
         };
-        writer.invocation(&invocation)?;
+        // A task's line is written by the worker, with the task's fields.
+        if !annotated {
+            writer.invocation(&invocation)?;
+        }
         self.counts.exits_recorded += 1;
         Ok(Some(invocation))
     }

@@ -1,0 +1,328 @@
+//! CPU binding through cgroups, driven directly (no systemd): cgroup v2
+//! (`cpuset.cpus`, `cpu.weight`, `cpu.max`) where the unified hierarchy has
+//! the cpu and cpuset controllers, else v1 (`cpuset.cpus`, `cpu.shares`,
+//! `cpu.cfs_quota_us`). Each task gets its own group under
+//! `tracekit/<node>/`; the child process joins it before exec (see
+//! [`TaskGroup::procs_files`]), so it is bound from its first instruction and,
+//! unprivileged, cannot leave it or widen its mask.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+/// CFS period used for quotas, µs.
+pub const PERIOD_US: u64 = 100_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Version::V1 => "v1",
+            Version::V2 => "v2",
+        })
+    }
+}
+
+/// The hierarchy the agent drives and its base directories.
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    version: Version,
+    /// v2: the group `tracekit/<node>` in the unified tree. v1: the same
+    /// group in the cpu and in the cpuset hierarchy.
+    cpu_base: PathBuf,
+    cpuset_base: PathBuf,
+}
+
+/// One task's group.
+#[derive(Debug, Clone)]
+pub struct TaskGroup {
+    pub name: String,
+    cpu: PathBuf,
+    cpuset: PathBuf,
+}
+
+fn write(path: &Path, value: &str) -> Result<()> {
+    std::fs::write(path, value).with_context(|| format!("writing {value:?} to {}", path.display()))
+}
+
+fn read(path: &Path) -> Result<String> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .trim()
+        .to_string())
+}
+
+impl Cgroups {
+    /// Find the host's hierarchy under `/sys/fs/cgroup` and create
+    /// `tracekit/<node>`.
+    pub fn detect(node: &str) -> Result<Cgroups> {
+        Self::detect_at(Path::new("/sys/fs/cgroup"), node)
+    }
+
+    /// As [`Cgroups::detect`] with another mount root (tests use a
+    /// fabricated tree).
+    pub fn detect_at(root: &Path, node: &str) -> Result<Cgroups> {
+        let rel = Path::new("tracekit").join(node);
+        let controllers = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
+        let cgroups = if has("cpu") && has("cpuset") {
+            Cgroups {
+                version: Version::V2,
+                cpu_base: root.join(&rel),
+                cpuset_base: root.join(&rel),
+            }
+        } else if root.join("cpu/cpu.shares").exists() && root.join("cpuset/cpuset.cpus").exists() {
+            Cgroups {
+                version: Version::V1,
+                cpu_base: root.join("cpu").join(&rel),
+                cpuset_base: root.join("cpuset").join(&rel),
+            }
+        } else {
+            bail!(
+                "no usable cgroup hierarchy under {}: need cgroup v2 with the cpu and cpuset controllers, or v1 cpu and cpuset mounts",
+                root.display()
+            );
+        };
+        cgroups.prepare(root)?;
+        Ok(cgroups)
+    }
+
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// Create the base groups; v2 delegates the controllers down to them,
+    /// v1 cpuset groups start empty and inherit their parent's CPUs.
+    fn prepare(&self, root: &Path) -> Result<()> {
+        match self.version {
+            Version::V2 => {
+                let mut dir = root.to_path_buf();
+                for part in ["tracekit", self.node_name()] {
+                    write(&dir.join("cgroup.subtree_control"), "+cpu +cpuset")?;
+                    dir = dir.join(part);
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                }
+                write(&dir.join("cgroup.subtree_control"), "+cpu +cpuset")
+            }
+            Version::V1 => {
+                for base in [&self.cpu_base, &self.cpuset_base] {
+                    std::fs::create_dir_all(base)
+                        .with_context(|| format!("creating {}", base.display()))?;
+                }
+                let parent = self
+                    .cpuset_base
+                    .parent()
+                    .context("cpuset base has a parent")?;
+                inherit_cpuset(parent)?;
+                inherit_cpuset(&self.cpuset_base)
+            }
+        }
+    }
+
+    fn node_name(&self) -> &str {
+        self.cpu_base
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("node")
+    }
+
+    /// Create (or reuse) the group of task `name`.
+    pub fn create(&self, name: &str) -> Result<TaskGroup> {
+        let g = TaskGroup {
+            name: name.to_string(),
+            cpu: self.cpu_base.join(name),
+            cpuset: self.cpuset_base.join(name),
+        };
+        for dir in [&g.cpu, &g.cpuset] {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        if self.version == Version::V1 {
+            inherit_cpuset(&g.cpuset)?;
+        }
+        Ok(g)
+    }
+
+    /// Pin the group to `cpus` (cpuset list format).
+    pub fn set_cpus(&self, g: &TaskGroup, cpus: &str) -> Result<()> {
+        write(&g.cpuset.join("cpuset.cpus"), cpus)
+    }
+
+    /// CPU weight on systemd's scale (100 = default): v2 `cpu.weight`, v1
+    /// `cpu.shares` = weight × 1024 / 100.
+    pub fn set_weight(&self, g: &TaskGroup, weight: u64) -> Result<()> {
+        match self.version {
+            Version::V2 => write(&g.cpu.join("cpu.weight"), &weight.clamp(1, 10_000).to_string()),
+            Version::V1 => write(
+                &g.cpu.join("cpu.shares"),
+                &(weight * 1024 / 100).max(2).to_string(),
+            ),
+        }
+    }
+
+    /// Cap the group at `cores` CPUs' worth of time (`None`: no cap).
+    pub fn set_quota(&self, g: &TaskGroup, cores: Option<f64>) -> Result<()> {
+        let quota = cores.map(|c| ((c * PERIOD_US as f64).round() as u64).max(1000));
+        match self.version {
+            Version::V2 => {
+                let value = match quota {
+                    Some(q) => format!("{q} {PERIOD_US}"),
+                    None => format!("max {PERIOD_US}"),
+                };
+                write(&g.cpu.join("cpu.max"), &value)
+            }
+            Version::V1 => {
+                write(&g.cpu.join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;
+                let value = quota.map(|q| q.to_string()).unwrap_or_else(|| "-1".into());
+                write(&g.cpu.join("cpu.cfs_quota_us"), &value)
+            }
+        }
+    }
+
+    /// Read back the quota, in cores (`None` = uncapped).
+    #[cfg(test)]
+    pub fn quota(&self, g: &TaskGroup) -> Result<Option<f64>> {
+        let (q, p) = match self.version {
+            Version::V2 => {
+                let v = read(&g.cpu.join("cpu.max"))?;
+                let mut it = v.split_whitespace();
+                (
+                    it.next().unwrap_or("max").to_string(),
+                    it.next().unwrap_or("100000").to_string(),
+                )
+            }
+            Version::V1 => (
+                read(&g.cpu.join("cpu.cfs_quota_us"))?,
+                read(&g.cpu.join("cpu.cfs_period_us"))?,
+            ),
+        };
+        if q == "max" || q == "-1" {
+            return Ok(None);
+        }
+        let q: f64 = q.parse().context("parsing the quota")?;
+        let p: f64 = p.parse().context("parsing the period")?;
+        Ok(Some(q / p))
+    }
+
+    /// The `cgroup.procs` files the child writes `0` into before exec.
+    pub fn procs_files(&self, g: &TaskGroup) -> Vec<PathBuf> {
+        match self.version {
+            Version::V2 => vec![g.cpu.join("cgroup.procs")],
+            Version::V1 => vec![g.cpu.join("cgroup.procs"), g.cpuset.join("cgroup.procs")],
+        }
+    }
+
+    /// Pids in the group.
+    pub fn pids(&self, g: &TaskGroup) -> Vec<i32> {
+        std::fs::read_to_string(g.cpu.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// SIGKILL everything in the group, then remove it.
+    pub fn destroy(&self, g: &TaskGroup) -> Result<()> {
+        for _ in 0..50 {
+            let pids = self.pids(g);
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        for dir in [&g.cpu, &g.cpuset] {
+            if dir.exists() {
+                // cgroupfs removes its own control files with the directory;
+                // a fabricated tree (tests) holds plain files.
+                if std::fs::remove_dir(dir).is_err() {
+                    std::fs::remove_dir_all(dir)
+                        .with_context(|| format!("removing {}", dir.display()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Task groups left by an earlier run of this node's agent (after a
+    /// crash): their processes must not run on unaccounted.
+    pub fn leftovers(&self) -> Vec<TaskGroup> {
+        let Ok(dir) = std::fs::read_dir(&self.cpu_base) else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.to_string();
+                Some(TaskGroup {
+                    cpu: self.cpu_base.join(&name),
+                    cpuset: self.cpuset_base.join(&name),
+                    name,
+                })
+            })
+            .collect()
+    }
+}
+
+/// v1 cpuset groups start with no CPUs or memory nodes: copy the parent's.
+fn inherit_cpuset(dir: &Path) -> Result<()> {
+    let parent = dir.parent().context("cpuset group has a parent")?;
+    for f in ["cpuset.cpus", "cpuset.mems"] {
+        let cur = read(&dir.join(f)).unwrap_or_default();
+        if cur.is_empty() {
+            let v = read(&parent.join(f))?;
+            write(&dir.join(f), &v)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fabricated cgroup v2 tree: plain files stand in for cgroupfs.
+    #[test]
+    fn drives_a_v2_tree() {
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::write(root.path().join("cgroup.controllers"), "cpuset cpu io memory pids\n")
+            .expect("write");
+        let cg = Cgroups::detect_at(root.path(), "n1").expect("v2 detected");
+        assert_eq!(cg.version(), Version::V2);
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("tracekit/cgroup.subtree_control"))
+                .expect("delegated"),
+            "+cpu +cpuset"
+        );
+        let g = cg.create("t1").expect("group");
+        cg.set_cpus(&g, "0-1").expect("cpus");
+        cg.set_weight(&g, 200).expect("weight");
+        cg.set_quota(&g, Some(1.5)).expect("quota");
+        let dir = root.path().join("tracekit/n1/t1");
+        assert_eq!(std::fs::read_to_string(dir.join("cpuset.cpus")).expect("r"), "0-1");
+        assert_eq!(std::fs::read_to_string(dir.join("cpu.weight")).expect("r"), "200");
+        assert_eq!(std::fs::read_to_string(dir.join("cpu.max")).expect("r"), "150000 100000");
+        assert_eq!(cg.quota(&g).expect("read back"), Some(1.5));
+        cg.set_quota(&g, None).expect("uncapped");
+        assert_eq!(cg.quota(&g).expect("read back"), None);
+        assert_eq!(cg.procs_files(&g), vec![dir.join("cgroup.procs")]);
+        assert_eq!(cg.leftovers().len(), 1);
+        cg.destroy(&g).expect("removed");
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn no_hierarchy_is_a_clear_error() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let e = Cgroups::detect_at(root.path(), "n1").expect_err("nothing there");
+        assert!(format!("{e:#}").contains("no usable cgroup hierarchy"));
+    }
+}
