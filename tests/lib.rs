@@ -23,15 +23,21 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
-/// Whether `tool` runs (`tool -version`); panics in CI when it is missing.
+/// Whether `tool` runs (`ffmpeg -version`, `redis-server --version`, …);
+/// panics in CI when it is missing.
 pub fn require_tool(test: &str, tool: &str) -> bool {
+    let flag = if tool.starts_with("ff") {
+        "-version"
+    } else {
+        "--version"
+    };
     let ok = Command::new(tool)
-        .arg("-version")
+        .arg(flag)
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
         if std::env::var_os("CI").is_some() {
-            panic!("{test} needs {tool} and CI is set: install it (apt-get install -y ffmpeg)");
+            panic!("{test} needs {tool} and CI is set: install it (see .ci/run)");
         }
         eprintln!("SKIPPED {test}: {tool} is not installed");
     }

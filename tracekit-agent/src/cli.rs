@@ -57,9 +57,21 @@ pub struct IdentityArgs {
     /// Directory that holds <RUN_ID>/.
     #[arg(long, default_value = "logs")]
     pub logs: PathBuf,
+
+    /// Write this node's trace directory here instead of <logs>/<RUN_ID>/
+    /// (e.g. logs/<RUN_ID>/<node> when several agents share a host).
+    #[arg(long)]
+    pub node_dir: Option<PathBuf>,
 }
 
 impl IdentityArgs {
+    /// The node's trace directory.
+    pub fn node_dir(&self, id: &NodeIdentity) -> PathBuf {
+        self.node_dir
+            .clone()
+            .unwrap_or_else(|| self.logs.join(&id.run_id))
+    }
+
     pub fn identity(&self) -> NodeIdentity {
         NodeIdentity {
             run_id: self.run_id.clone().unwrap_or_else(default_run_id),

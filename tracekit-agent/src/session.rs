@@ -35,7 +35,7 @@ impl Session {
     pub fn start(
         args: &TracerArgs,
         id: &NodeIdentity,
-        logs: &std::path::Path,
+        dir: &std::path::Path,
         freq: Option<f64>,
     ) -> Result<Self> {
         let matcher = Matcher::new(&args.proc_match)?;
@@ -46,8 +46,7 @@ impl Session {
         meta.interval_ms = Some(args.interval_ms);
         meta.scope = Some(args.scope.to_string());
         meta.proc_match = Some(args.proc_match.clone());
-        let dir = logs.join(&id.run_id);
-        let writer = TraceWriter::create(&dir, &meta)?;
+        let writer = TraceWriter::create(dir, &meta)?;
         let table = ProcessTable::new(
             matcher,
             id.node.clone(),

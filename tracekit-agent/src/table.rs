@@ -204,7 +204,10 @@ impl ProcessTable {
         }
         let (trace_id, ts_enqueue) = match &annotation {
             Some(a) => (a.trace_id.clone(), a.ts_enqueue.unwrap_or(t.ts_start_ms)),
-            None => (format!("{}-{}-{}", self.node, exit.pid, t.ts_start_ms), t.ts_start_ms),
+            None => (
+                format!("{}-{}-{}", self.node, exit.pid, t.ts_start_ms),
+                t.ts_start_ms,
+            ),
         };
         if let Some(a) = annotation {
             extra.extend(a.extra);

@@ -3,7 +3,6 @@
 //! until the command given after `--` ends.
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -21,10 +20,6 @@ pub struct TraceArgs {
     #[command(flatten)]
     pub identity: IdentityArgs,
 
-    /// Write the trace directory here instead of <logs>/<RUN_ID>.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-
     /// A command to run and trace (with `--scope worker`, only it and its
     /// descendants are traced); the agent stops when it ends and exits with
     /// its status.
@@ -37,22 +32,8 @@ const EXIT_GRACE: Duration = Duration::from_secs(2);
 
 pub async fn run(args: TraceArgs) -> Result<i32> {
     let id = args.identity.identity();
-    let logs = match &args.out {
-        // `out` names the node directory itself.
-        Some(out) => out.parent().map(PathBuf::from).unwrap_or_default(),
-        None => args.identity.logs.clone(),
-    };
-    let id = match &args.out {
-        Some(out) => tracekit_trace::node::NodeIdentity {
-            run_id: out
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or(id.run_id),
-            ..id
-        },
-        None => id,
-    };
-    let mut session = Session::start(&args.tracer, &id, &logs, args.identity.cpu_freq_mhz)?;
+    let dir = args.identity.node_dir(&id);
+    let mut session = Session::start(&args.tracer, &id, &dir, args.identity.cpu_freq_mhz)?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     // The first tick one interval from now: a sample at t=0 says nothing.

@@ -35,7 +35,9 @@ pub fn resolve_password(file: Option<&Path>) -> anyhow::Result<Option<String>> {
             .with_context(|| format!("reading the Redis password file {}", f.display()))?;
         return Ok(Some(s.trim_end_matches(['\n', '\r']).to_string()));
     }
-    Ok(std::env::var("REDIS_PASSWORD").ok().filter(|p| !p.is_empty()))
+    Ok(std::env::var("REDIS_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty()))
 }
 
 /// The URL with any password replaced by `***`, for logs.
@@ -48,7 +50,11 @@ pub fn redact(url: &str) -> String {
             let pairs: Vec<(String, String)> = u
                 .query_pairs()
                 .map(|(k, v)| {
-                    let v = if k == "password" { "***".into() } else { v.into_owned() };
+                    let v = if k == "password" {
+                        "***".into()
+                    } else {
+                        v.into_owned()
+                    };
                     (k.into_owned(), v)
                 })
                 .collect();
@@ -63,9 +69,13 @@ pub fn redact(url: &str) -> String {
 
 /// Splits the original's `?password=` out of the URL (redis-rs ignores it).
 fn split_query_password(url: &str) -> anyhow::Result<(String, Option<String>)> {
-    let mut u = url::Url::parse(url).with_context(|| format!("parsing Redis URL {}", redact(url)))?;
+    let mut u =
+        url::Url::parse(url).with_context(|| format!("parsing Redis URL {}", redact(url)))?;
     if !matches!(u.scheme(), "redis" | "rediss") {
-        bail!("Redis URL must start with redis:// or rediss://, got {}", redact(url));
+        bail!(
+            "Redis URL must start with redis:// or rediss://, got {}",
+            redact(url)
+        );
     }
     let mut password = None;
     let rest: Vec<(String, String)> = u
@@ -183,13 +193,22 @@ impl RedisConn {
     {
         let start = Instant::now();
         let mut delay = BACKOFF_MIN;
+        // The first failure after a pause is often a connection that died
+        // while idle; the manager has already started a new one, so that
+        // failure is retried at once, and only a second one waits.
+        let mut retried_at_once = false;
         loop {
             match op(self.mgr.clone()).await {
                 Ok(v) => return Ok(v),
+                Err(e) if is_transient(&e) && !retried_at_once => {
+                    tracing::debug!(url = %self.url, error = %e, "{what} failed, retrying at once");
+                    retried_at_once = true;
+                }
                 Err(e) if is_transient(&e) && within(start, self.retry_for, delay) => {
                     tracing::warn!(url = %self.url, error = %e, "{what} failed, retrying in {delay:?}");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(BACKOFF_MAX);
+                    retried_at_once = false;
                 }
                 Err(e) => return Err(e),
             }

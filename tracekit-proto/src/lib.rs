@@ -20,6 +20,8 @@
 //! | `parallel:<node>` | int | *new*: slots of the node (0 = capacity only, no slot tokens) |
 //! | `slots:available` | list | slot tokens (value = node id), one per free slot (name configurable: [`Keys::slots`]) |
 //! | `nodes:registry` | sorted set | *new*: every node that ever registered, all scores 0 so the set is in byte order of names (the tie order of placement) |
+//! | `nodes:slotted` | set | *new*: nodes with `parallel` > 0 (placement reads it instead of every `parallel:<node>`) |
+//! | `take:<token>` | string | *new*: the task a take call returned, kept 60 s so a retried call returns the same task |
 //! | `nodes:alive` | sorted set | *new*: node → last heartbeat (Redis server time, ms). A node is alive while `now − heartbeat < timeout`. A sorted set rather than keys with a TTL because one command lists both the live and the expired nodes; an expired key could not say whose it was. |
 //! | `q:dead` | list | *new*: dead letters, JSON `{"task": <raw task string>, "reason": …, "node": …, "ts": ms}` |
 //! | `q:attempts` | hash | *new*: raw task → failed attempts so far (deleted when the task finishes) |
@@ -39,13 +41,15 @@
 //! leaves a task in exactly one place and the capacity books balanced. Every
 //! script is safe to retry after a lost reply: placement and recovery act on
 //! the current state; complete/dead-letter/requeue act only while the task is
-//! still in flight (`LREM` count); submission skips indexes at or below the
+//! still in flight (`LREM` count); take remembers its answer under a
+//! per-call token (`take:<token>`); submission skips indexes at or below the
 //! dispatcher's high-water mark.
 //!
-//! Placement ([`Queue::place`]) reads the registry, heartbeats and every
-//! live node's counters with a fixed number of commands (`ZRANGE`, `ZMSCORE`,
-//! one `MGET`), applies the filters and weigher, and moves the task — one
-//! round trip per call, and a call may place a batch of tasks.
+//! Placement ([`Queue::place`]) reads the registry, heartbeats and the live
+//! nodes' counters with a fixed number of commands (`ZRANGEBYSCORE` of the
+//! alive set, `ZRANGE` of the registry, `SMEMBERS nodes:slotted`, one `MGET` of `cap:*`, a second `MGET` only for
+//! the weigher's metric), applies the filters and weigher, and moves the task
+//! — one round trip per call, and a call may place a batch of tasks.
 //!
 //! Keys are built inside the scripts (only the pending and slot lists are
 //! declared in `KEYS`), which standalone Redis allows; Redis Cluster is not
@@ -62,8 +66,11 @@ pub mod testing;
 pub use conn::{RedisConn, RedisOptions};
 pub use keys::Keys;
 pub use queue::{
-    DeadLetter, Heartbeat, NodeState, PlaceEvent, PlaceOptions, PlaceOutcome, PlaceStatus,
-    QueueError, Queue, Recovered, Registered, Registration, Snapshot, SubmitTarget, Take, Weigher,
+    DeadLetter, Heartbeat, NodeState, PlaceEvent, PlaceOptions, PlaceOutcome, PlaceStatus, Queue,
+    QueueError, Recovered, Registered, Registration, Snapshot, SubmitTarget, Take, Weigher,
     WeigherOrder,
 };
 pub use task::{Task, TaskError};
+
+#[cfg(test)]
+mod queue_tests;

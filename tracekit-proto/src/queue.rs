@@ -271,7 +271,9 @@ impl Queue {
         }
         let inv = &inv;
         self.conn
-            .run(name, |mut c| async move { inv.invoke_async::<Value>(&mut c).await })
+            .run(name, |mut c| async move {
+                inv.invoke_async::<Value>(&mut c).await
+            })
             .await
             .map_err(QueueError::from)
     }
@@ -296,7 +298,9 @@ impl Queue {
                     order.as_bytes(),
                     opts.scan_slots.to_string().as_bytes(),
                     opts.max_attempts.to_string().as_bytes(),
-                    (opts.heartbeat_timeout.as_millis() as u64).to_string().as_bytes(),
+                    (opts.heartbeat_timeout.as_millis() as u64)
+                        .to_string()
+                        .as_bytes(),
                     opts.batch.max(1).to_string().as_bytes(),
                 ],
             )
@@ -306,7 +310,10 @@ impl Queue {
 
     /// Declares every node whose heartbeat is older than `timeout` dead and
     /// takes its work back (see `recover.lua`).
-    pub async fn recover_dead_nodes(&self, timeout: Duration) -> Result<Vec<Recovered>, QueueError> {
+    pub async fn recover_dead_nodes(
+        &self,
+        timeout: Duration,
+    ) -> Result<Vec<Recovered>, QueueError> {
         let v = self
             .eval(
                 "recover.lua",
@@ -353,7 +360,9 @@ impl Queue {
             args.push(i.as_bytes());
             args.push(raw.as_bytes());
         }
-        let v = self.eval("submit.lua", &scripts::SUBMIT, &[&mark], &args).await?;
+        let v = self
+            .eval("submit.lua", &scripts::SUBMIT, &[&mark], &args)
+            .await?;
         int(&v)
             .map(|n| n as usize)
             .ok_or_else(|| bad_reply("submit.lua", format!("{v:?}")))
@@ -381,7 +390,9 @@ impl Queue {
             .await?;
         match &v {
             Value::Array(a) if a.len() == 4 => {
-                let g = |i: usize| int(&a[i]).ok_or_else(|| bad_reply("register.lua", format!("{v:?}")));
+                let g = |i: usize| {
+                    int(&a[i]).ok_or_else(|| bad_reply("register.lua", format!("{v:?}")))
+                };
                 Ok(Registered {
                     cap_total: g(0)?,
                     cap: g(1)?,
@@ -396,7 +407,12 @@ impl Queue {
     /// Refreshes the node's heartbeat.
     pub async fn heartbeat(&self, node: &str) -> Result<Heartbeat, QueueError> {
         let v = self
-            .eval("heartbeat.lua", &scripts::HEARTBEAT, &[], &[node.as_bytes()])
+            .eval(
+                "heartbeat.lua",
+                &scripts::HEARTBEAT,
+                &[],
+                &[node.as_bytes()],
+            )
             .await?;
         match int(&v) {
             Some(1) => Ok(Heartbeat::Alive),
@@ -409,7 +425,15 @@ impl Queue {
     /// is not UTF-8 cannot be a task: it is dead-lettered and the next one taken.
     pub async fn take_task(&self, node: &str) -> Result<Take, QueueError> {
         loop {
-            let v = self.eval("take.lua", &scripts::TAKE, &[], &[node.as_bytes()]).await?;
+            let token = take_token(node);
+            let v = self
+                .eval(
+                    "take.lua",
+                    &scripts::TAKE,
+                    &[],
+                    &[node.as_bytes(), token.as_bytes()],
+                )
+                .await?;
             let Value::Array(a) = &v else {
                 return Err(bad_reply("take.lua", format!("{v:?}")));
             };
@@ -469,7 +493,12 @@ impl Queue {
         Ok(self
             .conn
             .run("LRANGE", |mut c| async move {
-                redis::cmd("LRANGE").arg(key).arg(0).arg(-1).query_async(&mut c).await
+                redis::cmd("LRANGE")
+                    .arg(key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut c)
+                    .await
             })
             .await?)
     }
@@ -479,14 +508,24 @@ impl Queue {
     /// flight (already completed, or the node was declared dead).
     pub async fn complete_task(&self, node: &str, raw: &str) -> Result<bool, QueueError> {
         let v = self
-            .eval("complete.lua", &scripts::COMPLETE, &[], &[node.as_bytes(), raw.as_bytes()])
+            .eval(
+                "complete.lua",
+                &scripts::COMPLETE,
+                &[],
+                &[node.as_bytes(), raw.as_bytes()],
+            )
             .await?;
         Ok(int(&v) == Some(1))
     }
 
     /// The task can never run: it goes to `q:dead` with `reason`, its
     /// capacity comes back. `false` if it was no longer in flight.
-    pub async fn dead_letter_task(&self, node: &str, raw: &str, reason: &str) -> Result<bool, QueueError> {
+    pub async fn dead_letter_task(
+        &self,
+        node: &str,
+        raw: &str,
+        reason: &str,
+    ) -> Result<bool, QueueError> {
         let v = self
             .eval(
                 "dead_letter.lua",
@@ -501,13 +540,22 @@ impl Queue {
     /// Hands an in-flight task back to the head of pending (capacity comes
     /// back); `failed` counts one attempt towards the central's
     /// `--max-attempts`. `false` if it was no longer in flight.
-    pub async fn requeue_task(&self, node: &str, raw: &str, failed: bool) -> Result<bool, QueueError> {
+    pub async fn requeue_task(
+        &self,
+        node: &str,
+        raw: &str,
+        failed: bool,
+    ) -> Result<bool, QueueError> {
         let v = self
             .eval(
                 "requeue.lua",
                 &scripts::REQUEUE,
                 &[],
-                &[node.as_bytes(), raw.as_bytes(), if failed { b"1" } else { b"0" }],
+                &[
+                    node.as_bytes(),
+                    raw.as_bytes(),
+                    if failed { b"1" } else { b"0" },
+                ],
             )
             .await?;
         Ok(int(&v) == Some(1))
@@ -517,7 +565,12 @@ impl Queue {
     /// pending; returns how many tasks.
     pub async fn deregister(&self, node: &str) -> Result<usize, QueueError> {
         let v = self
-            .eval("deregister.lua", &scripts::DEREGISTER, &[], &[node.as_bytes()])
+            .eval(
+                "deregister.lua",
+                &scripts::DEREGISTER,
+                &[],
+                &[node.as_bytes()],
+            )
             .await?;
         int(&v)
             .map(|n| n as usize)
@@ -531,7 +584,12 @@ impl Queue {
         let raw: Vec<String> = self
             .conn
             .run("LRANGE", |mut c| async move {
-                redis::cmd("LRANGE").arg(keys::DEAD).arg(start).arg(stop).query_async(&mut c).await
+                redis::cmd("LRANGE")
+                    .arg(keys::DEAD)
+                    .arg(start)
+                    .arg(stop)
+                    .query_async(&mut c)
+                    .await
             })
             .await?;
         raw.iter()
@@ -543,7 +601,13 @@ impl Queue {
     /// commands in one pipeline: consistent enough for display, not atomic.
     pub async fn snapshot(&self, heartbeat_timeout: Duration) -> Result<Snapshot, QueueError> {
         let keys = &self.keys;
-        let (time, names, pending, dead, tokens): ((i64, i64), Vec<String>, usize, usize, Vec<String>) = self
+        let (time, names, pending, dead, tokens): (
+            (i64, i64),
+            Vec<String>,
+            usize,
+            usize,
+            Vec<String>,
+        ) = self
             .conn
             .run("snapshot", |mut c| async move {
                 redis::pipe()
@@ -570,25 +634,28 @@ impl Queue {
             *token_count.entry(t.as_str()).or_default() += 1;
         }
         let names_ref = &names;
-        let rows: Vec<Value> = self
-            .conn
-            .run("snapshot nodes", |mut c| async move {
-                let mut p = redis::pipe();
-                for n in names_ref {
-                    p.cmd("MGET")
-                        .arg(keys::cap(n))
-                        .arg(keys::cap_total(n))
-                        .arg(keys::run_count(n))
-                        .arg(keys::parallel(n))
-                        .arg(keys::phys(n))
-                        .arg(keys::ratio(n));
-                    p.cmd("ZSCORE").arg(keys::ALIVE).arg(n);
-                    p.cmd("LLEN").arg(keys::queue(n));
-                    p.cmd("LLEN").arg(keys::inflight(n));
-                }
-                p.query_async(&mut c).await
-            })
-            .await?;
+        let rows: Vec<Value> = if names.is_empty() {
+            Vec::new()
+        } else {
+            self.conn
+                .run("snapshot nodes", |mut c| async move {
+                    let mut p = redis::pipe();
+                    for n in names_ref {
+                        p.cmd("MGET")
+                            .arg(keys::cap(n))
+                            .arg(keys::cap_total(n))
+                            .arg(keys::run_count(n))
+                            .arg(keys::parallel(n))
+                            .arg(keys::phys(n))
+                            .arg(keys::ratio(n));
+                        p.cmd("ZSCORE").arg(keys::ALIVE).arg(n);
+                        p.cmd("LLEN").arg(keys::queue(n));
+                        p.cmd("LLEN").arg(keys::inflight(n));
+                    }
+                    p.query_async(&mut c).await
+                })
+                .await?
+        };
         let timeout_ms = heartbeat_timeout.as_millis() as i64;
         let mut nodes = Vec::with_capacity(names.len());
         for (name, row) in names.iter().zip(rows.chunks(4)) {
@@ -599,7 +666,9 @@ impl Queue {
             let text = |i: usize| vals.get(i).and_then(utf8);
             let last = match hb {
                 Value::Double(d) => Some(*d as i64),
-                other => utf8(other).and_then(|s| s.parse::<f64>().ok()).map(|d| d as i64),
+                other => utf8(other)
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .map(|d| d as i64),
             };
             nodes.push(NodeState {
                 name: name.clone(),
@@ -623,6 +692,26 @@ impl Queue {
             dead,
         })
     }
+}
+
+/// A token unique to one take call: node, a per-process random value and a
+/// counter (retries of the call reuse it; see take.lua).
+fn take_token(node: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::LazyLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PROCESS: LazyLock<u64> = LazyLock::new(|| {
+        // RandomState is seeded from OS randomness once per process.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish()
+    });
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{node}:{:016x}:{}",
+        *PROCESS,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn parse_place(v: Value) -> Result<PlaceOutcome, QueueError> {

@@ -6,7 +6,8 @@
 //! # async fn demo() -> anyhow::Result<()> {
 //! let server = tracekit_proto::testing::RedisServer::start()?;
 //! let queue = server.queue().await?; // a Queue on a fresh connection
-//! std::env::set_var("X", server.url()); // redis://:PASSWORD@127.0.0.1:PORT/0
+//! let url = server.url(); // redis://:PASSWORD@127.0.0.1:PORT/0
+//! # let _ = (queue, url);
 //! # Ok(()) }
 //! ```
 
@@ -100,7 +101,10 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        bail!("redis-server on port {} did not answer PING within {limit:?}", self.port)
+        bail!(
+            "redis-server on port {} did not answer PING within {limit:?}",
+            self.port
+        )
     }
 
     /// AUTH + PING over a raw socket (no async runtime needed).

@@ -1,4 +1,57 @@
 //! `tracekit-sched`: the controller's commands.
+
+use clap::{Parser, Subcommand};
+use tracekit_sched::{central, dispatch, status};
+use tracing_subscriber::EnvFilter;
+
+/// Tracekit's controller: central scheduler, dispatcher, status, audit and
+/// OpenDC export.
+#[derive(Parser, Debug)]
+#[command(name = "tracekit-sched", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Place pending tasks on live workers (strict FIFO, filters + weigher).
+    Central(central::CentralArgs),
+    /// Build a task mix and submit it (pulse or fifo arrival, or per-node modes).
+    Dispatch(dispatch::DispatchArgs),
+    /// Show nodes (alive, capacity, run_count, queued, in flight) and queues.
+    Status(status::StatusArgs),
+    /// Check a node or run directory of traces and write audit_report.md.
+    Audit(tracekit_trace::cli::AuditArgs),
+    /// Export traces as an OpenDC workload (tasks.parquet, fragments.parquet,
+    /// small_datacenter.json).
+    ExportOpendc(tracekit_trace::cli::ExportArgs),
+}
+
 fn main() -> anyhow::Result<()> {
-    anyhow::bail!("tracekit-sched: no command is implemented yet")
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    // Audit and export are plain file work: no runtime.
+    match &cli.command {
+        Command::Audit(a) => return tracekit_trace::cli::run_audit(a).map(|_| ()),
+        Command::ExportOpendc(a) => return tracekit_trace::cli::run_export(a),
+        _ => {}
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        match cli.command {
+            Command::Central(a) => central::run(a).await,
+            Command::Dispatch(a) => dispatch::run(a).await,
+            Command::Status(a) => status::run(a).await,
+            Command::Audit(_) | Command::ExportOpendc(_) => Ok(()),
+        }
+    })
 }

@@ -44,7 +44,8 @@ pub struct AuditCounts {
     pub missing_sample_fields: [u64; 5],
     /// Invocations breaking ts_enqueue ≤ ts_start ≤ ts_end.
     pub order_violations: u64,
-    /// Samples whose ts_ms is not after the previous sample of their PID.
+    /// Samples whose ts_ms is not after the previous sample of their PID (a
+    /// zero-length sample in the same millisecond is allowed).
     pub monotonic_violations: u64,
     pub negative_dt: u64,
     pub distinct_pids_invocations: u64,
@@ -236,10 +237,23 @@ pub fn audit(input: &Path) -> Result<AuditSummary> {
     let mut totals = AuditCounts::default();
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
+    let mut run_ids: Vec<&str> = nodes.iter().map(|n| n.meta.run_id.as_str()).collect();
+    run_ids.sort_unstable();
+    run_ids.dedup();
+    if run_ids.len() > 1 {
+        warnings.push(format!("the nodes come from different runs: {run_ids:?}"));
+    }
     for a in &audits {
         totals.merge(&a.counts);
-        problems.extend(a.problems.iter().map(|p| format!("{}: {p}", a.node)));
-        warnings.extend(a.warnings.iter().map(|w| format!("{}: {w}", a.node)));
+        // Name a node by its directory when two nodes share a name.
+        let shared = audits.iter().filter(|b| b.node == a.node).count() > 1;
+        let label = if shared {
+            a.dir.display().to_string()
+        } else {
+            a.node.clone()
+        };
+        problems.extend(a.problems.iter().map(|p| format!("{label}: {p}")));
+        warnings.extend(a.warnings.iter().map(|w| format!("{label}: {w}")));
     }
     Ok(AuditSummary {
         ok: problems.is_empty(),
@@ -344,8 +358,10 @@ pub fn audit_node(node: &NodeDir) -> Result<NodeAudit> {
             let (Some(pid), Some(ts)) = (s.pid, s.ts_ms) else {
                 return Ok(());
             };
+            // The agent's exit sample may share the millisecond of the last
+            // tick; being zero-length it does not break the order.
             if let Some(prev) = last_ts.insert(pid, ts)
-                && ts <= prev
+                && (ts < prev || (ts == prev && dt != 0))
             {
                 c.monotonic_violations += 1;
             }
@@ -390,9 +406,8 @@ pub fn audit_node(node: &NodeDir) -> Result<NodeAudit> {
         }
         c.tasks_with_samples += 1;
         let duration = t.times.ts_end - t.times.ts_start;
-        let tiles = a.sum_dt == duration
-            && a.first_from == t.times.ts_start
-            && a.last_ts == t.times.ts_end;
+        let tiles =
+            a.sum_dt == duration && a.first_from == t.times.ts_start && a.last_ts == t.times.ts_end;
         if !tiles {
             c.tiling_mismatches += 1;
             if tiling_offenders.len() < LISTED {
@@ -461,6 +476,13 @@ pub fn audit_node(node: &NodeDir) -> Result<NodeAudit> {
     };
     judge(&mut audit);
     audit.markdown = markdown::render(&audit);
+    tracing::info!(
+        "audited {}: {} invocation(s), {} sample(s), {} problem(s)",
+        node.dir.display(),
+        audit.counts.invocations,
+        audit.counts.samples,
+        audit.problems.len()
+    );
     Ok(audit)
 }
 
@@ -515,7 +537,8 @@ fn judge(a: &mut NodeAudit) {
     }
     if c.monotonic_violations > 0 {
         problems.push(format!(
-            "{} sample(s) are not later than the previous sample of their PID",
+            "{} sample(s) are not later than the previous sample of their PID \
+             (zero-length samples in the same ms excepted)",
             c.monotonic_violations
         ));
     }

@@ -99,6 +99,8 @@ struct Task {
     node: u32,
     times: TaskTimes,
     cpu_ms: Option<f64>,
+    /// Peak RSS the agent recorded on the invocation, KiB.
+    rss_peak_kb: Option<u64>,
     id: i32,
 }
 
@@ -120,16 +122,18 @@ pub fn export_opendc(input: &Path, output: &Path, mode: TaskIdMode) -> Result<Ex
         ..Default::default()
     };
     tracing::info!("export: {} node(s) under {}", nodes.len(), input.display());
+    let mut run_ids: Vec<&str> = nodes.iter().map(|n| n.meta.run_id.as_str()).collect();
+    run_ids.sort_unstable();
+    run_ids.dedup();
+    if run_ids.len() > 1 {
+        tracing::warn!("export: the nodes come from different runs: {run_ids:?}");
+    }
 
     let mut tasks = read_tasks(&nodes, &mut report)?;
     order_tasks(&mut tasks);
     report.id_mode = assign_ids(&mut tasks, mode)?;
     report.tasks = tasks.len();
-    tracing::info!(
-        "export: {} task(s), ids by {}",
-        tasks.len(),
-        report.id_mode
-    );
+    tracing::info!("export: {} task(s), ids by {}", tasks.len(), report.id_mode);
 
     std::fs::create_dir_all(output)
         .with_context(|| format!("creating output directory {}", output.display()))?;
@@ -183,6 +187,7 @@ fn read_tasks(nodes: &[NodeDir], report: &mut ExportReport) -> Result<Vec<Task>>
                 node: n as u32,
                 times,
                 cpu_ms: rec.cpu_ms,
+                rss_peak_kb: rec.rss_peak_kb,
                 id: 0,
             });
             Ok(())
@@ -354,7 +359,12 @@ fn export_node(
             duration: shape.duration,
             cpu_count: shape.cpu_count,
             cpu_capacity: shape.cpu_capacity,
-            mem_kb: i64::try_from(peak_rss[local].max(MIN_MEM_KB)).unwrap_or(i64::MAX),
+            mem_kb: i64::try_from(
+                peak_rss[local]
+                    .max(task.rss_peak_kb.unwrap_or(0))
+                    .max(MIN_MEM_KB),
+            )
+            .unwrap_or(i64::MAX),
         };
     }
     tracing::info!(
@@ -406,14 +416,30 @@ impl RowSink {
             .build();
         let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
             .with_context(|| format!("starting {}", tmp.display()))?;
+        let count = |t: &arrow_schema::DataType| {
+            schema
+                .fields()
+                .iter()
+                .filter(|f| f.data_type() == t)
+                .count()
+        };
+        let ints = (0..count(&arrow_schema::DataType::Int32))
+            .map(|_| Int32Builder::with_capacity(BATCH_ROWS))
+            .collect();
+        let longs = (0..count(&arrow_schema::DataType::Int64))
+            .map(|_| Int64Builder::with_capacity(BATCH_ROWS))
+            .collect();
+        let doubles = (0..count(&arrow_schema::DataType::Float64))
+            .map(|_| Float64Builder::with_capacity(BATCH_ROWS))
+            .collect();
         Ok(RowSink {
             path: path.to_path_buf(),
             tmp,
             schema,
             writer,
-            ints: vec![Int32Builder::with_capacity(BATCH_ROWS); 2],
-            longs: vec![Int64Builder::with_capacity(BATCH_ROWS); 3],
-            doubles: vec![Float64Builder::with_capacity(BATCH_ROWS); 1],
+            ints,
+            longs,
+            doubles,
             pending: 0,
             rows: 0,
         })

@@ -2,11 +2,28 @@
 //!
 //! One module per concept: [`schema`] holds the record types and file names,
 //! [`node`] detects the host's description, [`writer`] appends records as a
-//! run goes.
+//! run goes, [`reader`] reads node and run directories back tolerantly,
+//! [`join`] matches samples to tasks, [`audit`] checks a trace and renders
+//! `audit_report.md`, [`opendc`] and [`export`] turn traces into an OpenDC
+//! workload, [`cli`] is the command-line surface of audit and export, and
+//! [`synth`] writes synthetic traces with known truth for tests and benchmarks.
 
+pub mod audit;
+#[cfg(feature = "export")]
+pub mod cli;
+#[cfg(feature = "export")]
+pub mod export;
+pub mod join;
 pub mod node;
+#[cfg(feature = "export")]
+pub mod opendc;
+pub mod reader;
 pub mod schema;
+pub mod synth;
 pub mod writer;
 
+pub use audit::{AuditSummary, NodeAudit, audit};
+#[cfg(feature = "export")]
+pub use export::{ExportReport, TaskIdMode, export_opendc};
 pub use schema::*;
 pub use writer::TraceWriter;

@@ -128,6 +128,16 @@ pub fn build_fragments(
         let from = (iv.ts_ms - iv.dt_ms).max(cursor);
         let to = iv.ts_ms.min(end);
         if to <= from {
+            // A zero-length sample at the cursor (the agent's exit sample in
+            // the millisecond of the last tick) carries CPU of the piece
+            // that ends there.
+            if iv.dt_ms == 0
+                && iv.ts_ms == cursor
+                && let Some((_, Some(cpu))) = pieces.last_mut()
+            {
+                *cpu += iv.cpu_ms.max(0.0);
+                sampled_cpu += iv.cpu_ms.max(0.0);
+            }
             continue;
         }
         if from > cursor {
@@ -270,9 +280,7 @@ pub fn datacenter<'a>(nodes: impl IntoIterator<Item = &'a NodeInfo>) -> Datacent
                 core_count: cores,
                 core_speed: mhz,
             },
-            memory: MemorySpec {
-                memory_size: bytes,
-            },
+            memory: MemorySpec { memory_size: bytes },
         })
         .collect();
     Datacenter {
@@ -322,7 +330,11 @@ mod tests {
             ts_end: 1250,
             cpu_ms: Some(300.0),
         };
-        let mut ivs = vec![iv(1250, 50, 100.0), iv(1100, 100, 50.0), iv(1200, 100, 150.0)];
+        let mut ivs = vec![
+            iv(1250, 50, 100.0),
+            iv(1100, 100, 50.0),
+            iv(1200, 100, 150.0),
+        ];
         let mut out = Vec::new();
         let shape = build_fragments(run, &mut ivs, HOST, &mut out);
         assert_eq!(
@@ -371,6 +383,21 @@ mod tests {
     }
 
     #[test]
+    fn zero_length_exit_sample_joins_the_last_piece() {
+        let run = Run {
+            ts_start: 0,
+            ts_end: 200,
+            cpu_ms: Some(100.5),
+        };
+        let mut ivs = vec![iv(100, 100, 50.0), iv(200, 100, 50.0), iv(200, 0, 0.5)];
+        let mut out = Vec::new();
+        let shape = build_fragments(run, &mut ivs, HOST, &mut out);
+        assert_eq!(out.len(), 2);
+        assert!((shape.fragment_cpu_ms - 100.5).abs() < 1e-9);
+        assert_eq!(out[1].cpu_usage, 0.505 * 2000.0);
+    }
+
+    #[test]
     fn overlaps_and_outside_parts_are_clipped() {
         let run = Run {
             ts_start: 100,
@@ -400,10 +427,13 @@ mod tests {
         };
         let shape = build_fragments(zero, &mut [iv(5, 0, 0.5)], host, &mut out);
         assert_eq!(shape.duration, 1);
-        assert_eq!(out, vec![Fragment {
-            duration: 1,
-            cpu_usage: 1000.0
-        }]);
+        assert_eq!(
+            out,
+            vec![Fragment {
+                duration: 1,
+                cpu_usage: 1000.0
+            }]
+        );
         out.clear();
         let short = Run {
             ts_start: 0,

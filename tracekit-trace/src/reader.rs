@@ -76,13 +76,22 @@ impl ReadStats {
 /// A missing file reads as empty (a node that ran no task has none); any other
 /// I/O error, and any error `f` returns, ends the read with `file:line`
 /// context. `progress` is called with the bytes read so far about every 1 MiB.
-pub fn read_jsonl<T, F>(
+pub fn read_jsonl<T, F>(path: &Path, f: F, progress: impl FnMut(u64, u64)) -> Result<ReadStats>
+where
+    T: DeserializeOwned,
+    F: FnMut(T, u64) -> Result<()>,
+{
+    read_jsonl_with(path, |line| serde_json::from_slice(line), f, progress)
+}
+
+/// [`read_jsonl`] with a given line parser.
+pub fn read_jsonl_with<T, F>(
     path: &Path,
+    parse: impl Fn(&[u8]) -> Result<T, serde_json::Error>,
     mut f: F,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<ReadStats>
 where
-    T: DeserializeOwned,
     F: FnMut(T, u64) -> Result<()>,
 {
     let mut stats = ReadStats::default();
@@ -118,7 +127,7 @@ where
         if let Some(bad) = pending_bad.take() {
             record_middle_bad(&mut stats, bad);
         }
-        match serde_json::from_slice::<T>(line) {
+        match parse(line) {
             Ok(record) => {
                 stats.records += 1;
                 f(record, stats.lines)
@@ -132,6 +141,13 @@ where
                 });
             }
         }
+    }
+    if stats.bad_count > KEPT_BAD_LINES as u64 {
+        tracing::warn!(
+            "{}: {} unparseable lines skipped in all",
+            path.display(),
+            stats.bad_count
+        );
     }
     if let Some(bad) = pending_bad {
         tracing::warn!(
@@ -147,9 +163,11 @@ where
 }
 
 fn record_middle_bad(stats: &mut ReadStats, bad: BadLine) {
-    tracing::warn!("{bad}: unparseable line skipped");
     stats.bad_count += 1;
+    // Each of the first few is logged; the rest only counted (a file of
+    // garbage must not flood the log).
     if stats.bad_lines.len() < KEPT_BAD_LINES {
+        tracing::warn!("{bad}: unparseable line skipped");
         stats.bad_lines.push(bad);
     }
 }
@@ -320,10 +338,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.jsonl");
         let mut f = File::create(&path).unwrap();
-        writeln!(f, r#"{{"ts_ms":1,"pid":2,"dt_ms":3,"cpu_ms":4.5,"rss_kb":6}}"#).unwrap();
+        writeln!(
+            f,
+            r#"{{"ts_ms":1,"pid":2,"dt_ms":3,"cpu_ms":4.5,"rss_kb":6}}"#
+        )
+        .unwrap();
         writeln!(f, "garbage").unwrap();
         writeln!(f).unwrap();
-        writeln!(f, r#"{{"ts_ms":2,"pid":2,"dt_ms":1,"cpu_ms":1,"rss_kb":6}}"#).unwrap();
+        writeln!(
+            f,
+            r#"{{"ts_ms":2,"pid":2,"dt_ms":1,"cpu_ms":1,"rss_kb":6}}"#
+        )
+        .unwrap();
         write!(f, r#"{{"ts_ms":3,"pid":2,"dt"#).unwrap();
         drop(f);
         let (recs, stats) = read_all(&path);

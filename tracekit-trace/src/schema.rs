@@ -219,6 +219,10 @@ pub struct InvocationRecord {
     pub signal: Option<i32>,
     #[serde(default)]
     pub comm: Option<String>,
+    /// Peak RSS the agent saw for the process, KiB (a richer field the agent
+    /// adds after the required ones).
+    #[serde(default)]
+    pub rss_peak_kb: Option<u64>,
 }
 
 impl InvocationRecord {

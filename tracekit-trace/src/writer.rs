@@ -69,7 +69,14 @@ impl TraceWriter {
     }
 
     /// Append one invocation line.
+    ///
+    /// The samples written so far are handed to the kernel first, so an
+    /// invocation is never on disk before its samples: after a kill, every
+    /// recorded task is complete.
     pub fn invocation(&mut self, inv: &Invocation) -> Result<()> {
+        self.metrics
+            .flush()
+            .context("flushing proc_metrics.jsonl")?;
         append_line(&mut self.invocations, inv).context("writing invocations.jsonl")
     }
 
@@ -78,25 +85,28 @@ impl TraceWriter {
         append_line(&mut self.metrics, sample).context("writing proc_metrics.jsonl")
     }
 
-    /// Hand buffered lines to the kernel.
+    /// Hand buffered lines to the kernel (samples before invocations, see
+    /// [`TraceWriter::invocation`]).
     pub fn flush(&mut self) -> Result<()> {
+        self.metrics
+            .flush()
+            .context("flushing proc_metrics.jsonl")?;
         self.invocations
             .flush()
-            .context("flushing invocations.jsonl")?;
-        self.metrics.flush().context("flushing proc_metrics.jsonl")
+            .context("flushing invocations.jsonl")
     }
 
     /// Flush and sync both files to disk.
     pub fn sync(&mut self) -> Result<()> {
         self.flush()?;
-        self.invocations
-            .get_ref()
-            .sync_data()
-            .context("syncing invocations.jsonl")?;
         self.metrics
             .get_ref()
             .sync_data()
-            .context("syncing proc_metrics.jsonl")
+            .context("syncing proc_metrics.jsonl")?;
+        self.invocations
+            .get_ref()
+            .sync_data()
+            .context("syncing invocations.jsonl")
     }
 }
 

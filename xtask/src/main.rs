@@ -2,6 +2,7 @@
 //! benchmarks that print side-by-side comparisons.
 
 mod bench;
+mod demo;
 mod util;
 
 use std::path::PathBuf;
@@ -33,6 +34,10 @@ enum Command {
     },
     /// Run a benchmark and print its comparison table.
     Bench(bench::BenchArgs),
+    /// The main job: a complete local experiment (Redis, two traced worker
+    /// agents, the central scheduler, the seed's task mix), then audit,
+    /// OpenDC export and a summary. Run as root.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> Result<()> {
@@ -51,6 +56,7 @@ fn main() -> Result<()> {
         }
         Command::Test { args } => test(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Demo(args) => demo::run(&args),
     }
 }
 

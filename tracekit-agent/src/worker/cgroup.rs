@@ -68,7 +68,8 @@ impl Cgroups {
     /// fabricated tree).
     pub fn detect_at(root: &Path, node: &str) -> Result<Cgroups> {
         let rel = Path::new("tracekit").join(node);
-        let controllers = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        let controllers =
+            std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
         let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
         let cgroups = if has("cpu") && has("cpuset") {
             Cgroups {
@@ -157,7 +158,10 @@ impl Cgroups {
     /// `cpu.shares` = weight × 1024 / 100.
     pub fn set_weight(&self, g: &TaskGroup, weight: u64) -> Result<()> {
         match self.version {
-            Version::V2 => write(&g.cpu.join("cpu.weight"), &weight.clamp(1, 10_000).to_string()),
+            Version::V2 => write(
+                &g.cpu.join("cpu.weight"),
+                &weight.clamp(1, 10_000).to_string(),
+            ),
             Version::V1 => write(
                 &g.cpu.join("cpu.shares"),
                 &(weight * 1024 / 100).max(2).to_string(),
@@ -293,8 +297,11 @@ mod tests {
     #[test]
     fn drives_a_v2_tree() {
         let root = tempfile::tempdir().expect("tempdir");
-        std::fs::write(root.path().join("cgroup.controllers"), "cpuset cpu io memory pids\n")
-            .expect("write");
+        std::fs::write(
+            root.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .expect("write");
         let cg = Cgroups::detect_at(root.path(), "n1").expect("v2 detected");
         assert_eq!(cg.version(), Version::V2);
         assert_eq!(
@@ -307,9 +314,18 @@ mod tests {
         cg.set_weight(&g, 200).expect("weight");
         cg.set_quota(&g, Some(1.5)).expect("quota");
         let dir = root.path().join("tracekit/n1/t1");
-        assert_eq!(std::fs::read_to_string(dir.join("cpuset.cpus")).expect("r"), "0-1");
-        assert_eq!(std::fs::read_to_string(dir.join("cpu.weight")).expect("r"), "200");
-        assert_eq!(std::fs::read_to_string(dir.join("cpu.max")).expect("r"), "150000 100000");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("cpuset.cpus")).expect("r"),
+            "0-1"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("cpu.weight")).expect("r"),
+            "200"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("cpu.max")).expect("r"),
+            "150000 100000"
+        );
         assert_eq!(cg.quota(&g).expect("read back"), Some(1.5));
         cg.set_quota(&g, None).expect("uncapped");
         assert_eq!(cg.quota(&g).expect("read back"), None);

@@ -60,7 +60,9 @@ pub fn plan(task: &Task, limits: &Limits) -> Result<Plan, Rejection> {
         if let Some(n) = v
             && !(1..=64).contains(&n)
         {
-            return Err(reject(format!("invalid field `{field}`: {n} is not in 1..=64")));
+            return Err(reject(format!(
+                "invalid field `{field}`: {n} is not in 1..=64"
+            )));
         }
     }
     let units = task.units();
@@ -94,7 +96,11 @@ pub fn plan(task: &Task, limits: &Limits) -> Result<Plan, Rejection> {
     if let Some(ft) = task.fthreads {
         argv.extend(["-filter_threads".into(), ft.to_string()]);
     }
-    argv.extend(["-c:a".into(), "copy".into(), output.to_string_lossy().into_owned()]);
+    argv.extend([
+        "-c:a".into(),
+        "copy".into(),
+        output.to_string_lossy().into_owned(),
+    ]);
     Ok(Plan {
         input,
         output,
@@ -128,7 +134,9 @@ fn resolve_input(raw: &str, root: &Path) -> Result<PathBuf, Rejection> {
         )));
     }
     if !real.is_file() {
-        return Err(reject(format!("invalid field `input`: {raw} is not a regular file")));
+        return Err(reject(format!(
+            "invalid field `input`: {raw} is not a regular file"
+        )));
     }
     Ok(real)
 }
@@ -143,8 +151,12 @@ fn resolve_output(raw: &str, root: &Path) -> Result<PathBuf, Rejection> {
         .to_owned();
     let dir = joined.parent().unwrap_or(root);
     if dir.starts_with(root) && !dir.exists() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| reject(format!("invalid field `output`: creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            reject(format!(
+                "invalid field `output`: creating {}: {e}",
+                dir.display()
+            ))
+        })?;
     }
     let real_dir = dir
         .canonicalize()
@@ -156,8 +168,13 @@ fn resolve_output(raw: &str, root: &Path) -> Result<PathBuf, Rejection> {
         )));
     }
     let out = real_dir.join(name);
-    if out.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(reject(format!("invalid field `output`: {raw} is a symlink")));
+    if out
+        .symlink_metadata()
+        .is_ok_and(|m| m.file_type().is_symlink())
+    {
+        return Err(reject(format!(
+            "invalid field `output`: {raw} is a symlink"
+        )));
     }
     Ok(out)
 }
@@ -208,9 +225,27 @@ mod tests {
         let out = f.limits.outputs.join("a_854x480.mp4");
         let input = f.limits.inputs.join("a.mp4");
         let expected: Vec<String> = [
-            "ffmpeg", "-nostdin", "-hide_banner", "-y", "-i", input.to_str().expect("utf8"), "-vf",
-            "scale=854:480", "-c:v", "libx264", "-preset", "medium", "-crf", "28", "-threads:v",
-            "2", "-filter_threads", "2", "-c:a", "copy", out.to_str().expect("utf8"),
+            "ffmpeg",
+            "-nostdin",
+            "-hide_banner",
+            "-y",
+            "-i",
+            input.to_str().expect("utf8"),
+            "-vf",
+            "scale=854:480",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "medium",
+            "-crf",
+            "28",
+            "-threads:v",
+            "2",
+            "-filter_threads",
+            "2",
+            "-c:a",
+            "copy",
+            out.to_str().expect("utf8"),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -221,7 +256,11 @@ mod tests {
         assert!(hevc.argv.contains(&"libx265".to_string()));
         let sub = f.limits.outputs.join("sub/b.mp4");
         let nested = plan(&task(&f, |v| v["output"] = sub.to_str().into()), &f.limits);
-        assert_eq!(nested.expect("valid").output, sub, "sub-directories are created");
+        assert_eq!(
+            nested.expect("valid").output,
+            sub,
+            "sub-directories are created"
+        );
     }
 
     #[test]
@@ -242,11 +281,17 @@ mod tests {
             ("cpu_units", Box::new(|v| v["cpu_units"] = 0.into())),
             ("input", Box::new(|v| v["input"] = "missing.mp4".into())),
             ("input", Box::new(|v| v["input"] = "/etc/passwd".into())),
-            ("input", Box::new(move |v| v["input"] = link.to_str().into())),
+            (
+                "input",
+                Box::new(move |v| v["input"] = link.to_str().into()),
+            ),
             ("input", Box::new(|v| v["input"] = "../secret.mp4".into())),
             ("output", Box::new(|v| v["output"] = "/tmp/x.mp4".into())),
             ("output", Box::new(|v| v["output"] = "../x.mp4".into())),
-            ("output", Box::new(move |v| v["output"] = escape.to_str().into())),
+            (
+                "output",
+                Box::new(move |v| v["output"] = escape.to_str().into()),
+            ),
         ];
         for (field, edit) in cases {
             let t = task(&f, edit);

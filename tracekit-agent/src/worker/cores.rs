@@ -29,7 +29,10 @@ impl CoreAllocator {
         let run = (0..=self.held.len() - k).find(|&s| self.held[s..s + k].iter().all(|h| !h));
         let cores: Vec<usize> = match run {
             Some(s) => (s..s + k).collect(),
-            None => (0..self.held.len()).filter(|&c| !self.held[c]).take(k).collect(),
+            None => (0..self.held.len())
+                .filter(|&c| !self.held[c])
+                .take(k)
+                .collect(),
         };
         for &c in &cores {
             self.held[c] = true;

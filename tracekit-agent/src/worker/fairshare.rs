@@ -26,9 +26,7 @@ pub fn water_fill(capacity: f64, demands: &[Demand]) -> Vec<f64> {
         let capped: Vec<usize> = active
             .iter()
             .copied()
-            .filter(|&i| {
-                demands[i].cores - grant[i] <= left * demands[i].weight / total_w + 1e-12
-            })
+            .filter(|&i| demands[i].cores - grant[i] <= left * demands[i].weight / total_w + 1e-12)
             .collect();
         if capped.is_empty() {
             for &i in &active {
@@ -76,9 +74,18 @@ mod tests {
     fn small_demand_is_capped_and_excess_redistributed() {
         // Weights 1:1:1 on 3 cores, but the first wants only 0.5.
         let demands = [
-            Demand { cores: 0.5, weight: 1.0 },
-            Demand { cores: 4.0, weight: 1.0 },
-            Demand { cores: 4.0, weight: 1.0 },
+            Demand {
+                cores: 0.5,
+                weight: 1.0,
+            },
+            Demand {
+                cores: 4.0,
+                weight: 1.0,
+            },
+            Demand {
+                cores: 4.0,
+                weight: 1.0,
+            },
         ];
         let g = water_fill(3.0, &demands);
         assert!(close(&g, &[0.5, 1.25, 1.25]), "{g:?}");

@@ -24,9 +24,7 @@ use clap::{Args, ValueEnum};
 use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
-use tracekit_proto::{
-    Heartbeat, Keys, Queue, RedisConn, RedisOptions, Registration, Take, Task,
-};
+use tracekit_proto::{Heartbeat, Keys, Queue, RedisConn, RedisOptions, Registration, Take, Task};
 use tracekit_trace::Invocation;
 
 use crate::cli::{IdentityArgs, TracerArgs};
@@ -221,8 +219,9 @@ pub async fn run(args: WorkerArgs, tracer: TracerArgs, identity: IdentityArgs) -
         }
     };
 
-    let mut session = Session::start(&tracer, &id, &identity.logs, identity.cpu_freq_mhz)?;
-    let stderr_dir = identity.logs.join(&id.run_id).join("ffmpeg");
+    let node_dir = identity.node_dir(&id);
+    let mut session = Session::start(&tracer, &id, &node_dir, identity.cpu_freq_mhz)?;
+    let stderr_dir = node_dir.join("ffmpeg");
     std::fs::create_dir_all(&stderr_dir)
         .with_context(|| format!("creating {}", stderr_dir.display()))?;
 
@@ -322,12 +321,12 @@ pub async fn run(args: WorkerArgs, tracer: TracerArgs, identity: IdentityArgs) -
             _ = sigint.recv(), if !stopping => {
                 tracing::info!("SIGINT: stopping");
                 stopping = true;
-                worker.stop(&stop_tx, &mut session)?;
+                worker.stop(&stop_tx)?;
             }
             _ = sigterm.recv(), if !stopping => {
                 tracing::info!("SIGTERM: stopping");
                 stopping = true;
-                worker.stop(&stop_tx, &mut session)?;
+                worker.stop(&stop_tx)?;
             }
         }
         if stopping && worker.jobs.is_empty() {
@@ -418,7 +417,9 @@ impl Worker {
                 format!(
                     "{}-{}-{}",
                     self.node,
-                    task.seq.map(|s| s.to_string()).unwrap_or_else(|| "x".into()),
+                    task.seq
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "x".into()),
                     self.seq
                 )
             });
@@ -427,8 +428,9 @@ impl Worker {
                 let g = cg.create(&group_name(&trace_id))?;
                 match self.args.cpu_binding {
                     Binding::Exclusive => cg.set_cpus(&g, &cpu_list(&cores))?,
-                    Binding::Shared => cg
-                        .set_weight(&g, self.args.cpuweight_per_vcpu * u64::from(plan.units))?,
+                    Binding::Shared => {
+                        cg.set_weight(&g, self.args.cpuweight_per_vcpu * u64::from(plan.units))?
+                    }
                 }
                 Some(g)
             }
@@ -460,7 +462,9 @@ impl Worker {
             },
         );
         if let Some(stderr) = child.stderr.take() {
-            let path = self.stderr_dir.join(format!("{}.log", group_name(&trace_id)));
+            let path = self
+                .stderr_dir
+                .join(format!("{}.log", group_name(&trace_id)));
             tokio::spawn(keep_stderr(stderr, path, self.args.stderr_limit));
         }
         tracing::info!(
@@ -571,7 +575,9 @@ impl Worker {
 
     fn finish(&mut self, job: Job, session: &mut Session) -> Result<()> {
         let (status, exited_ms) = job.exited.context("finishing a running task")?;
-        let bytes_out = std::fs::metadata(&job.plan.output).map(|m| m.len()).unwrap_or(0);
+        let bytes_out = std::fs::metadata(&job.plan.output)
+            .map(|m| m.len())
+            .unwrap_or(0);
         let mut fields = serde_json::Map::new();
         let basename = |p: &Path| {
             p.file_name()
@@ -663,17 +669,16 @@ impl Worker {
 
     /// SIGINT/SIGTERM: stop taking tasks; hand back what has not started;
     /// with --drain let running tasks finish, else stop and hand them back.
-    fn stop(
-        &mut self,
-        stop: &tokio::sync::watch::Sender<bool>,
-        session: &mut Session,
-    ) -> Result<()> {
+    fn stop(&mut self, stop: &tokio::sync::watch::Sender<bool>) -> Result<()> {
         let _ = stop.send(true);
         for (raw, _, _) in self.waiting.drain(..) {
             let _ = self.reports.send(Report::Requeue { raw, failed: false });
         }
         if self.args.drain {
-            tracing::info!(running = self.jobs.len(), "draining: finishing running tasks");
+            tracing::info!(
+                running = self.jobs.len(),
+                "draining: finishing running tasks"
+            );
             return Ok(());
         }
         let pids: Vec<u32> = self.jobs.keys().copied().collect();
@@ -688,7 +693,8 @@ impl Worker {
                 let _ = cg.destroy(g);
             }
             self.allocator.release(&job.cores);
-            session.table.take_annotation(pid);
+            // Its annotation stays: the stopped run gets no invocation line
+            // (the task runs again, and is recorded then).
             tracing::info!(trace_id = %job.trace_id, "stopped; handed back");
             let _ = self.reports.send(Report::Requeue {
                 raw: job.raw,
@@ -703,7 +709,13 @@ impl Worker {
 fn group_name(trace_id: &str) -> String {
     trace_id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -744,7 +756,10 @@ async fn intake(
         if *stop.borrow() {
             return;
         }
-        match queue.take_task_wait(&node, Duration::from_millis(500)).await {
+        match queue
+            .take_task_wait(&node, Duration::from_millis(500))
+            .await
+        {
             Ok(Take::Task(raw)) => {
                 if tasks.send(raw).await.is_err() {
                     return;
@@ -815,7 +830,10 @@ async fn reporter(queue: Queue, node: String, mut reports: mpsc::UnboundedReceiv
             match result {
                 Ok(true) => break,
                 Ok(false) => {
-                    tracing::warn!(?report, "the task was no longer in flight (node declared dead meanwhile)");
+                    tracing::warn!(
+                        ?report,
+                        "the task was no longer in flight (node declared dead meanwhile)"
+                    );
                     break;
                 }
                 Err(e) => {
@@ -831,13 +849,19 @@ async fn reporter(queue: Queue, node: String, mut reports: mpsc::UnboundedReceiv
 /// Fail early and clearly on flags that cannot work.
 pub fn check(args: &WorkerArgs) -> Result<()> {
     if !(args.allocation_ratio > 0.0 && args.allocation_ratio <= 64.0) {
-        bail!("--allocation-ratio {} is not in (0, 64]", args.allocation_ratio);
+        bail!(
+            "--allocation-ratio {} is not in (0, 64]",
+            args.allocation_ratio
+        );
     }
     if args.capacity_units == Some(0) {
         bail!("--capacity-units must be at least 1");
     }
     if args.cpuweight_per_vcpu == 0 || args.cpuweight_per_vcpu > 10_000 {
-        bail!("--cpuweight-per-vcpu {} is not in 1..=10000", args.cpuweight_per_vcpu);
+        bail!(
+            "--cpuweight-per-vcpu {} is not in 1..=10000",
+            args.cpuweight_per_vcpu
+        );
     }
     Ok(())
 }

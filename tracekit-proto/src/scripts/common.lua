@@ -6,6 +6,7 @@ local PENDING = KEYS[1]
 local SLOTS = KEYS[2]
 local REGISTRY = 'nodes:registry'
 local ALIVE = 'nodes:alive'
+local SLOTTED = 'nodes:slotted'
 local DEAD = 'q:dead'
 local ATTEMPTS = 'q:attempts'
 
@@ -141,20 +142,24 @@ local function mget(keys)
   return out
 end
 
--- Registered nodes in byte order with their last heartbeat (ms, false if none).
-local function registry_with_heartbeats()
-  local names = redis.call('ZRANGE', REGISTRY, 0, -1)
-  local beats = {}
-  local chunk = 1000
-  for s = 1, #names, chunk do
-    local part = {}
-    for i = s, math.min(s + chunk - 1, #names) do
-      part[#part + 1] = names[i]
-    end
-    local vals = redis.call('ZMSCORE', ALIVE, unpack(part))
-    for _, v in ipairs(vals) do
-      beats[#beats + 1] = v and tonumber(v) or false
+-- Live nodes (heartbeat newer than `since` ms) in byte order of names: the
+-- registry's order (all scores 0), filtered by the alive set. Names only, no
+-- scores: two cheap range reads whatever the number of nodes.
+local function live_nodes(since)
+  local alive = {}
+  local any = false
+  for _, n in ipairs(redis.call('ZRANGEBYSCORE', ALIVE, '(' .. since, '+inf')) do
+    alive[n] = true
+    any = true
+  end
+  local live = {}
+  if not any then
+    return live
+  end
+  for _, n in ipairs(redis.call('ZRANGE', REGISTRY, 0, -1)) do
+    if alive[n] then
+      live[#live + 1] = n
     end
   end
-  return names, beats
+  return live
 end

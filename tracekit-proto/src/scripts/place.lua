@@ -15,34 +15,51 @@ local timeout = num(ARGV[5])
 local batch = num(ARGV[6])
 
 local now = now_ms()
-local names, beats = registry_with_heartbeats()
-local live = {}
-for i, name in ipairs(names) do
-  if beats[i] and beats[i] > now - timeout then
-    live[#live + 1] = name
-  end
-end
+local live = live_nodes(now - timeout)
 local n = #live
-local keys = {}
-for i, node in ipairs(live) do
-  keys[4 * i - 3] = 'cap:' .. node
-  keys[4 * i - 2] = 'cap_total:' .. node
-  keys[4 * i - 1] = 'run_count:' .. node
-  keys[4 * i] = 'parallel:' .. node
-end
-local vals = mget(keys)
-local cap, total, rc, par = {}, {}, {}, {}
-local max_total = 0
-local any_slots = false
-for i = 1, n do
-  cap[i] = num(vals[4 * i - 3])
-  total[i] = num(vals[4 * i - 2])
-  rc[i] = num(vals[4 * i - 1])
-  par[i] = num(vals[4 * i])
-  if total[i] > max_total then
-    max_total = total[i]
+
+-- Read only what the decision needs: free capacity always; run_count and
+-- totals only for the weigher that uses them (totals also when the head fits
+-- nowhere, to tell "wait" from "can never run"). Keeps the per-node cost of
+-- a call at one MGET key for the first-fit case.
+local function per_node(prefix)
+  local keys = {}
+  for i, node in ipairs(live) do
+    keys[i] = prefix .. node
   end
-  if par[i] > 0 then
+  local vals = mget(keys)
+  local out = {}
+  for i = 1, n do
+    out[i] = num(vals[i])
+  end
+  return out
+end
+local cap = per_node('cap:')
+local rc = nil
+local total = nil
+if weigher == 'instances' then
+  rc = per_node('run_count:')
+elseif weigher == 'vcpu' then
+  total = per_node('cap_total:')
+end
+local function max_total()
+  if not total then
+    total = per_node('cap_total:')
+  end
+  local m = 0
+  for i = 1, n do
+    if total[i] > m then
+      m = total[i]
+    end
+  end
+  return m
+end
+-- Nodes that use slot tokens (usually none).
+local slotted = {}
+local any_slots = false
+if n > 0 then
+  for _, node in ipairs(redis.call('SMEMBERS', SLOTTED)) do
+    slotted[node] = true
     any_slots = true
   end
 end
@@ -78,9 +95,6 @@ while done < batch do
       reason = 'failed ' .. a .. ' attempts (max ' .. max_attempts .. ')'
     end
   end
-  if units and not reason and n > 0 and units > max_total then
-    reason = 'needs ' .. units .. ' cpu units, the largest live node has ' .. max_total
-  end
   if reason then
     redis.call('RPUSH', DEAD, dead_entry(raw, reason, nil))
     redis.call('LPOP', PENDING)
@@ -102,7 +116,7 @@ while done < batch do
     -- better metric replaces the choice.
     local best, best_m = nil, nil
     for i = 1, n do
-      if cap[i] >= units and (par[i] == 0 or (tokens[live[i]] or 0) > 0) then
+      if cap[i] >= units and (not slotted[live[i]] or (tokens[live[i]] or 0) > 0) then
         local m = 0
         if weigher == 'instances' then
           m = rc[i]
@@ -118,22 +132,38 @@ while done < batch do
       end
     end
     if best == nil then
-      out[1] = 'wait'
-      break
+      local largest = max_total()
+      if units > largest then
+        -- Fits no live node even when idle: it can never run.
+        reason = 'needs ' .. units .. ' cpu units, the largest live node has ' .. largest
+        redis.call('RPUSH', DEAD, dead_entry(raw, reason, nil))
+        redis.call('LPOP', PENDING)
+        redis.call('HDEL', ATTEMPTS, raw)
+        out[#out + 1] = 'dead'
+        out[#out + 1] = reason
+        out[#out + 1] = raw
+      else
+        out[1] = 'wait'
+        break
+      end
+    else
+      local node = live[best]
+      local runs = rc and rc[best] or num(redis.call('GET', 'run_count:' .. node))
+      redis.call('RPUSH', 'q:' .. node, raw)
+      redis.call('LPOP', PENDING)
+      cap[best] = cap[best] - units
+      redis.call('SET', 'cap:' .. node, cap[best])
+      redis.call('SET', 'run_count:' .. node, runs + 1)
+      if rc then
+        rc[best] = runs + 1
+      end
+      if slotted[node] then
+        redis.call('LREM', SLOTS, -1, node)
+      end
+      out[#out + 1] = 'placed'
+      out[#out + 1] = node
+      out[#out + 1] = raw
     end
-    local node = live[best]
-    redis.call('RPUSH', 'q:' .. node, raw)
-    redis.call('LPOP', PENDING)
-    cap[best] = cap[best] - units
-    rc[best] = rc[best] + 1
-    redis.call('SET', 'cap:' .. node, cap[best])
-    redis.call('SET', 'run_count:' .. node, rc[best])
-    if par[best] > 0 then
-      redis.call('LREM', SLOTS, -1, node)
-    end
-    out[#out + 1] = 'placed'
-    out[#out + 1] = node
-    out[#out + 1] = raw
   end
   done = done + 1
 end

@@ -45,6 +45,11 @@ redis.call('LREM', SLOTS, 0, node)
 for _ = 1, parallel - #queued do
   redis.call('RPUSH', SLOTS, node)
 end
+if parallel > 0 then
+  redis.call('SADD', SLOTTED, node)
+else
+  redis.call('SREM', SLOTTED, node)
+end
 redis.call('ZADD', REGISTRY, 0, node)
 redis.call('ZADD', ALIVE, now_ms(), node)
 return { total, total - held, #orphans, #queued }

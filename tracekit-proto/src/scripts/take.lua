@@ -1,7 +1,15 @@
--- take.lua: ARGV[1] = node. Moves the oldest queued task of the node to its
--- in-flight list and returns { 'task', raw }, or { 'empty' }, or { 'lost' }
--- when the node is not alive (its queue was taken back).
-local node = ARGV[1]
+-- take.lua: ARGV 1 node, 2 request token (unique per take, the same on a
+-- retry). Moves the oldest queued task of the node to its in-flight list and
+-- returns { 'task', raw }, or { 'empty' }, or { 'lost' } when the node is not
+-- alive (its queue was taken back). The token remembers the answer for a
+-- minute, so a call retried after a lost reply returns the same task instead
+-- of taking a second one.
+local node, token = ARGV[1], ARGV[2]
+local memo = 'take:' .. token
+local prev = redis.call('GET', memo)
+if prev then
+  return { 'task', prev }
+end
 if not redis.call('ZSCORE', ALIVE, node) then
   return { 'lost' }
 end
@@ -9,4 +17,5 @@ local raw = redis.call('LMOVE', 'q:' .. node, 'inflight:' .. node, 'LEFT', 'RIGH
 if not raw then
   return { 'empty' }
 end
+redis.call('SET', memo, raw, 'PX', 60000)
 return { 'task', raw }

@@ -1,0 +1,147 @@
+//! End to end: the README's main job (`cargo xtask demo`) on a small mix,
+//! driving the real binaries — redis-server, two worker agents, the central
+//! scheduler, the dispatcher, audit and export — and checking every artifact.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+use tracekit_tests::{read_json, read_jsonl, require_root, require_tool};
+
+fn target_bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = dir.join("debug").join(name);
+    assert!(
+        bin.exists(),
+        "{} is not built: run `cargo xtask test` (it builds every binary first)",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+fn demo_runs_every_task_once_and_exports_a_valid_trace() {
+    let test = "demo_runs_every_task_once_and_exports_a_valid_trace";
+    if !(require_root(test) && require_tool(test, "ffmpeg") && require_tool(test, "redis-server")) {
+        return;
+    }
+    for b in ["tracekit-agent", "tracekit-sched"] {
+        target_bin(b);
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("demo");
+    let total = 6;
+    let out = Command::new(target_bin("xtask"))
+        .args(["demo", "--no-build", "--total", &total.to_string()])
+        .args([
+            "--pulse-size",
+            "3",
+            "--pulse-interval",
+            "4",
+            "--lengths",
+            "1,2",
+        ])
+        .args(["--interval-ms", "200", "--timeout-s", "600", "--dir"])
+        .arg(&dir)
+        .output()
+        .expect("running xtask demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the demo failed");
+    assert!(stdout.contains("Tasks per node:"), "no summary printed");
+
+    let run = std::fs::read_dir(dir.join("logs"))
+        .expect("logs")
+        .flatten()
+        .next()
+        .expect("a run directory")
+        .path();
+    // Every task exactly once across the nodes, each a success with its CPU.
+    let mut seqs = HashSet::new();
+    let mut nodes = 0;
+    for node in std::fs::read_dir(&run).expect("run dir").flatten() {
+        let node = node.path();
+        if !node.join("node_meta.json").exists() {
+            continue;
+        }
+        nodes += 1;
+        let meta: Value = read_json(&node.join("node_meta.json")).expect("meta");
+        assert_eq!(meta["collector"], "ebpf", "{meta}");
+        let invs: Vec<Value> = read_jsonl(&node.join("CTS/invocations.jsonl")).expect("invs");
+        let samples: Vec<Value> =
+            read_jsonl(&node.join("CTS/proc_metrics.jsonl")).expect("samples");
+        for inv in &invs {
+            assert_eq!(inv["exit_code"], 0, "{inv}");
+            assert!(inv["cpu_ms"].as_f64().unwrap_or(0.0) > 0.0, "{inv}");
+            assert!(
+                inv["ts_enqueue"].as_i64() <= inv["ts_start"].as_i64(),
+                "{inv}"
+            );
+            assert!(inv["ts_start"].as_i64() <= inv["ts_end"].as_i64(), "{inv}");
+            assert!(
+                seqs.insert(inv["seq"].as_i64().expect("seq")),
+                "task ran twice: {inv}"
+            );
+            // Its samples tile its run and add up to its CPU.
+            let own: Vec<&Value> = samples.iter().filter(|s| s["pid"] == inv["pid"]).collect();
+            let dt: i64 = own.iter().filter_map(|s| s["dt_ms"].as_i64()).sum();
+            let cpu: f64 = own.iter().filter_map(|s| s["cpu_ms"].as_f64()).sum();
+            assert_eq!(
+                dt,
+                inv["ts_end"].as_i64().unwrap_or(0) - inv["ts_start"].as_i64().unwrap_or(0)
+            );
+            assert!(
+                (cpu - inv["cpu_ms"].as_f64().unwrap_or(0.0)).abs() < 0.01,
+                "{inv}"
+            );
+            // The output is a valid video of the requested size.
+            let output = dir
+                .join("outputs")
+                .join(inv["output"].as_str().expect("output"));
+            let probe = Command::new("ffprobe")
+                .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
+                .args(["stream=width,height,codec_name", "-of", "json"])
+                .arg(&output)
+                .output()
+                .expect("ffprobe");
+            assert!(
+                probe.status.success(),
+                "{} is not a valid video",
+                output.display()
+            );
+            let info: Value = serde_json::from_slice(&probe.stdout).expect("ffprobe json");
+            assert!(
+                info["streams"][0]["width"].as_i64().unwrap_or(0) > 0,
+                "{info}"
+            );
+        }
+        assert!(
+            node.join("CTS/audit_report.md").exists(),
+            "no audit report in {}",
+            node.display()
+        );
+    }
+    assert_eq!(nodes, 2, "two nodes traced");
+    assert_eq!(seqs.len(), total, "every task done exactly once: {seqs:?}");
+    // The OpenDC files are there and readable.
+    for f in [
+        "tasks.parquet",
+        "fragments.parquet",
+        "small_datacenter.json",
+    ] {
+        let p = dir.join("opendc").join(f);
+        assert!(
+            std::fs::metadata(&p).map(|m| m.len() > 0).unwrap_or(false),
+            "{}",
+            p.display()
+        );
+    }
+    let dc: Value = read_json(&dir.join("opendc/small_datacenter.json")).expect("datacenter");
+    assert!(
+        dc["clusters"][0]["hosts"][0]["count"].as_i64().unwrap_or(0) >= 1,
+        "{dc}"
+    );
+}

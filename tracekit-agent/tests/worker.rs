@@ -1,0 +1,572 @@
+//! The worker for real, as root: the agent binary against a real
+//! redis-server, real ffmpeg on small generated inputs, real cgroups and
+//! eBPF. A placement loop in the test stands in for `tracekit-sched central`
+//! (the same protocol call). Tests run one at a time (`SERIAL`): they share
+//! the machine's CPUs and cgroups.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tracekit_proto::testing::RedisServer;
+use tracekit_proto::{PlaceOptions, Queue, Snapshot, SubmitTarget};
+use tracekit_tests::{read_jsonl, require_root, require_tool, test_video};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+const AGENT: &str = env!("CARGO_BIN_EXE_tracekit-agent");
+
+fn ready(test: &str) -> bool {
+    require_root(test) && require_tool(test, "ffmpeg") && require_tool(test, "redis-server")
+}
+
+/// A redis-server, the directories of a node, and a placement loop.
+struct Env {
+    redis: RedisServer,
+    rt: tokio::runtime::Runtime,
+    queue: Queue,
+    dir: tempfile::TempDir,
+    placer: Arc<AtomicBool>,
+    submitted: u64,
+    created: u64,
+}
+
+impl Env {
+    fn new(redis_args: &[&str]) -> Env {
+        let redis = RedisServer::start_with(redis_args).expect("redis-server");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let queue = rt.block_on(redis.queue()).expect("queue");
+        let dir = tempfile::tempdir().expect("tempdir");
+        for d in ["inputs", "outputs", "logs"] {
+            std::fs::create_dir_all(dir.path().join(d)).expect("mkdir");
+        }
+        // Short and long test videos, copied under this node's inputs root.
+        for (name, secs) in [("short.mp4", 2), ("long.mp4", 12)] {
+            let src = test_video(640, 360, secs).expect("test video");
+            std::fs::copy(src, dir.path().join("inputs").join(name)).expect("copy input");
+        }
+        let env = Env {
+            redis,
+            rt,
+            queue,
+            dir,
+            placer: Arc::new(AtomicBool::new(true)),
+            submitted: 0,
+            created: 0,
+        };
+        env.start_placer();
+        env
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// Place pending tasks on live nodes, as the central does.
+    fn start_placer(&self) {
+        let queue = self.queue.clone();
+        let run = self.placer.clone();
+        self.rt.spawn(async move {
+            let opts = PlaceOptions {
+                heartbeat_timeout: Duration::from_secs(3),
+                batch: 16,
+                ..PlaceOptions::default()
+            };
+            while run.load(Ordering::Relaxed) {
+                let _ = queue.place(&opts).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+    }
+
+    fn agent(&self, node: &str, args: &[&str]) -> Child {
+        Command::new(AGENT)
+            .current_dir(self.dir.path())
+            .args([
+                "--redis",
+                &self.redis.url_without_password(),
+                "--node-id",
+                node,
+            ])
+            .args(["--run-id", "run", "--logs"])
+            .arg(self.path(&format!("logs/{node}")))
+            .args(["--inputs"])
+            .arg(self.path("inputs"))
+            .args(["--outputs"])
+            .arg(self.path("outputs"))
+            .args([
+                "--heartbeat-ms",
+                "500",
+                "--interval-ms",
+                "200",
+                "--reset-capacity",
+            ])
+            .args(args)
+            .env("REDIS_PASSWORD", self.redis.password())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting the agent")
+    }
+
+    /// A task on `input` (short/long) of `units`, with overrides.
+    fn task(&mut self, input: &str, units: u32, edit: impl FnOnce(&mut Value)) -> String {
+        self.created += 1;
+        let n = self.created;
+        let mut v = json!({
+            "input": self.path(&format!("inputs/{input}")),
+            "output": self.path(&format!("outputs/{input}_{n}.mp4")),
+            "scale": "1280:720", "vcodec": "h264", "preset": "medium", "crf": 28,
+            "vthreads": units * 2, "fthreads": 1, "cpu_units": units,
+            "_seq": n, "ts_enqueue": tracekit_tests::epoch_ms(),
+        });
+        edit(&mut v);
+        v.to_string()
+    }
+
+    fn submit(&mut self, tasks: &[String]) {
+        let items: Vec<(u64, String)> = tasks
+            .iter()
+            .map(|t| {
+                self.submitted += 1;
+                (self.submitted, t.clone())
+            })
+            .collect();
+        self.rt
+            .block_on(self.queue.submit("test", SubmitTarget::Pending, &items))
+            .expect("submit");
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        self.rt
+            .block_on(self.queue.snapshot(Duration::from_secs(3)))
+            .expect("snapshot")
+    }
+
+    fn invocations(&self, node: &str) -> Vec<Value> {
+        let path = self.path(&format!("logs/{node}/run/CTS/invocations.jsonl"));
+        if !path.exists() {
+            return Vec::new();
+        }
+        read_jsonl(&path).expect("invocations")
+    }
+
+    /// Wait for `cond`, checking every 100 ms.
+    fn wait(&self, what: &str, limit: Duration, mut cond: impl FnMut(&Env) -> bool) {
+        let start = Instant::now();
+        while !cond(self) {
+            assert!(start.elapsed() < limit, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Nothing held anywhere: every unit back, nothing queued or in flight.
+    fn assert_books_balanced(&self) {
+        let s = self.snapshot();
+        for n in &s.nodes {
+            assert_eq!(n.cap, n.cap_total, "capacity leaked on {}: {n:?}", n.name);
+            assert_eq!(n.run_count, 0, "run_count of {}: {n:?}", n.name);
+            assert_eq!((n.queued, n.inflight), (0, 0), "{n:?}");
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.placer.store(false, Ordering::Relaxed);
+    }
+}
+
+/// ffmpeg processes that are children of `agent`.
+fn ffmpeg_children(agent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let comm_ok = stat.contains("(ffmpeg)");
+            let ppid = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            comm_ok && ppid == Some(agent)
+        })
+        .collect()
+}
+
+fn sigterm(child: &mut Child) -> std::process::ExitStatus {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().expect("waiting for the agent")
+}
+
+fn sigkill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn exit_ok(inv: &Value) -> bool {
+    inv["exit_code"] == 0
+}
+
+#[test]
+fn runs_up_to_capacity_and_rejects_bad_tasks() {
+    let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !ready("runs_up_to_capacity_and_rejects_bad_tasks") {
+        return;
+    }
+    let mut env = Env::new(&[]);
+    let mut agent = env.agent("w1", &["--capacity-units", "2", "--cpu-binding", "shared"]);
+    env.wait("registration", Duration::from_secs(30), |e| {
+        e.snapshot().nodes.iter().any(|n| n.alive)
+    });
+    let mut tasks: Vec<String> = (0..4).map(|_| env.task("short.mp4", 1, |_| {})).collect();
+    let bad = vec![
+        env.task("short.mp4", 1, |v| v["preset"] = "; rm -rf /".into()),
+        env.task("short.mp4", 1, |v| v["input"] = "/etc/passwd".into()),
+        env.task("short.mp4", 1, |v| v["vthreads"] = 500.into()),
+        "{not json".to_string(),
+    ];
+    tasks.extend(bad.iter().cloned());
+    env.submit(&tasks);
+    let mut most = 0;
+    env.wait("4 tasks done", Duration::from_secs(120), |e| {
+        most = most.max(ffmpeg_children(agent.id()).len());
+        e.invocations("w1").len() >= 4
+    });
+    assert!(most <= 2, "{most} tasks ran at once on 2 units");
+    assert_eq!(most, 2, "capacity was not used");
+    env.wait("dead letters", Duration::from_secs(10), |e| {
+        e.snapshot().dead == bad.len()
+    });
+    let dead = env
+        .rt
+        .block_on(env.queue.dead_letters(0, -1))
+        .expect("dead letters");
+    let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
+    for needle in ["preset", "input", "vthreads", "malformed"] {
+        assert!(
+            reasons.iter().any(|r| r.contains(needle)),
+            "{needle} not in {reasons:?}"
+        );
+    }
+    let invs = env.invocations("w1");
+    assert_eq!(invs.len(), 4, "{invs:?}");
+    for inv in &invs {
+        assert!(exit_ok(inv), "{inv}");
+        assert!(inv["cpu_ms"].as_f64().unwrap_or(0.0) > 0.0, "{inv}");
+        assert!(inv["ts_enqueue"].as_i64() <= inv["ts_start"].as_i64());
+        assert!(inv["bytes_out"].as_u64().unwrap_or(0) > 0, "{inv}");
+        let out = env.path(&format!(
+            "outputs/{}",
+            inv["output"].as_str().expect("output")
+        ));
+        let meta = std::fs::metadata(&out).expect("output exists");
+        // Written by the unprivileged user, not root.
+        assert_ne!(
+            std::os::unix::fs::MetadataExt::uid(&meta),
+            0,
+            "{out:?} owned by root"
+        );
+    }
+    env.assert_books_balanced();
+    assert!(sigterm(&mut agent).success());
+}
+
+#[test]
+fn exclusive_binding_puts_tasks_on_disjoint_cores() {
+    let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !ready("exclusive_binding_puts_tasks_on_disjoint_cores") {
+        return;
+    }
+    let mut env = Env::new(&[]);
+    let mut agent = env.agent(
+        "w1",
+        &["--cpu-binding", "exclusive", "--allocation-ratio", "1"],
+    );
+    let tasks = vec![
+        env.task("long.mp4", 1, |_| {}),
+        env.task("long.mp4", 1, |_| {}),
+    ];
+    env.submit(&tasks);
+    let mut pids = Vec::new();
+    env.wait("two tasks running", Duration::from_secs(60), |_| {
+        pids = ffmpeg_children(agent.id());
+        pids.len() == 2
+    });
+    std::thread::sleep(Duration::from_millis(500)); // let ffmpeg start its threads
+    let mut sets: Vec<HashSet<String>> = Vec::new();
+    for pid in &pids {
+        let mut cores = HashSet::new();
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("threads");
+        let mut threads = 0;
+        for t in tasks.flatten() {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            if let Some(l) = status.lines().find(|l| l.starts_with("Cpus_allowed_list:")) {
+                cores.insert(l.split(':').nth(1).unwrap_or("").trim().to_string());
+                threads += 1;
+            }
+        }
+        assert!(threads > 1, "ffmpeg {pid} should be multi-threaded");
+        assert_eq!(
+            cores.len(),
+            1,
+            "threads of {pid} on different masks: {cores:?}"
+        );
+        sets.push(cores);
+    }
+    assert_ne!(sets[0], sets[1], "two tasks share a core: {sets:?}");
+    env.wait("both done", Duration::from_secs(180), |e| {
+        e.invocations("w1").len() == 2
+    });
+    let invs = env.invocations("w1");
+    assert_ne!(invs[0]["cpuset"], invs[1]["cpuset"]);
+    env.assert_books_balanced();
+    assert!(sigterm(&mut agent).success());
+}
+
+#[test]
+fn shared_binding_gives_fair_shares() {
+    let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !ready("shared_binding_gives_fair_shares") {
+        return;
+    }
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+    let mut env = Env::new(&[]);
+    // 1 + 2 units on the machine's cores: water-filling gives cores/3 and
+    // 2·cores/3 when both want more (each has 4 busy threads).
+    let mut agent = env.agent(
+        "w1",
+        &[
+            "--cpu-binding",
+            "shared",
+            "--capacity-units",
+            &(cores as u32 * 2).to_string(),
+        ],
+    );
+    let edit = |v: &mut Value| {
+        v["vthreads"] = 4.into();
+        v["preset"] = "slower".into();
+    };
+    let tasks = vec![env.task("long.mp4", 1, edit), env.task("long.mp4", 2, edit)];
+    env.submit(&tasks);
+    env.wait("both done", Duration::from_secs(400), |e| {
+        e.invocations("w1").len() == 2
+    });
+    let invs = env.invocations("w1");
+    let samples: Vec<Value> =
+        read_jsonl(&env.path("logs/w1/run/CTS/proc_metrics.jsonl")).expect("samples");
+    // The window where both ran, minus a second at each edge.
+    let start = invs
+        .iter()
+        .filter_map(|i| i["ts_start"].as_i64())
+        .max()
+        .expect("start")
+        + 1000;
+    let end = invs
+        .iter()
+        .filter_map(|i| i["ts_end"].as_i64())
+        .min()
+        .expect("end")
+        - 1000;
+    assert!(
+        end - start > 3000,
+        "the tasks overlapped too briefly: {invs:?}"
+    );
+    for inv in &invs {
+        let units = inv["cpu_units"].as_f64().expect("units");
+        let pid = &inv["pid"];
+        let (cpu, dt) = samples
+            .iter()
+            .filter(|s| &s["pid"] == pid)
+            .filter(|s| {
+                let ts = s["ts_ms"].as_i64().unwrap_or(0);
+                ts - s["dt_ms"].as_i64().unwrap_or(0) >= start && ts <= end
+            })
+            .fold((0.0, 0.0), |(c, d), s| {
+                (
+                    c + s["cpu_ms"].as_f64().unwrap_or(0.0),
+                    d + s["dt_ms"].as_f64().unwrap_or(0.0),
+                )
+            });
+        let got = cpu / dt;
+        let want = cores * units / 3.0;
+        eprintln!("{units} units: {got:.3} cores (computed share {want:.3})");
+        assert!(
+            (got - want).abs() <= 0.1 * want,
+            "{units} units got {got:.3}, want {want:.3}"
+        );
+    }
+    env.assert_books_balanced();
+    assert!(sigterm(&mut agent).success());
+}
+
+#[test]
+fn kill_9_and_restart_runs_every_task_once_more() {
+    let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !ready("kill_9_and_restart_runs_every_task_once_more") {
+        return;
+    }
+    let mut env = Env::new(&[]);
+    let mut agent = env.agent("w1", &["--capacity-units", "2"]);
+    let tasks = vec![
+        env.task("long.mp4", 1, |_| {}),
+        env.task("long.mp4", 1, |_| {}),
+        env.task("short.mp4", 1, |_| {}),
+    ];
+    env.submit(&tasks);
+    let mut running = Vec::new();
+    env.wait("two tasks running", Duration::from_secs(60), |_| {
+        running = ffmpeg_children(agent.id());
+        running.len() == 2
+    });
+    sigkill(&mut agent);
+    // Its ffmpegs die with it (parent-death signal).
+    env.wait("orphans gone", Duration::from_secs(10), |_| {
+        running
+            .iter()
+            .all(|p| !Path::new(&format!("/proc/{p}")).exists())
+    });
+    let s = env.snapshot();
+    assert_eq!(
+        s.nodes[0].inflight, 2,
+        "the killed agent's tasks stay in flight: {s:?}"
+    );
+    let mut agent = env.agent("w1", &["--capacity-units", "2"]);
+    env.wait("all three done", Duration::from_secs(300), |e| {
+        e.invocations("w1").iter().filter(|i| exit_ok(i)).count() == 3
+    });
+    let invs = env.invocations("w1");
+    let seqs: HashSet<i64> = invs.iter().filter_map(|i| i["seq"].as_i64()).collect();
+    assert_eq!(
+        seqs.len(),
+        3,
+        "every task ran to completion once after the restart: {invs:?}"
+    );
+    env.assert_books_balanced();
+    assert!(sigterm(&mut agent).success());
+}
+
+#[test]
+fn sigterm_hands_back_or_drains() {
+    let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !ready("sigterm_hands_back_or_drains") {
+        return;
+    }
+    let mut env = Env::new(&[]);
+    // Without --drain: the running task is stopped and handed back.
+    env.placer.store(true, Ordering::Relaxed);
+    let mut agent = env.agent("w1", &["--capacity-units", "1"]);
+    let t = env.task("long.mp4", 1, |_| {});
+    env.submit(&[t]);
+    let mut running = Vec::new();
+    env.wait("task running", Duration::from_secs(60), |_| {
+        running = ffmpeg_children(agent.id());
+        !running.is_empty()
+    });
+    assert!(sigterm(&mut agent).success());
+    assert!(
+        running
+            .iter()
+            .all(|p| !Path::new(&format!("/proc/{p}")).exists())
+    );
+    let s = env.snapshot();
+    assert_eq!(s.pending, 1, "the stopped task is back in pending: {s:?}");
+    assert!(env.invocations("w1").is_empty());
+    // With --drain: it runs to the end before the agent exits.
+    let mut agent = env.agent("w1", &["--capacity-units", "1", "--drain"]);
+    env.wait("task running again", Duration::from_secs(60), |_| {
+        !ffmpeg_children(agent.id()).is_empty()
+    });
+    assert!(sigterm(&mut agent).success());
+    let invs = env.invocations("w1");
+    assert_eq!(invs.len(), 1, "{invs:?}");
+    assert!(exit_ok(&invs[0]));
+    let s = env.snapshot();
+    assert_eq!((s.pending, s.dead), (0, 0), "{s:?}");
+}
+
+#[test]
+fn survives_a_redis_restart() {
+    let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !ready("survives_a_redis_restart") {
+        return;
+    }
+    // AOF so the restarted server has the state back.
+    let mut env = Env::new(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let mut agent = env.agent("w1", &["--capacity-units", "1"]);
+    let t = env.task("long.mp4", 1, |_| {});
+    env.submit(&[t]);
+    env.wait("task running", Duration::from_secs(60), |_| {
+        !ffmpeg_children(agent.id()).is_empty()
+    });
+    env.placer.store(false, Ordering::Relaxed);
+    // Stop Redis (by its PID) for longer than the task has left to run.
+    let pid = env.redis.pid() as i32;
+    // SAFETY: signalling the redis-server this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    env.wait("redis down", Duration::from_secs(10), |_| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z"))
+            .unwrap_or(true)
+    });
+    env.wait(
+        "task finished while Redis was down",
+        Duration::from_secs(120),
+        |_| ffmpeg_children(agent.id()).is_empty(),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let mut again = Command::new("redis-server")
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &env.redis.port().to_string(),
+        ])
+        .args(["--requirepass", env.redis.password()])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ])
+        .arg("--dir")
+        .arg(env.redis.dir())
+        .args(["--logfile", "redis2.log"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("restarting redis-server");
+    env.wait("the completion reported", Duration::from_secs(60), |e| {
+        e.rt.block_on(e.queue.snapshot(Duration::from_secs(3)))
+            .map(|s| {
+                s.nodes
+                    .iter()
+                    .all(|n| n.inflight == 0 && n.cap == n.cap_total)
+            })
+            .unwrap_or(false)
+    });
+    let invs = env.invocations("w1");
+    assert_eq!(invs.len(), 1);
+    assert!(exit_ok(&invs[0]));
+    env.assert_books_balanced();
+    assert!(sigterm(&mut agent).success());
+    let _ = again.kill();
+    let _ = again.wait();
+}

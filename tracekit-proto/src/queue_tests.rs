@@ -1,0 +1,281 @@
+//! The protocol against a real redis-server (see `testing`).
+
+use std::time::Duration;
+
+use crate::queue::*;
+use crate::testing::RedisServer;
+
+fn reg(node: &str, capacity: i64, parallel: u32) -> Registration {
+    Registration {
+        node: node.into(),
+        capacity,
+        cores: 4,
+        ratio: 1.0,
+        parallel,
+        reset_capacity: true,
+        clear_queue: false,
+    }
+}
+
+fn task(i: u64, units: i64) -> String {
+    format!(
+        r#"{{"input":"in/{i}.mp4","output":"out/{i}.mp4","cpu_units":{units},"_seq":{i},"ts_enqueue":{}}}"#,
+        1000 + i
+    )
+}
+
+async fn get(q: &Queue, key: &str) -> Option<String> {
+    let mut c = q.conn().manager();
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .expect("GET")
+}
+
+fn place_opts() -> PlaceOptions {
+    PlaceOptions {
+        batch: 100,
+        ..PlaceOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn worker_cycle_returns_everything_once() {
+    let s = RedisServer::start().expect("redis");
+    let q = s.queue().await.expect("queue");
+    let r = q.register(&reg("w1", 4, 2)).await.expect("register");
+    assert_eq!(
+        (r.cap_total, r.cap, r.orphans_requeued, r.queued),
+        (4, 4, 0, 0)
+    );
+    let items: Vec<(u64, String)> = (0..3).map(|i| (i, task(i, 2))).collect();
+    assert_eq!(
+        q.submit("d1", SubmitTarget::Pending, &items).await.unwrap(),
+        3
+    );
+    let out = q.place(&place_opts()).await.unwrap();
+    // 2 slots, 4 units: two tasks fit, the third waits at the head.
+    assert_eq!(out.status, PlaceStatus::Wait);
+    assert_eq!(out.events.len(), 2);
+    assert_eq!(get(&q, "cap:w1").await.as_deref(), Some("0"));
+    assert_eq!(get(&q, "run_count:w1").await.as_deref(), Some("2"));
+    let Take::Task(t0) = q.take_task("w1").await.unwrap() else {
+        panic!("no task")
+    };
+    assert_eq!(t0, task(0, 2));
+    assert_eq!(q.inflight_tasks("w1").await.unwrap(), vec![t0.clone()]);
+    assert!(q.complete_task("w1", &t0).await.unwrap());
+    // A retried completion changes nothing.
+    assert!(!q.complete_task("w1", &t0).await.unwrap());
+    assert_eq!(get(&q, "cap:w1").await.as_deref(), Some("2"));
+    assert_eq!(get(&q, "run_count:w1").await.as_deref(), Some("1"));
+    let snap = q.snapshot(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(snap.nodes[0].slot_tokens, 1);
+    assert_eq!(snap.pending, 1);
+    let out = q.place(&place_opts()).await.unwrap();
+    assert_eq!(out.status, PlaceStatus::Empty);
+    assert_eq!(
+        out.events,
+        vec![PlaceEvent::Placed {
+            node: "w1".into(),
+            task: task(2, 2)
+        }]
+    );
+}
+
+#[tokio::test]
+async fn submit_is_exactly_once_per_dispatcher() {
+    let s = RedisServer::start().expect("redis");
+    let q = s.queue().await.expect("queue");
+    let items: Vec<(u64, String)> = (0..5).map(|i| (i, task(i, 1))).collect();
+    assert_eq!(
+        q.submit("d", SubmitTarget::Pending, &items[..3])
+            .await
+            .unwrap(),
+        3
+    );
+    // A retry of the same batch plus new items pushes only the new ones.
+    assert_eq!(
+        q.submit("d", SubmitTarget::Pending, &items).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        q.submit("other", SubmitTarget::Pending, &items[..1])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(q.pending_tasks().await.unwrap().len(), 6);
+}
+
+#[tokio::test]
+async fn direct_assignment_reserves_and_register_recomputes() {
+    let s = RedisServer::start().expect("redis");
+    let q = s.queue().await.expect("queue");
+    q.register(&reg("w1", 8, 0)).await.unwrap();
+    let items: Vec<(u64, String)> = (0..3).map(|i| (i, task(i, 2))).collect();
+    q.submit("d", SubmitTarget::Node("w1"), &items)
+        .await
+        .unwrap();
+    assert_eq!(get(&q, "cap:w1").await.as_deref(), Some("2"));
+    let Take::Task(t) = q.take_task("w1").await.unwrap() else {
+        panic!()
+    };
+    // The worker crashes and restarts: its in-flight task is an orphan.
+    let r = q
+        .register(&Registration {
+            reset_capacity: false,
+            ..reg("w1", 99, 0)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.cap_total, r.cap, r.orphans_requeued, r.queued),
+        (8, 4, 1, 2)
+    );
+    assert_eq!(q.pending_tasks().await.unwrap(), vec![t.clone()]);
+    assert_eq!(get(&q, "run_count:w1").await.as_deref(), Some("2"));
+    let mut c = q.conn().manager();
+    let attempts: Option<i64> = redis::cmd("HGET")
+        .arg("q:attempts")
+        .arg(&t)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(attempts, Some(1));
+    // clear_queue hands the queued tasks back too.
+    let r = q
+        .register(&Registration {
+            clear_queue: true,
+            ..reg("w1", 8, 0)
+        })
+        .await
+        .unwrap();
+    assert_eq!((r.cap, r.queued), (8, 0));
+    assert_eq!(q.pending_tasks().await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn dead_letter_and_requeue_return_capacity() {
+    let s = RedisServer::start().expect("redis");
+    let q = s.queue().await.expect("queue");
+    q.register(&reg("w1", 2, 1)).await.unwrap();
+    q.submit(
+        "d",
+        SubmitTarget::Pending,
+        &[(0, task(0, 1)), (1, task(1, 1))],
+    )
+    .await
+    .unwrap();
+    q.place(&place_opts()).await.unwrap();
+    let Take::Task(t0) = q.take_task("w1").await.unwrap() else {
+        panic!()
+    };
+    assert!(
+        q.dead_letter_task("w1", &t0, "ffmpeg: bad input")
+            .await
+            .unwrap()
+    );
+    assert!(!q.dead_letter_task("w1", &t0, "again").await.unwrap());
+    let dead = q.dead_letters(0, -1).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].task.as_str(), dead[0].reason.as_str()),
+        (t0.as_str(), "ffmpeg: bad input")
+    );
+    assert_eq!(dead[0].node.as_deref(), Some("w1"));
+    q.place(&place_opts()).await.unwrap();
+    let Take::Task(t1) = q.take_task("w1").await.unwrap() else {
+        panic!()
+    };
+    assert!(q.requeue_task("w1", &t1, true).await.unwrap());
+    assert_eq!(q.pending_tasks().await.unwrap(), vec![t1.clone()]);
+    let snap = q.snapshot(Duration::from_secs(10)).await.unwrap();
+    let n = &snap.nodes[0];
+    assert_eq!(
+        (n.cap, n.run_count, n.slot_tokens, n.inflight, n.queued),
+        (2, 0, 1, 0, 0)
+    );
+    // With max_attempts 1 the requeued task is now dead.
+    let out = q
+        .place(&PlaceOptions {
+            max_attempts: 1,
+            ..place_opts()
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(&out.events[..], [PlaceEvent::Dead { reason, .. }] if reason.contains("attempts"))
+    );
+}
+
+#[tokio::test]
+async fn heartbeat_and_recovery() {
+    let s = RedisServer::start().expect("redis");
+    let q = s.queue().await.expect("queue");
+    assert_eq!(q.heartbeat("ghost").await.unwrap(), Heartbeat::Lost);
+    q.register(&reg("a", 2, 0)).await.unwrap();
+    q.register(&reg("b", 2, 0)).await.unwrap();
+    assert_eq!(q.heartbeat("a").await.unwrap(), Heartbeat::Alive);
+    let items: Vec<(u64, String)> = (0..4).map(|i| (i, task(i, 1))).collect();
+    q.submit("d", SubmitTarget::Pending, &items).await.unwrap();
+    q.place(&place_opts()).await.unwrap();
+    // first fit: a gets 0,1; b gets 2,3
+    let Take::Task(t) = q.take_task("a").await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(t, task(0, 1));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    q.heartbeat("b").await.unwrap();
+    let rec = q
+        .recover_dead_nodes(Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(
+        rec,
+        vec![Recovered {
+            node: "a".into(),
+            tasks: 2
+        }]
+    );
+    // Back at the head of pending, in their original order.
+    assert_eq!(
+        q.pending_tasks().await.unwrap(),
+        vec![task(0, 1), task(1, 1)]
+    );
+    assert_eq!(get(&q, "cap:a").await.as_deref(), Some("2"));
+    assert_eq!(get(&q, "run_count:a").await.as_deref(), Some("0"));
+    assert_eq!(q.heartbeat("a").await.unwrap(), Heartbeat::Lost);
+    assert_eq!(q.take_task("a").await.unwrap(), Take::Lost);
+    assert!(!q.complete_task("a", &t).await.unwrap());
+    assert_eq!(
+        q.recover_dead_nodes(Duration::from_millis(200))
+            .await
+            .unwrap(),
+        vec![]
+    );
+    let snap = q.snapshot(Duration::from_millis(200)).await.unwrap();
+    assert!(!snap.nodes[0].alive && snap.nodes[1].alive);
+    // Deregistering hands back what b holds.
+    assert_eq!(q.deregister("b").await.unwrap(), 2);
+    assert_eq!(q.pending_tasks().await.unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn survives_a_killed_connection() {
+    let s = RedisServer::start().expect("redis");
+    let q = s.queue().await.expect("queue");
+    q.register(&reg("w1", 2, 0)).await.unwrap();
+    let client = redis::Client::open(s.url()).unwrap();
+    let mut k = client.get_multiplexed_async_connection().await.unwrap();
+    for _ in 0..5 {
+        let n: i64 = redis::cmd("CLIENT")
+            .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"][..])
+            .query_async(&mut k)
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(q.heartbeat("w1").await.unwrap(), Heartbeat::Alive);
+    }
+}

@@ -1,0 +1,354 @@
+//! Placement decisions of `place.lua` in a real Redis: every weigher × order,
+//! the tie rule, FIFO and head-of-line waiting, slot tokens, and a randomized
+//! comparison with the pure policy in `placement.rs`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rand_core::RngCore;
+use tracekit_proto::testing::RedisServer;
+use tracekit_proto::{PlaceEvent, PlaceOptions, PlaceStatus, Queue, Weigher, WeigherOrder};
+use tracekit_sched::mix::{rng, uniform};
+use tracekit_sched::placement::{NodeView, choose, dead_reason};
+
+fn opts(w: Weigher, o: WeigherOrder) -> PlaceOptions {
+    PlaceOptions {
+        weigher: w,
+        order: o,
+        batch: 1,
+        max_attempts: 3,
+        ..PlaceOptions::default()
+    }
+}
+
+async fn push(q: &Queue, raws: &[String]) {
+    let mut c = q.conn().manager();
+    for r in raws {
+        let _: i64 = cmd(&mut c, &["RPUSH", "q:pending", r]).await;
+    }
+}
+
+/// Sets a node's counters directly (to stage a weigher decision).
+async fn stage(q: &Queue, name: &str, cap: i64, total: i64, rc: i64) {
+    q.register(&reg(name, total, 0)).await.expect("register");
+    let mut c = q.conn().manager();
+    let _: () = cmd(&mut c, &["SET", &format!("cap:{name}"), &cap.to_string()]).await;
+    let _: () = cmd(
+        &mut c,
+        &["SET", &format!("run_count:{name}"), &rc.to_string()],
+    )
+    .await;
+}
+
+async fn placed_on(q: &Queue, o: &PlaceOptions) -> Option<String> {
+    let out = q.place(o).await.expect("place");
+    match out.events.as_slice() {
+        [PlaceEvent::Placed { node, .. }] => Some(node.clone()),
+        [] => None,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn every_weigher_and_order() {
+    let s = RedisServer::start().expect("redis");
+    let q = queue(&s).await;
+    // instances: a=3 b=1 c=0 d=5; vcpu (total-cap): a=7 b=2 c=6 d=1
+    let staged = [
+        ("a", 1, 8, 3),
+        ("b", 6, 8, 1),
+        ("c", 2, 8, 0),
+        ("d", 7, 8, 5),
+    ];
+    // (weigher, order, choice for 1 unit, choice for 2 units: a has only 1 free)
+    let cases = [
+        (Weigher::None, WeigherOrder::Min, "a", "b"),
+        (Weigher::None, WeigherOrder::Max, "a", "b"),
+        (Weigher::Instances, WeigherOrder::Min, "c", "c"),
+        (Weigher::Instances, WeigherOrder::Max, "d", "d"),
+        (Weigher::Vcpu, WeigherOrder::Min, "d", "d"),
+        (Weigher::Vcpu, WeigherOrder::Max, "a", "c"),
+    ];
+    for (w, o, want, want2) in cases {
+        for (n, cap, total, rc) in staged {
+            stage(&q, n, cap, total, rc).await;
+        }
+        push(&q, &[task("t", 1)]).await;
+        assert_eq!(
+            placed_on(&q, &opts(w, o)).await.as_deref(),
+            Some(want),
+            "{w:?} {o:?}"
+        );
+        // need 2 excludes a (cap 1)
+        for (n, cap, total, rc) in staged {
+            stage(&q, n, cap, total, rc).await;
+        }
+        let mut c = q.conn().manager();
+        let _: i64 = cmd(&mut c, &["DEL", "q:a", "q:b", "q:c", "q:d"]).await;
+        push(&q, &[task("u", 2)]).await;
+        assert_eq!(
+            placed_on(&q, &opts(w, o)).await.as_deref(),
+            Some(want2),
+            "need 2: {w:?} {o:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn ties_go_to_the_smallest_name() {
+    let s = RedisServer::start().expect("redis");
+    let q = queue(&s).await;
+    for w in [Weigher::None, Weigher::Instances, Weigher::Vcpu] {
+        for o in [WeigherOrder::Min, WeigherOrder::Max] {
+            for n in ["n2", "n10", "N9", "n1"] {
+                stage(&q, n, 4, 4, 0).await;
+            }
+            push(&q, &[task("t", 1)]).await;
+            // Byte order: "N9" < "n1" < "n10" < "n2".
+            assert_eq!(
+                placed_on(&q, &opts(w, o)).await.as_deref(),
+                Some("N9"),
+                "{w:?} {o:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn strict_fifo_with_head_of_line_waiting() {
+    let s = RedisServer::start().expect("redis");
+    let q = queue(&s).await;
+    q.register(&reg("a", 4, 0)).await.unwrap();
+    push(&q, &[task("big1", 3), task("big2", 3), task("small", 1)]).await;
+    let o = PlaceOptions {
+        batch: 10,
+        ..opts(Weigher::None, WeigherOrder::Min)
+    };
+    let out = q.place(&o).await.unwrap();
+    // big1 fits; big2 does not (1 unit left) and small must wait behind it.
+    assert_eq!(out.status, PlaceStatus::Wait);
+    assert_eq!(out.events.len(), 1);
+    assert_eq!(
+        q.pending_tasks().await.unwrap(),
+        vec![task("big2", 3), task("small", 1)]
+    );
+    // Capacity comes back: big2 goes first, then small.
+    let tracekit_proto::Take::Task(t) = q.take_task("a").await.unwrap() else {
+        panic!()
+    };
+    q.complete_task("a", &t).await.unwrap();
+    let out = q.place(&o).await.unwrap();
+    assert_eq!(out.status, PlaceStatus::Empty);
+    let placed: Vec<_> = out
+        .events
+        .iter()
+        .map(|e| match e {
+            PlaceEvent::Placed { task, .. } => task.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(placed, vec![task("big2", 3), task("small", 1)]);
+}
+
+#[tokio::test]
+async fn slot_tokens_gate_placement() {
+    let s = RedisServer::start().expect("redis");
+    let q = queue(&s).await;
+    q.register(&reg("a", 8, 1)).await.unwrap();
+    q.register(&reg("b", 8, 1)).await.unwrap();
+    let mut c = q.conn().manager();
+    assert_eq!(lrange(&mut c, "slots:available").await, vec!["a", "b"]);
+    push(&q, &[task("1", 1), task("2", 1), task("3", 1)]).await;
+    let mut o = opts(Weigher::None, WeigherOrder::Min);
+    o.scan_slots = 1; // only b's token (the newest) counts
+    assert_eq!(placed_on(&q, &o).await.as_deref(), Some("b"));
+    assert_eq!(placed_on(&q, &o).await.as_deref(), Some("a"));
+    // No token left: the head waits although capacity is free.
+    assert_eq!(q.place(&o).await.unwrap().status, PlaceStatus::Wait);
+    assert!(lrange(&mut c, "slots:available").await.is_empty());
+    let tracekit_proto::Take::Task(t) = q.take_task("b").await.unwrap() else {
+        panic!()
+    };
+    q.complete_task("b", &t).await.unwrap();
+    assert_eq!(placed_on(&q, &o).await.as_deref(), Some("b"));
+}
+
+#[tokio::test]
+async fn bad_tasks_go_to_the_dead_letter_list() {
+    let s = RedisServer::start().expect("redis");
+    let q = queue(&s).await;
+    q.register(&reg("a", 4, 0)).await.unwrap();
+    let retried = task("retried", 1);
+    let mut c = q.conn().manager();
+    let _: i64 = cmd(&mut c, &["HSET", "q:attempts", &retried, "3"]).await;
+    let raws = vec![
+        "not json".to_string(),
+        task("zero", 0),
+        r#"{"input":"a","output":"b","cpu_units":1.5}"#.to_string(),
+        task("huge", 5),
+        retried.clone(),
+        task("good", 1),
+    ];
+    push(&q, &raws).await;
+    let out = q
+        .place(&PlaceOptions {
+            batch: 10,
+            ..opts(Weigher::None, WeigherOrder::Min)
+        })
+        .await
+        .unwrap();
+    assert_eq!(out.status, PlaceStatus::Empty);
+    let dead = q.dead_letters(0, -1).await.unwrap();
+    let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
+    assert_eq!(
+        reasons,
+        vec![
+            "malformed task JSON",
+            "cpu_units < 1",
+            "cpu_units is not an integer",
+            "needs 5 cpu units, the largest live node has 4",
+            "failed 3 attempts (max 3)",
+        ]
+    );
+    assert_eq!(dead[0].task, "not json");
+    assert_eq!(lrange(&mut c, "q:a").await, vec![task("good", 1)]);
+    let n: i64 = cmd(&mut c, &["HLEN", "q:attempts"]).await;
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn nothing_is_dead_lettered_or_placed_without_live_nodes() {
+    let s = RedisServer::start().expect("redis");
+    let q = queue(&s).await;
+    push(&q, &[task("huge", 50)]).await;
+    let out = q
+        .place(&opts(Weigher::None, WeigherOrder::Min))
+        .await
+        .unwrap();
+    assert_eq!(out.status, PlaceStatus::NoLiveNodes);
+    q.register(&reg("a", 4, 0)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let o = PlaceOptions {
+        heartbeat_timeout: Duration::from_millis(100),
+        ..opts(Weigher::None, WeigherOrder::Min)
+    };
+    assert_eq!(
+        q.place(&o).await.unwrap().status,
+        PlaceStatus::NoLiveNodes,
+        "a's heartbeat is too old"
+    );
+    q.heartbeat("a").await.unwrap();
+    assert!(matches!(
+        q.place(&o).await.unwrap().events[..],
+        [PlaceEvent::Dead { .. }]
+    ));
+}
+
+/// Random snapshots: place.lua and placement.rs must make the same decision.
+#[tokio::test]
+async fn lua_agrees_with_the_pure_policy() {
+    let s = RedisServer::start().expect("redis");
+    let q = queue(&s).await;
+    let mut c = q.conn().manager();
+    let mut r = rng(20251125);
+    let names = ["n0", "n1", "n2", "n3", "n4", "n5", "n6", "n7"];
+    let mut decisions = 0;
+    for trial in 0..300 {
+        let _: () = cmd(&mut c, &["FLUSHDB"]).await;
+        let count = 1 + uniform(&mut r, 6) as usize;
+        let mut views = Vec::new();
+        let mut totals = Vec::new();
+        let mut tokens_list: Vec<String> = Vec::new();
+        for name in names.iter().take(count) {
+            let total = 1 + uniform(&mut r, 7) as i64;
+            let cap = uniform(&mut r, total as u64) as i64;
+            let rc = uniform(&mut r, 5) as i64;
+            let parallel = if uniform(&mut r, 2) == 0 {
+                1 + uniform(&mut r, 2) as u32
+            } else {
+                0
+            };
+            let alive = uniform(&mut r, 4) != 0;
+            q.register(&reg(name, total, parallel)).await.unwrap();
+            let _: () = cmd(&mut c, &["SET", &format!("cap:{name}"), &cap.to_string()]).await;
+            let _: () = cmd(
+                &mut c,
+                &["SET", &format!("run_count:{name}"), &rc.to_string()],
+            )
+            .await;
+            let _: i64 = cmd(&mut c, &["LREM", "slots:available", "0", name]).await;
+            if !alive {
+                let _: i64 = cmd(&mut c, &["ZADD", "nodes:alive", "1", name]).await;
+            }
+            for _ in 0..uniform(&mut r, 2) {
+                tokens_list.push(name.to_string());
+            }
+            if alive {
+                views.push(NodeView {
+                    name: name.to_string(),
+                    cap,
+                    cap_total: total,
+                    run_count: rc,
+                    parallel: parallel as i64,
+                    tokens: 0,
+                });
+                totals.push(total);
+            }
+        }
+        // Shuffle the token list and choose a scan window.
+        tracekit_sched::mix::shuffle(&mut r, &mut tokens_list);
+        for t in &tokens_list {
+            let _: i64 = cmd(&mut c, &["RPUSH", "slots:available", t]).await;
+        }
+        let scan = uniform(&mut r, 3) as usize; // 0 = all
+        let window = if scan == 0 {
+            &tokens_list[..]
+        } else {
+            &tokens_list[tokens_list.len().saturating_sub(scan)..]
+        };
+        for v in &mut views {
+            v.tokens = window.iter().filter(|t| **t == v.name).count();
+        }
+        let need = 1 + uniform(&mut r, 4) as i64;
+        let w = [Weigher::None, Weigher::Instances, Weigher::Vcpu][uniform(&mut r, 2) as usize];
+        let o = if r.next_u32().is_multiple_of(2) {
+            WeigherOrder::Min
+        } else {
+            WeigherOrder::Max
+        };
+        let _: i64 = cmd(&mut c, &["RPUSH", "q:pending", &task("x", need)]).await;
+        let out = q
+            .place(&PlaceOptions {
+                scan_slots: scan,
+                ..opts(w, o)
+            })
+            .await
+            .unwrap();
+        let expected_dead = dead_reason(Ok(need), 0, 3, &totals);
+        let got = match (out.status, out.events.as_slice()) {
+            (_, [PlaceEvent::Placed { node, .. }]) => format!("placed {node}"),
+            (_, [PlaceEvent::Dead { reason, .. }]) => format!("dead {reason}"),
+            (PlaceStatus::Wait, []) => "wait".into(),
+            (PlaceStatus::NoLiveNodes, []) => "nolive".into(),
+            other => panic!("{other:?}"),
+        };
+        let want = if views.is_empty() {
+            "nolive".to_string()
+        } else if let Some(reason) = expected_dead {
+            format!("dead {reason}")
+        } else {
+            match choose(&views, need, w, o) {
+                Some(n) => format!("placed {}", n.name),
+                None => "wait".into(),
+            }
+        };
+        assert_eq!(
+            got, want,
+            "trial {trial}: need {need} {w:?} {o:?} scan {scan} views {views:?} tokens {tokens_list:?}"
+        );
+        decisions += 1;
+    }
+    assert_eq!(decisions, 300);
+}

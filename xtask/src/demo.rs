@@ -1,0 +1,558 @@
+//! `cargo xtask demo`: a complete local experiment in one command, the way a
+//! fleet runs it, on this machine: a password-protected redis-server on a
+//! free loopback port, worker agents with distinct node ids (each tracing
+//! only its own tasks), the central scheduler with a weigher, the seed's
+//! task mix dispatched in pulses; then everything is stopped cleanly, the
+//! run is audited and exported to OpenDC, and a summary is printed. Exits
+//! non-zero if a task failed or the audit found a problem.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::{Value, json};
+use tracekit_proto::testing::RedisServer;
+
+use crate::util::{self, median};
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Worker agents (nodes) to start on this machine.
+    #[arg(long, default_value_t = 2)]
+    pub nodes: u32,
+    /// Tasks to dispatch.
+    #[arg(long, default_value_t = 10)]
+    pub total: u32,
+    /// Profile mix (the seed's example).
+    #[arg(long, default_value = "medium480p=3,fast1080p=2,hevc1080p=2,light1c=3")]
+    pub mix: String,
+    #[arg(long, default_value_t = 20250901)]
+    pub seed: u64,
+    /// Tasks per pulse.
+    #[arg(long, default_value_t = 5)]
+    pub pulse_size: u32,
+    /// Seconds between pulses.
+    #[arg(long, default_value_t = 10)]
+    pub pulse_interval: u32,
+    /// The tracer's sampling interval, ms.
+    #[arg(long, default_value_t = 500)]
+    pub interval_ms: u64,
+    /// Central weigher: "", instances or vcpu.
+    #[arg(long, default_value = "instances")]
+    pub weigher: String,
+    #[arg(long, default_value = "min")]
+    pub weigher_order: String,
+    /// CPU binding of the workers (agents sharing one host: shared).
+    #[arg(long, default_value = "shared")]
+    pub cpu_binding: String,
+    /// Test videos: WxH, and their lengths in seconds.
+    #[arg(long, default_value = "640x360")]
+    pub resolution: String,
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    pub lengths: Vec<u32>,
+    /// Frames per second of the test videos.
+    #[arg(long, default_value_t = 10)]
+    pub fps: u32,
+    /// Where the run goes (default: target/demo/<RUN_ID>).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Build and run release binaries.
+    #[arg(long)]
+    pub release: bool,
+    /// Give up if the tasks are not done after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    pub timeout_s: u64,
+    /// Use the binaries already built (the end-to-end test does).
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+/// Debian packages the demo needs, by the command that tells they are there.
+const PACKAGES: &[(&str, &str)] = &[
+    ("clang", "clang"),
+    ("llvm-strip", "llvm"),
+    ("redis-server", "redis-server"),
+    ("ffmpeg", "ffmpeg"),
+    ("setpriv", "util-linux"),
+];
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd} >/dev/null")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Install what is missing from Debian (root only).
+pub fn ensure_packages() -> Result<()> {
+    let mut missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(cmd, _)| !have(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if !Path::new("/usr/include/bpf/bpf_helpers.h").exists() {
+        missing.push("libbpf-dev");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "missing packages: run as root, or `apt-get install -y {}`",
+            missing.join(" ")
+        );
+    }
+    eprintln!("installing {} …", missing.join(" "));
+    let ok = Command::new("apt-get").arg("update").status()?.success()
+        && Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()?
+            .success();
+    if !ok {
+        bail!("apt-get could not install {}", missing.join(" "));
+    }
+    Ok(())
+}
+
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Proc {
+    fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Result<Proc> {
+        let out =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+        })
+    }
+
+    /// SIGTERM, then wait (SIGKILL after `grace`).
+    fn stop(mut self, grace: Duration) -> Result<std::process::ExitStatus> {
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s);
+            }
+            if start.elapsed() > grace {
+                eprintln!("{} did not stop in {grace:?}: killing it", self.name);
+                let _ = self.child.kill();
+                return Ok(self.child.wait()?);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn run_id() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!("demo-{secs}")
+}
+
+fn count_lines(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().filter(|l| !l.trim().is_empty()).count())
+        .unwrap_or(0)
+}
+
+fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+pub fn run(args: &DemoArgs) -> Result<()> {
+    let started = Instant::now();
+    ensure_packages()?;
+    let profile = if args.release { "release" } else { "debug" };
+    let mut build = vec!["build", "-p", "tracekit-agent", "-p", "tracekit-sched"];
+    if args.release {
+        build.push("--release");
+    }
+    if !args.no_build {
+        util::cargo(&build)?;
+    }
+    let bin = util::workspace_root()?.join("target").join(profile);
+    let agent_bin = bin.join("tracekit-agent");
+    let sched_bin = bin.join("tracekit-sched");
+
+    let run = run_id();
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => util::workspace_root()?.join("target/demo").join(&run),
+    };
+    let inputs = dir.join("inputs");
+    let outputs = dir.join("outputs");
+    let logs = dir.join("logs").join(&run);
+    for d in [&inputs, &outputs, &logs] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    println!("Tracekit demo {run} in {}", dir.display());
+
+    // Test videos: the original's testsrc patterns, small by default.
+    for len in &args.lengths {
+        let path = inputs.join(format!("testsrc_{}_{len}s.mp4", args.resolution));
+        let status = Command::new("ffmpeg")
+            .args(["-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+            .arg(format!(
+                "testsrc=size={}:rate={}",
+                args.resolution, args.fps
+            ))
+            .args([
+                "-t",
+                &len.to_string(),
+                "-pix_fmt",
+                "yuv420p",
+                "-c:v",
+                "libx264",
+            ])
+            .args(["-preset", "ultrafast"])
+            .arg(&path)
+            .status()
+            .context("running ffmpeg")?;
+        if !status.success() {
+            bail!("ffmpeg could not generate {}", path.display());
+        }
+    }
+
+    // The seed's profiles, with cpu_units capped at this machine's cores so
+    // every task fits a node (a worker accepts at most its cores).
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
+    let profiles = json!({
+        "fast1080p": {"scale": "1920:1080", "vcodec": "h264", "preset": "fast", "crf": 28, "vthreads": 2, "fthreads": 2, "cpu_units": 2.min(cores)},
+        "medium480p": {"scale": "854:480", "vcodec": "h264", "preset": "medium", "crf": 28, "vthreads": 2, "fthreads": 2, "cpu_units": 2.min(cores)},
+        "hevc1080p": {"scale": "1920:1080", "vcodec": "hevc", "preset": "medium", "crf": 28, "vthreads": 4, "fthreads": 4, "cpu_units": 4.min(cores)},
+        "light1c": {"scale": "854:480", "vcodec": "h264", "preset": "veryfast", "crf": 28, "vthreads": 1, "fthreads": 1, "cpu_units": 1},
+    });
+    let profiles_file = dir.join("profiles.json");
+    std::fs::write(&profiles_file, serde_json::to_vec_pretty(&profiles)?)?;
+
+    let redis = RedisServer::start().context("starting redis-server")?;
+    let url = redis.url_without_password();
+    println!(
+        "redis-server pid {} on 127.0.0.1:{} (password-protected)",
+        redis.pid(),
+        redis.port()
+    );
+
+    let mut agents = Vec::new();
+    for i in 1..=args.nodes {
+        let node = format!("node{i}");
+        let mut cmd = Command::new(&agent_bin);
+        cmd.current_dir(&dir)
+            .args(["--redis", &url, "--node-id", &node, "--run-id", &run])
+            .arg("--node-dir")
+            .arg(logs.join(&node))
+            .args(["--inputs", "inputs", "--outputs", "outputs"])
+            .args([
+                "--cpu-binding",
+                &args.cpu_binding,
+                "--allocation-ratio",
+                "1",
+            ])
+            .args(["--interval-ms", &args.interval_ms.to_string()])
+            .args(["--reset-capacity", "--clear-queue"])
+            .env("REDIS_PASSWORD", redis.password());
+        agents.push(Proc::spawn(
+            &node,
+            &mut cmd,
+            &dir.join(format!("{node}.log")),
+        )?);
+    }
+    let mut central = Command::new(&sched_bin);
+    central
+        .current_dir(&dir)
+        .args(["central", "--redis", &url, "--weigher", &args.weigher])
+        .args(["--weigher-order", &args.weigher_order])
+        .env("REDIS_PASSWORD", redis.password());
+    let central = Proc::spawn("central", &mut central, &dir.join("central.log"))?;
+
+    // Wait for the nodes to register before submitting.
+    let queue_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let queue = queue_rt.block_on(redis.queue())?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = queue_rt.block_on(queue.snapshot(Duration::from_secs(5)))?;
+        if s.nodes.iter().filter(|n| n.alive).count() == args.nodes as usize {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the agents did not register within 60 s (see {}/node*.log)",
+                dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let mut dispatch = Command::new(&sched_bin);
+    dispatch
+        .current_dir(&dir)
+        .args([
+            "dispatch",
+            "--redis",
+            &url,
+            "--inputs",
+            "inputs",
+            "--outputs",
+            "outputs",
+        ])
+        .args(["--pending", "--pending-mode", "pulse"])
+        .args(["--pulse-size", &args.pulse_size.to_string()])
+        .args(["--pulse-interval", &args.pulse_interval.to_string()])
+        .args(["--mix", &args.mix, "--total", &args.total.to_string()])
+        .args(["--seed", &args.seed.to_string()])
+        .arg("--profiles")
+        .arg(&profiles_file)
+        .env("REDIS_PASSWORD", redis.password());
+    let mut dispatcher = Proc::spawn("dispatch", &mut dispatch, &dir.join("dispatch.log"))?;
+
+    // Progress until every task is done or dead-lettered.
+    let total = args.total as usize;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
+    let mut last = String::new();
+    let mut dispatched = false;
+    loop {
+        if !dispatched && let Some(status) = dispatcher.child.try_wait()? {
+            dispatched = true;
+            if !status.success() {
+                bail!(
+                    "the dispatcher failed ({status}); see {}/dispatch.log",
+                    dir.display()
+                );
+            }
+        }
+        let done: usize = (1..=args.nodes)
+            .map(|i| count_lines(&logs.join(format!("node{i}/CTS/invocations.jsonl"))))
+            .sum();
+        let s = queue_rt.block_on(queue.snapshot(Duration::from_secs(5)))?;
+        let running: usize = s.nodes.iter().map(|n| n.inflight).sum();
+        let queued: usize = s.nodes.iter().map(|n| n.queued).sum();
+        let line = format!(
+            "[{:>4.0}s] done {done}/{total}  running {running}  queued {queued}  pending {}  dead {}",
+            started.elapsed().as_secs_f64(),
+            s.pending,
+            s.dead
+        );
+        if line[7..] != last[last.len().min(7)..] {
+            println!("{line}");
+            last = line;
+        }
+        if dispatched && done + s.dead >= total && running == 0 && queued == 0 && s.pending == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "tasks not done after {} s; the run is in {}",
+                args.timeout_s,
+                dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let dead = queue_rt.block_on(queue.dead_letters(0, -1))?;
+
+    // Stop everything cleanly: agents deregister and flush their traces.
+    for a in agents {
+        let name = a.name.clone();
+        let status = a.stop(Duration::from_secs(30))?;
+        if !status.success() {
+            eprintln!("{name} exited with {status}");
+        }
+    }
+    central.stop(Duration::from_secs(10))?;
+    drop(queue);
+    drop(redis);
+
+    // Audit and export, with the controller's own commands.
+    let audit_ok = Command::new(&sched_bin)
+        .args(["audit", "--write", "--strict", "--input"])
+        .arg(&logs)
+        .stdout(std::fs::File::create(dir.join("audit.log"))?)
+        .status()
+        .context("running the audit")?
+        .success();
+    let opendc = dir.join("opendc");
+    let export = Command::new(&sched_bin)
+        .args(["export-opendc", "--input"])
+        .arg(&logs)
+        .arg("--output")
+        .arg(&opendc)
+        .status()
+        .context("running the export")?;
+    if !export.success() {
+        bail!("the OpenDC export failed");
+    }
+
+    let failed = summary(&logs, args.nodes, total, &dead, &dir, &opendc, started)?;
+    let audit_text = std::fs::read_to_string(dir.join("audit.log")).unwrap_or_default();
+    println!(
+        "\nAudit ({}):",
+        if audit_ok {
+            "no problems"
+        } else {
+            "problems found"
+        }
+    );
+    for line in audit_text.lines().take(12) {
+        println!("  {line}");
+    }
+    if failed > 0 || !dead.is_empty() {
+        bail!("{failed} task(s) failed and {} dead-lettered", dead.len());
+    }
+    if !audit_ok {
+        bail!("the audit found problems: see {}/audit.log", dir.display());
+    }
+    Ok(())
+}
+
+/// Print the summary; returns how many tasks failed.
+fn summary(
+    logs: &Path,
+    nodes: u32,
+    total: usize,
+    dead: &[tracekit_proto::DeadLetter],
+    dir: &Path,
+    opendc: &Path,
+    started: Instant,
+) -> Result<usize> {
+    let mut invs = Vec::new();
+    for i in 1..=nodes {
+        invs.extend(read_jsonl(
+            &logs.join(format!("node{i}/CTS/invocations.jsonl")),
+        ));
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "\n== Tracekit demo: {} of {total} tasks traced in {:.0} s ==",
+        invs.len(),
+        started.elapsed().as_secs_f64()
+    )?;
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    let mut per_profile: BTreeMap<String, (usize, f64, f64)> = BTreeMap::new();
+    let (mut waits, mut runs) = (Vec::new(), Vec::new());
+    let mut failed = 0;
+    for inv in &invs {
+        *per_node
+            .entry(inv["node"].as_str().unwrap_or("?").to_string())
+            .or_default() += 1;
+        let (enq, start, end) = (
+            inv["ts_enqueue"].as_f64().unwrap_or(0.0),
+            inv["ts_start"].as_f64().unwrap_or(0.0),
+            inv["ts_end"].as_f64().unwrap_or(0.0),
+        );
+        waits.push((start - enq) / 1000.0);
+        runs.push((end - start) / 1000.0);
+        let profile = inv["profile"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                format!(
+                    "{} {}",
+                    inv["output"]
+                        .as_str()
+                        .unwrap_or("?")
+                        .split('_')
+                        .nth(1)
+                        .unwrap_or("?"),
+                    inv["cpu_units"]
+                )
+            });
+        let e = per_profile.entry(profile).or_default();
+        e.0 += 1;
+        e.1 += inv["cpu_ms"].as_f64().unwrap_or(0.0) / 1000.0;
+        e.2 += (end - start) / 1000.0;
+        if inv["exit_code"] != 0 {
+            failed += 1;
+        }
+    }
+    writeln!(out, "\nTasks per node:")?;
+    for (n, c) in &per_node {
+        writeln!(out, "  {n:<8} {c}")?;
+    }
+    let max = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
+    writeln!(
+        out,
+        "\nWait (submitted → started): median {:.2} s, max {:.2} s",
+        median(&waits),
+        max(&waits)
+    )?;
+    writeln!(
+        out,
+        "Run  (started → ended):     median {:.2} s, max {:.2} s",
+        median(&runs),
+        max(&runs)
+    )?;
+    writeln!(out, "\nCPU per profile:")?;
+    writeln!(
+        out,
+        "  {:<14} {:>5} {:>10} {:>10} {:>9}",
+        "profile", "tasks", "CPU s", "run s", "cores"
+    )?;
+    for (p, (n, cpu, run)) in &per_profile {
+        writeln!(
+            out,
+            "  {p:<14} {n:>5} {cpu:>10.2} {run:>10.2} {:>9.2}",
+            cpu / run.max(1e-9)
+        )?;
+    }
+    writeln!(
+        out,
+        "\nFailed tasks: {failed}; dead-lettered: {}",
+        dead.len()
+    )?;
+    for d in dead {
+        writeln!(
+            out,
+            "  dead: {} ({})",
+            d.reason,
+            d.task.chars().take(80).collect::<String>()
+        )?;
+    }
+    writeln!(out, "\nFiles:")?;
+    writeln!(
+        out,
+        "  traces    {}/<node>/ (node_meta.json, CTS/*.jsonl, CTS/audit_report.md)",
+        logs.display()
+    )?;
+    writeln!(
+        out,
+        "  OpenDC    {}/ (tasks.parquet, fragments.parquet, small_datacenter.json)",
+        opendc.display()
+    )?;
+    writeln!(out, "  outputs   {}/outputs/", dir.display())?;
+    writeln!(
+        out,
+        "  logs      {}/*.log (agents, central, dispatch, audit)",
+        dir.display()
+    )?;
+    Ok(failed)
+}
