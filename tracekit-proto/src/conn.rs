@@ -6,7 +6,7 @@
 //! without losing or duplicating a task.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -25,6 +25,9 @@ pub struct RedisOptions {
     pub password: Option<String>,
     /// Give up on a failing operation after this long; `None` = never.
     pub retry_for: Option<Duration>,
+    /// PEM file of the CA that signed the server's certificate (`rediss://`
+    /// only); without it the system's trust store is used.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The password to use: `file` if given, else `REDIS_PASSWORD`, else none
@@ -140,7 +143,24 @@ impl RedisConn {
             let settings = info.redis_settings().clone().set_password(pw);
             info = info.set_redis_settings(settings);
         }
-        let client = redis::Client::open(info).with_context(|| format!("Redis at {shown}"))?;
+        let client = match &opts.ca_file {
+            Some(ca) => {
+                if !url.starts_with("rediss://") {
+                    bail!("a CA file only applies to rediss:// URLs, got {shown}");
+                }
+                let pem = std::fs::read(ca)
+                    .with_context(|| format!("reading the Redis CA file {}", ca.display()))?;
+                redis::Client::build_with_tls(
+                    info,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )
+            }
+            None => redis::Client::open(info),
+        }
+        .with_context(|| format!("Redis at {shown}"))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(60)))

@@ -279,3 +279,27 @@ async fn survives_a_killed_connection() {
         assert_eq!(q.heartbeat("w1").await.unwrap(), Heartbeat::Alive);
     }
 }
+
+#[tokio::test]
+async fn tls_with_a_ca_file_and_insecure() {
+    use crate::conn::{RedisConn, RedisOptions};
+    let s = RedisServer::start_tls().expect("redis with TLS");
+    let q = s.queue().await.expect("queue over TLS");
+    q.register(&reg("w1", 2, 0)).await.unwrap();
+    assert_eq!(q.heartbeat("w1").await.unwrap(), Heartbeat::Alive);
+    // Without the CA the certificate is not trusted; `#insecure` skips the check.
+    let strict = RedisConn::connect(&RedisOptions {
+        url: s.url(),
+        retry_for: Some(Duration::from_secs(1)),
+        ..RedisOptions::default()
+    })
+    .await;
+    assert!(strict.is_err());
+    let insecure = RedisConn::connect(&RedisOptions {
+        url: format!("{}#insecure", s.url()),
+        retry_for: Some(Duration::from_secs(5)),
+        ..RedisOptions::default()
+    })
+    .await;
+    assert!(insecure.is_ok(), "{:?}", insecure.err());
+}

@@ -28,6 +28,8 @@ pub struct RedisServer {
     child: Child,
     port: u16,
     password: String,
+    /// TLS only (`start_tls`): the port speaks TLS, certificates are in the dir.
+    tls: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -37,6 +39,72 @@ fn random_hex(bytes: usize) -> anyhow::Result<String> {
         .and_then(|mut f| f.read_exact(&mut buf))
         .context("reading /dev/urandom")?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, in `dir`.
+fn make_certs(dir: &Path) -> anyhow::Result<()> {
+    let run = |args: &[&str]| -> anyhow::Result<()> {
+        let st = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("running openssl (is it installed?)")?;
+        if !st.success() {
+            bail!("openssl {args:?} failed: {st}");
+        }
+        Ok(())
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=tracekit-test-ca",
+    ])?;
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ])?;
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ])?;
+    Ok(())
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -52,10 +120,21 @@ impl RedisServer {
 
     /// Like [`RedisServer::start`], with extra `redis-server` arguments.
     pub fn start_with(extra: &[&str]) -> anyhow::Result<RedisServer> {
+        Self::start_inner(extra, false)
+    }
+
+    /// A server that speaks only TLS, with a throwaway CA and a certificate
+    /// for 127.0.0.1 made by `openssl` in its temp dir; connect with
+    /// [`RedisServer::url`] (`rediss://`) and [`RedisServer::ca_file`].
+    pub fn start_tls() -> anyhow::Result<RedisServer> {
+        Self::start_inner(&[], true)
+    }
+
+    fn start_inner(extra: &[&str], tls: bool) -> anyhow::Result<RedisServer> {
         // A port can be taken between probing and binding: try a few.
         let mut last_err = None;
         for _ in 0..5 {
-            match Self::try_start(extra) {
+            match Self::try_start(extra, tls) {
                 Ok(s) => return Ok(s),
                 Err(e) => last_err = Some(e),
             }
@@ -63,12 +142,27 @@ impl RedisServer {
         Err(last_err.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
     }
 
-    fn try_start(extra: &[&str]) -> anyhow::Result<RedisServer> {
+    fn try_start(extra: &[&str], tls: bool) -> anyhow::Result<RedisServer> {
         let dir = tempfile::tempdir().context("creating a temp dir for redis-server")?;
         let port = free_port()?;
         let password = random_hex(16)?;
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--bind", "127.0.0.1"]);
+        if tls {
+            make_certs(dir.path())?;
+            cmd.args(["--port", "0", "--tls-port", &port.to_string()])
+                .args([
+                    "--tls-cert-file",
+                    "server.crt",
+                    "--tls-key-file",
+                    "server.key",
+                ])
+                .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
+                .current_dir(dir.path());
+        } else {
+            cmd.args(["--port", &port.to_string()]);
+        }
+        let child = cmd
             .args(["--requirepass", &password])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
@@ -84,6 +178,7 @@ impl RedisServer {
             child,
             port,
             password,
+            tls,
             _dir: dir,
         };
         server.wait_ready(Duration::from_secs(20))?;
@@ -107,10 +202,14 @@ impl RedisServer {
         )
     }
 
-    /// AUTH + PING over a raw socket (no async runtime needed).
+    /// AUTH + PING over a raw socket (no async runtime needed); for TLS, only
+    /// that the port accepts connections.
     fn ping(&self) -> anyhow::Result<bool> {
         use std::io::Write;
         let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        if self.tls {
+            return Ok(true);
+        }
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
         let auth = format!(
             "*2\r\n$4\r\nAUTH\r\n${}\r\n{}\r\n*1\r\n$4\r\nPING\r\n",
@@ -151,14 +250,28 @@ impl RedisServer {
         self._dir.path()
     }
 
-    /// `redis://:PASSWORD@127.0.0.1:PORT/0`.
+    fn scheme(&self) -> &'static str {
+        if self.tls { "rediss" } else { "redis" }
+    }
+
+    /// `redis://:PASSWORD@127.0.0.1:PORT/0` (`rediss://` for TLS).
     pub fn url(&self) -> String {
-        format!("redis://:{}@127.0.0.1:{}/0", self.password, self.port)
+        format!(
+            "{}://:{}@127.0.0.1:{}/0",
+            self.scheme(),
+            self.password,
+            self.port
+        )
     }
 
     /// `redis://127.0.0.1:PORT/0` (pass the password separately).
     pub fn url_without_password(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        format!("{}://127.0.0.1:{}/0", self.scheme(), self.port)
+    }
+
+    /// The CA certificate of a TLS server (`start_tls`).
+    pub fn ca_file(&self) -> Option<std::path::PathBuf> {
+        self.tls.then(|| self._dir.path().join("ca.crt"))
     }
 
     /// A new connection (retrying for at most 10 s).
@@ -167,6 +280,7 @@ impl RedisServer {
             url: self.url(),
             password: None,
             retry_for: Some(Duration::from_secs(10)),
+            ca_file: self.ca_file(),
         })
         .await
     }

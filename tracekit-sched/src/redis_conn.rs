@@ -25,6 +25,10 @@ pub struct RedisArgs {
     /// Give up after Redis has been unreachable this many seconds (default: never).
     #[arg(long)]
     pub redis_retry_for: Option<f64>,
+    /// PEM file of the CA that signed the Redis server's certificate
+    /// (rediss:// only; default: the system's trust store).
+    #[arg(long, env = "TRACEKIT_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
 }
 
 impl RedisArgs {
@@ -39,6 +43,7 @@ impl RedisArgs {
             url: self.redis.clone(),
             password,
             retry_for,
+            ca_file: self.redis_ca_file.clone(),
         })
         .await
     }

@@ -188,3 +188,37 @@ fn wrong_password_and_bad_flags_fail_clearly() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("strict FIFO"));
 }
+
+#[tokio::test]
+async fn central_and_status_over_tls() {
+    let server = RedisServer::start_tls().expect("redis with TLS");
+    let q = queue(&server).await;
+    q.register(&reg("a", 2, 0)).await.unwrap();
+    q.submit("d", SubmitTarget::Pending, &[(0, task("t0", 1))])
+        .await
+        .unwrap();
+    let ca = server.ca_file().expect("CA file");
+    let out = sched(&server)
+        .args(["central", "--exit-when-empty", "--redis-ca-file"])
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut c = q.conn().manager();
+    assert_eq!(lrange(&mut c, "q:a").await, vec![task("t0", 1)]);
+    let out = sched(&server)
+        .env("TRACEKIT_REDIS_CA_FILE", &ca)
+        .args(["status"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1/2"));
+}

@@ -23,7 +23,7 @@ async fn killed_connections_lose_and_duplicate_nothing() {
     for i in 0..4 {
         std::fs::write(inputs.path().join(format!("v{i}.mp4")), b"").unwrap();
     }
-    let total = 300;
+    let total = 600;
 
     let stop = Arc::new(AtomicBool::new(false));
     // The killer: drops every other client connection every 20 ms.

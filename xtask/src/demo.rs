@@ -78,6 +78,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("redis-server", "redis-server"),
     ("ffmpeg", "ffmpeg"),
     ("setpriv", "util-linux"),
+    ("python3", "python3"),
 ];
 
 fn have(cmd: &str) -> bool {

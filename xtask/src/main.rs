@@ -63,6 +63,7 @@ fn main() -> Result<()> {
 /// The README's test command: builds every binary (end-to-end tests drive
 /// them), then runs all tests.
 fn test(extra: &[String]) -> Result<()> {
+    demo::ensure_packages()?;
     util::cargo(&["build", "--workspace", "--bins"])?;
     let mut args = vec!["test", "--workspace"];
     args.extend(extra.iter().map(String::as_str));

@@ -113,8 +113,8 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub drain: bool,
 
-    /// Heartbeat period, ms; the node counts as dead after 3 missed ones
-    /// (the central's --heartbeat-timeout).
+    /// Heartbeat period, ms; the node counts as dead when the central's
+    /// --heartbeat-timeout (10 s by default) passes without one.
     #[arg(long, default_value_t = 1000)]
     pub heartbeat_ms: u64,
 
