@@ -59,6 +59,11 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub redis_password_file: Option<PathBuf>,
 
+    /// PEM file of the CA that signed the Redis server's certificate
+    /// (`rediss://` only; default: the system's trust store).
+    #[arg(long)]
+    pub redis_ca_file: Option<PathBuf>,
+
     /// Root that task outputs must lie under (created, and given to
     /// --run-as).
     #[arg(long, default_value = "outputs")]
@@ -230,6 +235,7 @@ pub async fn run(args: WorkerArgs, tracer: TracerArgs, identity: IdentityArgs) -
         url: args.redis.clone(),
         password,
         retry_for: None,
+        ca_file: args.redis_ca_file.clone(),
     };
     let conn = RedisConn::connect(&opts).await?;
     let keys = Keys {
