@@ -25,6 +25,7 @@
 //! | `nodes:alive` | sorted set | *new*: node → last heartbeat (Redis server time, ms). A node is alive while `now − heartbeat < timeout`. A sorted set rather than keys with a TTL because one command lists both the live and the expired nodes; an expired key could not say whose it was. |
 //! | `q:dead` | list | *new*: dead letters, JSON `{"task": <raw task string>, "reason": …, "node": …, "ts": ms}` |
 //! | `q:attempts` | hash | *new*: raw task → failed attempts so far (deleted when the task finishes) |
+//! | `trace:<run>:nodes`, `trace:<run>:<node>` | set, hash | *new*: node trace directories published for `gather` (see [`gather`]) |
 //! | `dispatch:<id>:mark` | int | *new*: highest submission index a dispatcher has pushed (exactly-once submission across retries), expires after a day |
 //!
 //! # Task states
@@ -56,6 +57,7 @@
 //! supported.
 
 pub mod conn;
+pub mod gather;
 pub mod keys;
 pub mod queue;
 mod scripts;

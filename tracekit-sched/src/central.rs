@@ -60,6 +60,8 @@ pub struct CentralArgs {
     pub exit_when_empty: bool,
 }
 
+const WAIT_NOTE_EVERY: Duration = Duration::from_secs(30);
+
 pub fn parse_weigher(s: &str) -> anyhow::Result<Weigher> {
     match s.trim().to_ascii_lowercase().as_str() {
         "" | "none" => Ok(Weigher::None),
@@ -130,6 +132,9 @@ pub async fn run(a: CentralArgs) -> anyhow::Result<()> {
     let mut last_recover: Option<Instant> = None;
     let mut last_status = None;
     let mut placed: u64 = 0;
+    // When the head has been waiting, say so now and then: never block in silence.
+    let mut waiting_since: Option<Instant> = None;
+    let mut last_wait_note = Instant::now();
     loop {
         if last_recover.is_none_or(|t| t.elapsed() >= a.recover_interval) {
             for r in queue
@@ -157,6 +162,19 @@ pub async fn run(a: CentralArgs) -> anyhow::Result<()> {
                 _ => {}
             }
             last_status = Some(out.status);
+        }
+        if matches!(out.status, PlaceStatus::Wait | PlaceStatus::NoLiveNodes) {
+            let since = *waiting_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= WAIT_NOTE_EVERY && last_wait_note.elapsed() >= WAIT_NOTE_EVERY {
+                tracing::warn!(
+                    waited_s = since.elapsed().as_secs(),
+                    status = ?out.status,
+                    "the head of pending is still waiting for a live node with enough free capacity"
+                );
+                last_wait_note = Instant::now();
+            }
+        } else {
+            waiting_since = None;
         }
         if out.status == PlaceStatus::Empty && a.exit_when_empty {
             tracing::info!(placed, "pending is empty: exiting");

@@ -3,6 +3,7 @@
 
 pub mod central;
 pub mod dispatch;
+pub mod gather;
 pub mod mix;
 pub mod placement;
 pub mod profiles;

@@ -1,7 +1,7 @@
 //! `tracekit-sched`: the controller's commands.
 
 use clap::{Parser, Subcommand};
-use tracekit_sched::{central, dispatch, status};
+use tracekit_sched::{central, dispatch, gather, status};
 use tracing_subscriber::EnvFilter;
 
 /// Tracekit's controller: central scheduler, dispatcher, status, audit and
@@ -21,6 +21,9 @@ enum Command {
     Dispatch(dispatch::DispatchArgs),
     /// Show nodes (alive, capacity, run_count, queued, in flight) and queues.
     Status(status::StatusArgs),
+    /// Write every node's published trace directory of a run under
+    /// <out>/<RUN_ID>/<node>/ (checksummed; runs never mix).
+    Gather(gather::GatherArgs),
     /// Check a node or run directory of traces and write audit_report.md.
     Audit(tracekit_trace::cli::AuditArgs),
     /// Export traces as an OpenDC workload (tasks.parquet, fragments.parquet,
@@ -51,6 +54,7 @@ fn main() -> anyhow::Result<()> {
             Command::Central(a) => central::run(a).await,
             Command::Dispatch(a) => dispatch::run(a).await,
             Command::Status(a) => status::run(a).await,
+            Command::Gather(a) => gather::run(a).await,
             Command::Audit(_) | Command::ExportOpendc(_) => Ok(()),
         }
     })

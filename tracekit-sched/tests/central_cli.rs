@@ -26,12 +26,15 @@ async fn dead_node_work_goes_to_a_live_node() {
     .unwrap();
     assert_eq!(q.take_task("a").await.unwrap(), Take::Task(task("t0", 1)));
     let mut c = q.conn().manager();
+    // a's last heartbeat is made ancient; b heartbeats well within the
+    // timeout (no timing assumptions on a loaded machine).
+    let _: i64 = cmd(&mut c, &["ZADD", "nodes:alive", "1", "a"]).await;
 
     let mut central = sched(&server);
     central.args([
         "central",
         "--heartbeat-timeout",
-        "1",
+        "30",
         "--recover-interval",
         "0.1",
         "--idle-interval",
@@ -73,7 +76,7 @@ async fn dead_node_work_goes_to_a_live_node() {
     );
 
     let out = sched(&server)
-        .args(["status", "--heartbeat-timeout", "1"])
+        .args(["status", "--heartbeat-timeout", "30"])
         .output()
         .unwrap();
     assert!(

@@ -240,6 +240,10 @@ async fn nothing_is_dead_lettered_or_placed_without_live_nodes() {
         "a's heartbeat is too old"
     );
     q.heartbeat("a").await.unwrap();
+    let o = PlaceOptions {
+        heartbeat_timeout: Duration::from_secs(60),
+        ..o
+    };
     assert!(matches!(
         q.place(&o).await.unwrap().events[..],
         [PlaceEvent::Dead { .. }]

@@ -207,8 +207,11 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     };
     let inputs = dir.join("inputs");
     let outputs = dir.join("outputs");
+    // Each agent writes its own node directory (as on its own machine);
+    // `gather` brings them together under logs/<RUN_ID>/<node>/.
+    let agent_dirs = dir.join("agents");
     let logs = dir.join("logs").join(&run);
-    for d in [&inputs, &outputs, &logs] {
+    for d in [&inputs, &outputs, &agent_dirs] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
     println!("Tracekit demo {run} in {}", dir.display());
@@ -268,7 +271,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         cmd.current_dir(&dir)
             .args(["--redis", &url, "--node-id", &node, "--run-id", &run])
             .arg("--node-dir")
-            .arg(logs.join(&node))
+            .arg(agent_dirs.join(&node))
             .args(["--inputs", "inputs", "--outputs", "outputs"])
             .args([
                 "--cpu-binding",
@@ -351,7 +354,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             }
         }
         let done: usize = (1..=args.nodes)
-            .map(|i| count_lines(&logs.join(format!("node{i}/CTS/invocations.jsonl"))))
+            .map(|i| count_lines(&agent_dirs.join(format!("node{i}/CTS/invocations.jsonl"))))
             .sum();
         let s = queue_rt.block_on(queue.snapshot(Duration::from_secs(5)))?;
         let running: usize = s.nodes.iter().map(|n| n.inflight).sum();
@@ -389,6 +392,15 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         }
     }
     central.stop(Duration::from_secs(10))?;
+    let gathered = Command::new(&sched_bin)
+        .args(["gather", "--redis", &url, "--run-id", &run, "--out"])
+        .arg(dir.join("logs"))
+        .env("REDIS_PASSWORD", redis.password())
+        .status()
+        .context("running gather")?;
+    if !gathered.success() {
+        bail!("gathering the traces through Redis failed");
+    }
     drop(queue);
     drop(redis);
 
@@ -541,7 +553,7 @@ fn summary(
     writeln!(out, "\nFiles:")?;
     writeln!(
         out,
-        "  traces    {}/<node>/ (node_meta.json, CTS/*.jsonl, CTS/audit_report.md)",
+        "  traces    {}/<node>/ (gathered through Redis: node_meta.json, CTS/*.jsonl, CTS/audit_report.md, ffmpeg/)",
         logs.display()
     )?;
     writeln!(

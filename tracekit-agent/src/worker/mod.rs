@@ -123,6 +123,11 @@ pub struct WorkerArgs {
     #[arg(long, default_value_t = 1000)]
     pub heartbeat_ms: u64,
 
+    /// Do not publish this node's trace directory through Redis at stop
+    /// (by default it is, for `tracekit-sched gather`).
+    #[arg(long)]
+    pub no_publish: bool,
+
     /// Largest ffmpeg stderr kept per task, bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     pub stderr_limit: usize,
@@ -356,6 +361,15 @@ pub async fn run(args: WorkerArgs, tracer: TracerArgs, identity: IdentityArgs) -
         Err(e) => tracing::warn!("deregistering: {e}"),
     }
     session.finish()?;
+    if !args.no_publish {
+        match tracekit_proto::gather::publish(queue.conn(), &id.run_id, &id.node, &node_dir).await {
+            Ok(m) => tracing::info!(files = m.files.len(), "traces published for gather"),
+            Err(e) => tracing::error!(
+                "publishing traces: {e:#} (they stay in {})",
+                node_dir.display()
+            ),
+        }
+    }
     Ok(0)
 }
 

@@ -1,0 +1,36 @@
+//! `tracekit-sched gather`: write every node's published trace directory of
+//! a run under `<out>/<RUN_ID>/<node>/` (see `tracekit_proto::gather`).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::redis_conn::RedisArgs;
+
+#[derive(Debug, Args)]
+pub struct GatherArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// The run to gather.
+    #[arg(long, env = "RUN_ID")]
+    pub run_id: String,
+    /// Directory that receives <RUN_ID>/<node>/.
+    #[arg(long, default_value = "logs")]
+    pub out: PathBuf,
+}
+
+pub async fn run(args: GatherArgs) -> Result<()> {
+    let conn = args.redis.connect().await?;
+    let gathered = tracekit_proto::gather::gather(&conn, &args.run_id, &args.out).await?;
+    for g in &gathered {
+        println!("{}: {} file(s), {} bytes", g.node, g.files, g.bytes);
+    }
+    println!(
+        "gathered {} node(s) of run {} into {}",
+        gathered.len(),
+        args.run_id,
+        args.out.join(&args.run_id).display()
+    );
+    Ok(())
+}
