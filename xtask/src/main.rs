@@ -65,7 +65,8 @@ fn main() -> Result<()> {
 fn test(extra: &[String]) -> Result<()> {
     demo::ensure_packages()?;
     util::cargo(&["build", "--workspace", "--bins"])?;
-    let mut args = vec!["test", "--workspace"];
+    // Every test binary runs even when one fails, so a run shows all failures.
+    let mut args = vec!["test", "--workspace", "--no-fail-fast"];
     args.extend(extra.iter().map(String::as_str));
     util::cargo(&args)
 }
