@@ -147,7 +147,9 @@ fn stem(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn profile_task(input: &Path, output: PathBuf, prof: &Profile, seq: u64) -> Task {
+/// A task of profile `name`; the name travels with it (an unknown field to
+/// the original's workers) so traces can be summarised per profile.
+fn profile_task(input: &Path, output: PathBuf, name: &str, prof: &Profile, seq: u64) -> Task {
     Task {
         input: input.display().to_string(),
         output: output.display().to_string(),
@@ -163,7 +165,7 @@ fn profile_task(input: &Path, output: PathBuf, prof: &Profile, seq: u64) -> Task
         cpuset: None,
         cpu_quota: None,
         cpu_weight: None,
-        extra: Default::default(),
+        extra: serde_json::Map::from_iter([("profile".to_string(), name.into())]),
     }
 }
 
@@ -205,7 +207,7 @@ pub fn plan_mix(
             format!("{}_{wh}_{}_{}.mp4", stem(input), prof.vcodec, prof.preset)
         };
         out.push(Planned {
-            task: profile_task(input, a.outputs.join(file), prof, idx as u64),
+            task: profile_task(input, a.outputs.join(file), name, prof, idx as u64),
             node: (!nodes.is_empty()).then(|| nodes[idx % nodes.len()].clone()),
             duration: 0.0,
         });
