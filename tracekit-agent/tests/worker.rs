@@ -234,7 +234,7 @@ fn runs_up_to_capacity_and_rejects_bad_tasks() {
         e.snapshot().nodes.iter().any(|n| n.alive)
     });
     let mut tasks: Vec<String> = (0..4).map(|_| env.task("short.mp4", 1, |_| {})).collect();
-    let bad = vec![
+    let bad = [
         env.task("short.mp4", 1, |v| v["preset"] = "; rm -rf /".into()),
         env.task("short.mp4", 1, |v| v["input"] = "/etc/passwd".into()),
         env.task("short.mp4", 1, |v| v["vthreads"] = 500.into()),

@@ -268,7 +268,8 @@ mod tests {
         let f = fixture();
         let link = f.limits.inputs.join("link.mp4");
         let escape = f.limits.outputs.join("escape/x.mp4");
-        let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>)> = vec![
+        type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+        let cases: Vec<(&str, Edit)> = vec![
             ("scale", Box::new(|v| v["scale"] = "99999:480".into())),
             ("scale", Box::new(|v| v["scale"] = "853:480".into())),
             ("scale", Box::new(|v| v["scale"] = "854x480".into())),
