@@ -75,8 +75,13 @@ impl Session {
         Ok(session)
     }
 
-    pub fn interval(&self) -> Duration {
-        self.interval
+    /// The per-interval clock: its first tick one interval from now (a
+    /// sample at t=0 says nothing), late ticks delayed rather than bunched.
+    pub fn ticker(&self) -> tokio::time::Interval {
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.interval, self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker
     }
 
     /// Host scope: matching processes already running are traced from now.

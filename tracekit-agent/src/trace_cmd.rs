@@ -36,12 +36,7 @@ pub async fn run(args: TraceArgs) -> Result<i32> {
     let mut session = Session::start(&args.tracer, &id, &dir, args.identity.cpu_freq_mhz)?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    // The first tick one interval from now: a sample at t=0 says nothing.
-    let mut ticker = tokio::time::interval_at(
-        tokio::time::Instant::now() + session.interval(),
-        session.interval(),
-    );
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticker = session.ticker();
 
     let mut child = match args.command.split_first() {
         Some((program, rest)) => Some(

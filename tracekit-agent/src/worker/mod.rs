@@ -298,11 +298,7 @@ pub async fn run(args: WorkerArgs, tracer: TracerArgs, identity: IdentityArgs) -
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut ticker = tokio::time::interval_at(
-        tokio::time::Instant::now() + session.interval(),
-        session.interval(),
-    );
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticker = session.ticker();
     let mut reap = tokio::time::interval(Duration::from_millis(50));
     let mut stopping = false;
     let mut intake_open = true;
