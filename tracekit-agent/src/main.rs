@@ -77,8 +77,9 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    // One thread: the agent waits on a few descriptors and timers, and a
+    // second thread would only add wake-ups.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

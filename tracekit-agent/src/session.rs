@@ -15,7 +15,7 @@ use crate::tracer::select::select;
 use crate::tracer::{Collector, Event, ProcStart, Scope, ebpf};
 
 /// How often `tracer_stats.json` is rewritten.
-const STATS_EVERY: Duration = Duration::from_secs(5);
+const STATS_EVERY: Duration = Duration::from_secs(30);
 /// How often progress is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
@@ -144,9 +144,8 @@ impl Session {
     pub fn tick(&mut self) -> Result<Vec<Invocation>> {
         self.clock.recalibrate();
         let mut finished = self.pump()?;
-        let table = &self.table;
-        self.collector
-            .tick(&|pid| table.is_traced(pid), &mut self.events)?;
+        let traced = self.table.pids();
+        self.collector.tick(&traced, &mut self.events)?;
         finished.extend(self.table.apply(
             &mut self.events,
             &mut self.collector,
@@ -156,8 +155,12 @@ impl Session {
         // Stamp before reading: a process whose exit began after this
         // instant ends after it, and one that began before is skipped.
         let now_ms = clock::epoch_ms();
-        self.table
-            .sample(now_ms, &mut self.collector, &mut self.writer)?;
+        finished.extend(self.table.sample(
+            now_ms,
+            &mut self.collector,
+            &self.clock,
+            &mut self.writer,
+        )?);
         self.writer.flush()?;
         if self.last_stats.elapsed() >= STATS_EVERY {
             self.write_stats()?;

@@ -13,7 +13,7 @@ use tracekit_trace::{CollectorKind, Invocation, ProcSample, TraceWriter};
 
 use crate::clock::Clock;
 use crate::matcher::Matcher;
-use crate::tracer::{Collector, CpuReading, Event, ProcExit, ProcStart, decode_status, rss_kb};
+use crate::tracer::{Collector, CpuReading, Event, ProcExit, ProcStart, Statm, decode_status};
 
 struct Tracked {
     start: ProcStart,
@@ -22,6 +22,7 @@ struct Tracked {
     last_cpu_ns: u64,
     rss_kb: u64,
     peak_rss_kb: u64,
+    statm: Option<Statm>,
 }
 
 /// What the worker knows of a process it launched for a task: recorded in
@@ -74,6 +75,11 @@ impl ProcessTable {
 
     pub fn is_traced(&self, pid: u32) -> bool {
         self.procs.contains_key(&pid)
+    }
+
+    /// The pids traced now.
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.keys().copied().collect()
     }
 
     pub fn live(&self) -> usize {
@@ -144,7 +150,8 @@ impl ProcessTable {
         let ts_start_ms = clock.epoch_ms_of(start.start_ns);
         tracing::debug!(pid = start.pid, comm = %start.comm, "tracing process");
         self.counts.processes_seen += 1;
-        let rss = rss_kb(start.pid).unwrap_or(0);
+        let statm = Statm::open(start.pid);
+        let rss = statm.as_ref().and_then(Statm::rss_kb).unwrap_or(0);
         self.procs.insert(
             start.pid,
             Tracked {
@@ -154,6 +161,7 @@ impl ProcessTable {
                 last_cpu_ns: 0,
                 rss_kb: rss,
                 peak_rss_kb: rss,
+                statm,
             },
         );
     }
@@ -237,28 +245,36 @@ impl ProcessTable {
         Ok(Some(invocation))
     }
 
-    /// One sample per live traced process, all stamped `now_ms`.
+    /// One sample per live traced process, all stamped `now_ms`; processes
+    /// whose exit event was lost are finished from the collector's record.
     pub fn sample(
         &mut self,
         now_ms: i64,
         collector: &mut Collector,
+        clock: &Clock,
         writer: &mut TraceWriter,
-    ) -> Result<()> {
+    ) -> Result<Vec<Invocation>> {
         let mut pids: Vec<u32> = self.procs.keys().copied().collect();
         pids.sort_unstable();
+        let mut exited = Vec::new();
         for pid in pids {
             let reading = collector.cpu(pid);
             let Some(t) = self.procs.get_mut(&pid) else {
                 continue;
             };
-            let CpuReading::Running(cpu_ns) = reading else {
-                continue;
+            let cpu_ns = match reading {
+                CpuReading::Running(cpu_ns) => cpu_ns,
+                CpuReading::Exited(exit) => {
+                    exited.push(Event::Exit(exit));
+                    continue;
+                }
+                CpuReading::Exiting | CpuReading::Unknown => continue,
             };
             let dt = now_ms - t.last_ts_ms;
             if dt <= 0 {
                 continue;
             }
-            if let Some(rss) = rss_kb(pid) {
+            if let Some(rss) = t.statm.as_ref().and_then(Statm::rss_kb) {
                 t.rss_kb = rss;
                 t.peak_rss_kb = t.peak_rss_kb.max(rss);
             }
@@ -274,7 +290,7 @@ impl ProcessTable {
             t.last_ts_ms = now_ms;
             t.last_cpu_ns = cpu_ns;
         }
-        Ok(())
+        self.apply(&mut exited, collector, clock, writer)
     }
 }
 

@@ -388,6 +388,7 @@ fn shared_binding_gives_fair_shares() {
         end - start > 3000,
         "the tasks overlapped too briefly: {invs:?}"
     );
+    let mut shares: Vec<(f64, f64, f64)> = Vec::new();
     for inv in &invs {
         let units = inv["cpu_units"].as_f64().expect("units");
         let pid = &inv["pid"];
@@ -407,9 +408,21 @@ fn shared_binding_gives_fair_shares() {
         let got = cpu / dt;
         let want = cores * units / 3.0;
         eprintln!("{units} units: {got:.3} cores (computed share {want:.3})");
+        shares.push((units, got, want));
+    }
+    // What the machine's other work (agent, kernel) leaves is split 1:2
+    // within 10 %, and neither task falls far below its absolute share.
+    let total: f64 = shares.iter().map(|s| s.1).sum();
+    for (units, got, want) in shares {
+        let split = got / total;
+        let want_split = units / 3.0;
         assert!(
-            (got - want).abs() <= 0.1 * want,
-            "{units} units got {got:.3}, want {want:.3}"
+            (split - want_split).abs() <= 0.1 * want_split,
+            "{units} units got {split:.3} of the tasks' CPU, want {want_split:.3}"
+        );
+        assert!(
+            got >= 0.8 * want,
+            "{units} units got {got:.3} cores, computed {want:.3}"
         );
     }
     env.assert_books_balanced();

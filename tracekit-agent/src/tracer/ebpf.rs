@@ -235,42 +235,34 @@ impl EbpfCollector {
         Ok(())
     }
 
-    /// Recover what lost events would have said: exits from the map, and
-    /// processes user space never heard of.
-    pub fn tick(&mut self, known: &dyn Fn(u32) -> bool, out: &mut Vec<Event>) -> Result<()> {
+    /// After a lost event, find processes user space never heard of (the
+    /// whole map is walked only then: walking a large hash map costs
+    /// milliseconds). Lost exits show up in [`EbpfCollector::cpu`].
+    pub fn tick(&mut self, known: &[u32], out: &mut Vec<Event>) -> Result<()> {
         let lost = self.counter(TK_STAT_RINGBUF_LOST);
-        let lost_new = lost > self.last_lost;
+        if lost <= self.last_lost {
+            return Ok(());
+        }
         self.last_lost = lost;
         let mut stale = Vec::new();
         for entry in self.procs.iter() {
             let Ok((pid, p)) = entry else { continue };
-            if known(pid) {
-                if p.flags & TK_PROC_EXITED != 0 {
-                    // Its exit event was lost (or is just behind): the map
-                    // holds the final total. A duplicate exit is ignored.
-                    self.recovered += 1;
-                    out.push(Event::Exit(ProcExit {
-                        pid,
-                        end_ns: p.exit_ns,
-                        cpu_ns: p.cpu_ns,
-                        status: Some(p.exit_code),
-                    }));
-                }
-            } else if lost_new {
-                if p.flags & TK_PROC_EXITED != 0 {
-                    stale.push(pid);
-                } else if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
-                    out.push(Event::Start(ProcStart {
-                        pid,
-                        ppid: p.ppid,
-                        comm: comm.trim().to_string(),
-                        filename: String::new(),
-                        start_ns: p.start_ns,
-                        pre_existing: false,
-                        forked: false,
-                        image: p.image,
-                    }));
-                }
+            if known.contains(&pid) {
+                continue;
+            }
+            if p.flags & TK_PROC_EXITED != 0 {
+                stale.push(pid);
+            } else if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+                out.push(Event::Start(ProcStart {
+                    pid,
+                    ppid: p.ppid,
+                    comm: comm.trim().to_string(),
+                    filename: String::new(),
+                    start_ns: p.start_ns,
+                    pre_existing: false,
+                    forked: false,
+                    image: p.image,
+                }));
             }
         }
         for pid in stale {
@@ -281,7 +273,18 @@ impl EbpfCollector {
 
     pub fn cpu(&mut self, pid: u32) -> CpuReading {
         match self.procs.get(&pid, 0) {
-            Ok(p) if p.flags & (TK_PROC_GROUP_DEAD | TK_PROC_EXITED) != 0 => CpuReading::Exiting,
+            Ok(p) if p.flags & TK_PROC_EXITED != 0 => {
+                // Its exit event was lost, or is just behind (a duplicate is
+                // ignored): the map holds the final record.
+                self.recovered += 1;
+                CpuReading::Exited(ProcExit {
+                    pid,
+                    end_ns: p.exit_ns,
+                    cpu_ns: p.cpu_ns,
+                    status: Some(p.exit_code),
+                })
+            }
+            Ok(p) if p.flags & TK_PROC_GROUP_DEAD != 0 => CpuReading::Exiting,
             Ok(p) => CpuReading::Running(p.cpu_ns),
             Err(_) => CpuReading::Unknown,
         }

@@ -50,13 +50,16 @@ pub enum Event {
 }
 
 /// The CPU time of a live traced process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum CpuReading {
     /// Running; total CPU so far, ns.
     Running(u64),
     /// Its threads are exiting: the exit event with the final total follows,
     /// so it is not sampled now (a sample would postdate the exit).
     Exiting,
+    /// It is gone and its exit event was lost (or is just behind): the
+    /// collector still holds the final record.
+    Exited(ProcExit),
     /// Not known to the collector.
     Unknown,
 }
@@ -121,7 +124,8 @@ impl Collector {
 
     /// Work done once per interval before sampling: procfs scans `/proc`;
     /// eBPF recovers exits whose events were lost.
-    pub fn tick(&mut self, known: &dyn Fn(u32) -> bool, out: &mut Vec<Event>) -> Result<()> {
+    /// `known`: the pids the table traces.
+    pub fn tick(&mut self, known: &[u32], out: &mut Vec<Event>) -> Result<()> {
         match self {
             Collector::Ebpf(c) => c.tick(known, out),
             Collector::Procfs(c) => c.tick(known, out),
@@ -170,11 +174,27 @@ pub fn decode_status(status: i32) -> (Option<i32>, Option<i32>) {
     }
 }
 
-/// Resident set size of `pid` in KiB, from `/proc/<pid>/statm`.
-pub fn rss_kb(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * page_size_kb())
+/// `/proc/<pid>/statm`, kept open: each reading is one `pread`, where
+/// reading the file anew would take five system calls every interval.
+#[derive(Debug)]
+pub struct Statm(std::fs::File);
+
+impl Statm {
+    pub fn open(pid: u32) -> Option<Statm> {
+        std::fs::File::open(format!("/proc/{pid}/statm"))
+            .ok()
+            .map(Statm)
+    }
+
+    /// Resident set size in KiB.
+    pub fn rss_kb(&self) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 128];
+        let n = self.0.read_at(&mut buf, 0).ok()?;
+        let text = std::str::from_utf8(&buf[..n]).ok()?;
+        let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
+        Some(pages * page_size_kb())
+    }
 }
 
 fn page_size_kb() -> u64 {

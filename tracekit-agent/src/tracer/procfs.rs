@@ -48,7 +48,7 @@ impl ProcfsCollector {
         ticks * 1_000_000_000 / self.ticks_per_s
     }
 
-    pub fn tick(&mut self, known: &dyn Fn(u32) -> bool, out: &mut Vec<Event>) -> Result<()> {
+    pub fn tick(&mut self, known: &[u32], out: &mut Vec<Event>) -> Result<()> {
         let now_ns = clock::monotonic_ns();
         let mut stats = HashMap::new();
         if let Ok(dir) = std::fs::read_dir("/proc") {
@@ -90,7 +90,7 @@ impl ProcfsCollector {
                 seen.cpu_ns = cpu_ns;
                 continue;
             }
-            if pid == self.agent || self.ignored.contains_key(&pid) || known(pid) {
+            if pid == self.agent || self.ignored.contains_key(&pid) || known.contains(&pid) {
                 continue;
             }
             if self.scope == Scope::Worker && !descends_from(pid, self.agent, &stats) {

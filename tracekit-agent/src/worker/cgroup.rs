@@ -169,23 +169,34 @@ impl Cgroups {
         }
     }
 
-    /// Cap the group at `cores` CPUs' worth of time (`None`: no cap).
+    /// Cap the group at `cores` CPUs' worth of time (`None`: no cap). A
+    /// burst of one period's quota lets a task make up for periods it spent
+    /// waiting, so it gets its share over time, not less (kernels without
+    /// burst support just lack that smoothing: reported, not fatal).
     pub fn set_quota(&self, g: &TaskGroup, cores: Option<f64>) -> Result<()> {
         let quota = cores.map(|c| ((c * PERIOD_US as f64).round() as u64).max(1000));
-        match self.version {
+        let (burst_file, burst) = match self.version {
             Version::V2 => {
                 let value = match quota {
                     Some(q) => format!("{q} {PERIOD_US}"),
                     None => format!("max {PERIOD_US}"),
                 };
-                write(&g.cpu.join("cpu.max"), &value)
+                write(&g.cpu.join("cpu.max"), &value)?;
+                (g.cpu.join("cpu.max.burst"), quota.unwrap_or(0))
             }
             Version::V1 => {
                 write(&g.cpu.join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;
                 let value = quota.map(|q| q.to_string()).unwrap_or_else(|| "-1".into());
-                write(&g.cpu.join("cpu.cfs_quota_us"), &value)
+                // Burst must not exceed the quota: lower it before the quota.
+                let _ = write(&g.cpu.join("cpu.cfs_burst_us"), "0");
+                write(&g.cpu.join("cpu.cfs_quota_us"), &value)?;
+                (g.cpu.join("cpu.cfs_burst_us"), quota.unwrap_or(0))
             }
+        };
+        if let Err(e) = write(&burst_file, &burst.to_string()) {
+            tracing::warn!("CPU burst not applied: {e:#}");
         }
+        Ok(())
     }
 
     /// Read back the quota, in cores (`None` = uncapped).
