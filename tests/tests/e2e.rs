@@ -1,6 +1,8 @@
 //! End to end: the README's main job (`cargo xtask demo`) on a small mix,
-//! driving the real binaries — redis-server, two worker agents, the central
-//! scheduler, the dispatcher, audit and export — and checking every artifact.
+//! driving the real binaries — redis-server, two worker agents on simulated
+//! hosts (network namespaces linked to the Redis host by veth pairs), the
+//! central scheduler, the dispatcher, gather, audit and export — and checking
+//! every artifact.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -44,7 +46,14 @@ fn demo_runs_every_task_once_and_exports_a_valid_trace() {
             "--lengths",
             "1,2",
         ])
-        .args(["--interval-ms", "200", "--timeout-s", "600", "--dir"])
+        .args([
+            "--interval-ms",
+            "200",
+            "--timeout-s",
+            "600",
+            "--netns",
+            "--dir",
+        ])
         .arg(&dir)
         .output()
         .expect("running xtask demo");
@@ -52,6 +61,10 @@ fn demo_runs_every_task_once_and_exports_a_valid_trace() {
     eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the demo failed");
     assert!(stdout.contains("Tasks per node:"), "no summary printed");
+    assert!(
+        stdout.contains("network namespace"),
+        "the nodes did not run on simulated hosts"
+    );
 
     let run = std::fs::read_dir(dir.join("logs"))
         .expect("logs")

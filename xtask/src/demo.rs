@@ -69,6 +69,78 @@ pub struct DemoArgs {
     /// Use the binaries already built (the end-to-end test does).
     #[arg(long)]
     pub no_build: bool,
+    /// Run each node in its own network namespace, reaching Redis over a
+    /// veth link as a separate host would (needs root and iproute2).
+    #[arg(long)]
+    pub netns: bool,
+}
+
+/// A node's simulated host: a network namespace joined to the controller's
+/// (the root namespace) by a veth pair with a /30 of link-local addresses.
+/// Removed on drop.
+struct NetnsHost {
+    name: String,
+    controller_ip: String,
+}
+
+impl NetnsHost {
+    fn create(index: u32) -> Result<NetnsHost> {
+        let tag = std::process::id() % 100_000;
+        let name = format!("tk{tag}n{index}");
+        let (host_if, node_if) = (format!("tkh{tag}n{index}"), format!("tkn{tag}n{index}"));
+        let controller_ip = format!("169.254.{}.1", 100 + index);
+        let node_ip = format!("169.254.{}.2", 100 + index);
+        let host = NetnsHost {
+            name: name.clone(),
+            controller_ip: controller_ip.clone(),
+        };
+        let ip = |args: &[&str]| -> Result<()> {
+            let status = Command::new("ip")
+                .args(args)
+                .status()
+                .context("running ip (apt-get install -y iproute2)")?;
+            if !status.success() {
+                bail!("ip {} failed", args.join(" "));
+            }
+            Ok(())
+        };
+        ip(&["netns", "add", &name])?;
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &node_if,
+        ])?;
+        ip(&["link", "set", &node_if, "netns", &name])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{controller_ip}/30"),
+            "dev",
+            &host_if,
+        ])?;
+        ip(&["link", "set", &host_if, "up"])?;
+        ip(&[
+            "netns",
+            "exec",
+            &name,
+            "ip",
+            "addr",
+            "add",
+            &format!("{node_ip}/30"),
+            "dev",
+            &node_if,
+        ])?;
+        ip(&["netns", "exec", &name, "ip", "link", "set", &node_if, "up"])?;
+        ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"])?;
+        Ok(host)
+    }
+}
+
+impl Drop for NetnsHost {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its end of the veth pair, and so the pair.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
 }
 
 /// Debian packages the demo needs, by the command that tells they are there.
@@ -79,6 +151,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ffmpeg", "ffmpeg"),
     ("setpriv", "util-linux"),
     ("python3", "python3"),
+    ("ip", "iproute2"),
 ];
 
 fn have(cmd: &str) -> bool {
@@ -256,7 +329,18 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let profiles_file = dir.join("profiles.json");
     std::fs::write(&profiles_file, serde_json::to_vec_pretty(&profiles)?)?;
 
-    let redis = RedisServer::start().context("starting redis-server")?;
+    // Simulated hosts first: Redis binds their link addresses too.
+    let hosts: Vec<NetnsHost> = if args.netns {
+        (1..=args.nodes)
+            .map(NetnsHost::create)
+            .collect::<Result<_>>()?
+    } else {
+        Vec::new()
+    };
+    let mut bind = vec!["--bind".to_string(), "127.0.0.1".to_string()];
+    bind.extend(hosts.iter().map(|h| h.controller_ip.clone()));
+    let bind: Vec<&str> = bind.iter().map(String::as_str).collect();
+    let redis = RedisServer::start_with(&bind).context("starting redis-server")?;
     let url = redis.url_without_password();
     println!(
         "redis-server pid {} on 127.0.0.1:{} (password-protected)",
@@ -267,9 +351,24 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let mut agents = Vec::new();
     for i in 1..=args.nodes {
         let node = format!("node{i}");
-        let mut cmd = Command::new(&agent_bin);
+        // In its namespace a node reaches Redis at the controller's end of
+        // its link, as another machine would.
+        let (mut cmd, node_url) = match hosts.get(i as usize - 1) {
+            Some(h) => {
+                println!(
+                    "{node}: network namespace {} (Redis at {}:{})",
+                    h.name,
+                    h.controller_ip,
+                    redis.port()
+                );
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &h.name]).arg(&agent_bin);
+                (c, format!("redis://{}:{}/0", h.controller_ip, redis.port()))
+            }
+            None => (Command::new(&agent_bin), url.clone()),
+        };
         cmd.current_dir(&dir)
-            .args(["--redis", &url, "--node-id", &node, "--run-id", &run])
+            .args(["--redis", &node_url, "--node-id", &node, "--run-id", &run])
             .arg("--node-dir")
             .arg(agent_dirs.join(&node))
             .args(["--inputs", "inputs", "--outputs", "outputs"])
@@ -403,6 +502,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     }
     drop(queue);
     drop(redis);
+    drop(hosts);
 
     // Audit and export, with the controller's own commands.
     let audit_ok = Command::new(&sched_bin)

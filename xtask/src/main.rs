@@ -34,6 +34,10 @@ enum Command {
     },
     /// Run a benchmark and print its comparison table.
     Bench(bench::BenchArgs),
+    /// Internal: wake once a second and read /proc/self/statm, forever (the
+    /// tracer benchmark's floor: what the kernel charges such a process).
+    #[command(hide = true)]
+    Ticker,
     /// The main job: a complete local experiment (Redis, two traced worker
     /// agents, the central scheduler, the seed's task mix), then audit,
     /// OpenDC export and a summary. Run as root.
@@ -57,6 +61,10 @@ fn main() -> Result<()> {
         Command::Test { args } => test(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Ticker => loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            let _ = std::fs::read_to_string("/proc/self/statm");
+        },
     }
 }
 

@@ -164,6 +164,8 @@ fn overhead(
 ) -> Result<()> {
     let variants = [Variant::None, Variant::Ebpf, Variant::Procfs];
     let mut wall: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    let mut switch_ns = Vec::new();
+    let mut switch_rate = Vec::new();
     let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); 3];
     let output = tmp.join("out.mp4");
     for round in 0..args.rounds {
@@ -197,7 +199,11 @@ fn overhead(
                 bail!("the encode failed ({})", usage.status);
             }
             if let Some(a) = a {
-                a.stop()?;
+                let (_, stats) = a.stop()?;
+                if let Some(p) = switch_program(&stats) {
+                    switch_ns.push(p["ns_per_call"].as_f64().unwrap_or(0.0));
+                    switch_rate.push(p["run_count"].as_f64().unwrap_or(0.0) / elapsed);
+                }
             }
             wall[i].push(elapsed);
             cpu[i].push(usage.cpu_s);
@@ -224,7 +230,21 @@ fn overhead(
         );
     }
     println!();
+    println!(
+        "sched_switch program during the eBPF runs: median {:.0} ns per call at {:.0} calls/s",
+        median(&switch_ns),
+        median(&switch_rate)
+    );
+    println!();
     Ok(())
+}
+
+/// The `tk_switch` entry of tracer_stats.json.
+fn switch_program(stats: &Value) -> Option<Value> {
+    stats["programs"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["program"] == "tk_switch"))
+        .cloned()
 }
 
 fn steady_cost(args: &TracerBenchArgs, agent: &Path, logs: &Path) -> Result<()> {
@@ -234,9 +254,9 @@ fn steady_cost(args: &TracerBenchArgs, agent: &Path, logs: &Path) -> Result<()> 
     );
     println!();
     println!(
-        "| collector | idle untraced processes | agent CPU-s per minute | sched_switch ns/call | sched_switch calls/s | agent peak RSS MB | loader peak RSS MB |"
+        "| collector | idle untraced processes | agent CPU-s per minute | floor: a process waking once a second | sched_switch ns/call | sched_switch calls/s | agent peak RSS MB | loader peak RSS MB |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for idle in [0, args.idle_procs] {
         let mut sleepers = Vec::new();
         for _ in 0..idle {
@@ -260,21 +280,28 @@ fn steady_cost(args: &TracerBenchArgs, agent: &Path, logs: &Path) -> Result<()> 
                 .stdin(Stdio::null())
                 .spawn()
                 .context("running ffmpeg")?;
+            // Measured beside the agent: on a VM the kernel charges every
+            // wake-up, so even an idle once-a-second loop costs something.
+            let mut ticker = Command::new(std::env::current_exe()?)
+                .arg("ticker")
+                .stdin(Stdio::null())
+                .spawn()
+                .context("starting the baseline ticker")?;
             std::thread::sleep(Duration::from_secs(3));
             let pid = a.child.id();
-            let c0 = threads_cpu_s(pid);
+            let (c0, f0) = (threads_cpu_s(pid), threads_cpu_s(ticker.id()));
             let t0 = Instant::now();
             std::thread::sleep(Duration::from_secs(args.steady_s));
-            let c1 = threads_cpu_s(pid);
-            let per_min = (c1 - c0) / t0.elapsed().as_secs_f64() * 60.0;
+            let (c1, f1) = (threads_cpu_s(pid), threads_cpu_s(ticker.id()));
+            let secs = t0.elapsed().as_secs_f64();
+            let per_min = (c1 - c0) / secs * 60.0;
+            let floor = (f1 - f0) / secs * 60.0;
+            let _ = ticker.kill();
+            let _ = ticker.wait();
             let _ = ffmpeg.kill();
             let _ = ffmpeg.wait();
             let (usage, stats) = a.stop()?;
-            let switch = stats["programs"]
-                .as_array()
-                .and_then(|p| p.iter().find(|p| p["program"] == "tk_switch"))
-                .cloned()
-                .unwrap_or(Value::Null);
+            let switch = switch_program(&stats).unwrap_or(Value::Null);
             let agent_rss = stats["agent_max_rss_kb"].as_f64().unwrap_or(0.0) / 1024.0;
             let fmt_opt = |v: Option<f64>, prec: usize| {
                 v.map(|x| format!("{x:.prec$}"))
@@ -284,7 +311,7 @@ fn steady_cost(args: &TracerBenchArgs, agent: &Path, logs: &Path) -> Result<()> 
                 .as_f64()
                 .map(|c| c / (args.steady_s as f64 + 4.0));
             println!(
-                "| {collector} | {idle} | {per_min:.4} | {} | {} | {agent_rss:.1} | {} |",
+                "| {collector} | {idle} | {per_min:.4} | {floor:.4} | {} | {} | {agent_rss:.1} | {} |",
                 fmt_opt(switch["ns_per_call"].as_f64(), 0),
                 fmt_opt(calls_per_s, 0),
                 // wait4's maxrss covers the agent and its reaped loader.
