@@ -32,18 +32,26 @@ impl std::error::Error for BuildError {}
 
 /// The clang to use: `$CLANG`, else the first of clang, clang-19 … clang-14.
 pub fn find_clang() -> Result<PathBuf, BuildError> {
+    let runs = |c: &std::ffi::OsStr| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
     if let Some(c) = std::env::var_os("CLANG") {
-        return Ok(PathBuf::from(c));
+        if runs(&c) {
+            return Ok(PathBuf::from(c));
+        }
+        return Err(BuildError(format!(
+            "clang not found at CLANG={}: install it with `apt-get install -y clang libbpf-dev`",
+            PathBuf::from(c).display()
+        )));
     }
     let names = [
         "clang", "clang-19", "clang-18", "clang-17", "clang-16", "clang-15", "clang-14",
     ];
     for name in names {
-        if Command::new(name)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
+        if runs(std::ffi::OsStr::new(name)) {
             return Ok(PathBuf::from(name));
         }
     }
