@@ -359,8 +359,8 @@ fn shared_binding_gives_fair_shares() {
             &(cores as u32 * 2).to_string(),
         ],
     );
+    // Each task has as many encoder threads as it may use cores, twice over.
     let edit = |v: &mut Value| {
-        v["vthreads"] = 4.into();
         v["preset"] = "slower".into();
     };
     let tasks = vec![env.task("long.mp4", 1, edit), env.task("long.mp4", 2, edit)];
