@@ -361,7 +361,8 @@ fn shared_binding_gives_fair_shares() {
     );
     // Each task has as many encoder threads as it may use cores, twice over.
     let edit = |v: &mut Value| {
-        v["preset"] = "slower".into();
+        v["preset"] = "medium".into();
+        v["scale"] = "1920:1080".into();
     };
     let tasks = vec![env.task("long.mp4", 1, edit), env.task("long.mp4", 2, edit)];
     env.submit(&tasks);

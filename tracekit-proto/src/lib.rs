@@ -56,6 +56,8 @@
 //! declared in `KEYS`), which standalone Redis allows; Redis Cluster is not
 //! supported.
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod conn;
 pub mod gather;
 pub mod keys;

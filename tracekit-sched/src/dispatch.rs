@@ -334,6 +334,18 @@ pub fn plan_policy(
     }
 }
 
+impl DispatchArgs {
+    /// `--nodes a,b` as names.
+    fn node_list(&self) -> Vec<String> {
+        self.nodes
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(String::from)
+            .collect()
+    }
+}
+
 /// The whole plan, in submission order.
 pub fn plan(a: &DispatchArgs, probe: &dyn Fn(&Path) -> f64) -> anyhow::Result<Vec<Planned>> {
     let files = list_inputs(&a.inputs)?;
@@ -341,13 +353,7 @@ pub fn plan(a: &DispatchArgs, probe: &dyn Fn(&Path) -> f64) -> anyhow::Result<Ve
     if let Some(p) = &a.profiles {
         profiles.load_file(p)?;
     }
-    let nodes: Vec<String> = a
-        .nodes
-        .split(',')
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .map(String::from)
-        .collect();
+    let nodes = a.node_list();
     if nodes.is_empty() && !a.pending {
         bail!("--nodes names no node");
     }
@@ -562,13 +568,7 @@ async fn drip(a: &DispatchArgs, s: &mut Submitter, planned: Vec<Planned>) -> any
 /// duration-online: longest first, each to a node under --backlog-limit with
 /// the smallest backlog, then the least assigned duration.
 async fn online(a: &DispatchArgs, s: &mut Submitter, planned: Vec<Planned>) -> anyhow::Result<()> {
-    let nodes: Vec<String> = a
-        .nodes
-        .split(',')
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .map(String::from)
-        .collect();
+    let nodes = a.node_list();
     let total = planned.len();
     let mut load: HashMap<&str, f64> = HashMap::new();
     let mut it = planned.into_iter().peekable();

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-/// CFS period used for quotas, µs.
-pub const PERIOD_US: u64 = 100_000;
+/// CFS period used for quotas, µs: short, so a throttled task waits less
+/// and small shares are delivered evenly.
+pub const PERIOD_US: u64 = 20_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
@@ -335,7 +336,7 @@ mod tests {
         );
         assert_eq!(
             std::fs::read_to_string(dir.join("cpu.max")).expect("r"),
-            "150000 100000"
+            "30000 20000"
         );
         assert_eq!(cg.quota(&g).expect("read back"), Some(1.5));
         cg.set_quota(&g, None).expect("uncapped");

@@ -24,7 +24,8 @@ use clap::{Args, ValueEnum};
 use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
-use tracekit_proto::{Heartbeat, Keys, Queue, RedisConn, RedisOptions, Registration, Take, Task};
+use tracekit_proto::cli::RedisArgs;
+use tracekit_proto::{Heartbeat, Keys, Queue, Registration, Take, Task};
 use tracekit_trace::Invocation;
 
 use crate::cli::{IdentityArgs, TracerArgs};
@@ -50,19 +51,8 @@ pub enum Binding {
 /// `--run-as` and `--drain`).
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
-    /// Redis URL (`redis://` or `rediss://`); the original's `?password=`
-    /// form works, but prefer REDIS_PASSWORD or --redis-password-file.
-    #[arg(long, default_value = "redis://127.0.0.1:6379/0")]
-    pub redis: String,
-
-    /// Read the Redis password from this file (keeps it out of `ps`).
-    #[arg(long)]
-    pub redis_password_file: Option<PathBuf>,
-
-    /// PEM file of the CA that signed the Redis server's certificate
-    /// (`rediss://` only; default: the system's trust store).
-    #[arg(long)]
-    pub redis_ca_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub redis: RedisArgs,
 
     /// Root that task outputs must lie under (created, and given to
     /// --run-as).
@@ -235,14 +225,7 @@ pub async fn run(args: WorkerArgs, tracer: TracerArgs, identity: IdentityArgs) -
     std::fs::create_dir_all(&stderr_dir)
         .with_context(|| format!("creating {}", stderr_dir.display()))?;
 
-    let password = tracekit_proto::conn::resolve_password(args.redis_password_file.as_deref())?;
-    let opts = RedisOptions {
-        url: args.redis.clone(),
-        password,
-        retry_for: None,
-        ca_file: args.redis_ca_file.clone(),
-    };
-    let conn = RedisConn::connect(&opts).await?;
+    let conn = args.redis.connect().await?;
     let keys = Keys {
         pending: args.pending_key.clone(),
         slots: args.slots_key.clone(),
