@@ -266,6 +266,76 @@ fn cpu_time_and_times_match_the_kernel() {
     check_tiling(&dir);
 }
 
+/// A process's CPU clock (clock_getcpuclockid(3)), ms.
+fn process_cpu_ms(pid: u32) -> f64 {
+    let mut clock: libc::clockid_t = 0;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: out-params we own.
+    unsafe {
+        assert_eq!(libc::clock_getcpuclockid(pid as i32, &mut clock), 0);
+        assert_eq!(libc::clock_gettime(clock, &mut ts), 0);
+    }
+    ts.tv_sec as f64 * 1000.0 + ts.tv_nsec as f64 / 1e6
+}
+
+#[test]
+fn adopts_running_processes() {
+    let _s = serial();
+    if !ready("adopts_running_processes") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // A multi-threaded encode that is already running when the agent starts.
+    let child = Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-f", "lavfi", "-i"])
+        .args(["testsrc=size=640x360:rate=25", "-t", "25"])
+        .args(["-c:v", "libx264", "-preset", "medium", "-threads", "4"])
+        .args(["-f", "null", "-"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawning ffmpeg");
+    let pid = child.id();
+    std::thread::sleep(Duration::from_millis(800));
+    let before = process_cpu_ms(pid);
+    let agent = Agent::start(
+        tmp.path(),
+        "adopt",
+        &["--scope", "host", "--interval-ms", "100"],
+    );
+    let after = process_cpu_ms(pid);
+    let mut status = 0;
+    // SAFETY: wait4 on our own child with out-params we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid as i32, &mut status, 0, &mut ru) };
+    assert_eq!(r, pid as i32, "wait4");
+    std::mem::forget(child); // reaped above
+    assert_eq!(status, 0, "ffmpeg failed");
+    let ms = |tv: libc::timeval| tv.tv_sec as f64 * 1000.0 + tv.tv_usec as f64 / 1000.0;
+    let total = ms(ru.ru_utime) + ms(ru.ru_stime);
+    let dir = agent.stop();
+    let invs = invocations(&dir);
+    let inv = invs
+        .iter()
+        .find(|i| int(i, "pid") == pid as i64)
+        .unwrap_or_else(|| panic!("pid {pid} not traced: {invs:?}"));
+    assert_eq!(inv["pre_existing"], true, "{inv}");
+    assert_eq!(inv["exit_code"], 0, "{inv}");
+    // It counts from adoption, which came between the two readings.
+    let traced = float(inv, "cpu_ms");
+    let slack = total * 0.005;
+    eprintln!("adopted after {before:.1}-{after:.1} ms of {total:.1} ms: traced {traced:.1} ms");
+    assert!(
+        traced <= total - before + slack && traced >= total - after - slack,
+        "traced {traced} ms; expected {:.1}..{:.1}",
+        total - after,
+        total - before
+    );
+    check_tiling(&dir);
+}
+
 #[test]
 fn sees_every_short_process() {
     let _s = serial();

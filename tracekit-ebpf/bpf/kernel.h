@@ -22,6 +22,8 @@ struct sched_entity {
 
 struct signal_struct {
 	atomic_t live;
+	/* CPU time of the group's threads that were released (reaped). */
+	unsigned long long sum_sched_runtime;
 } __attribute__((preserve_access_index));
 
 struct task_struct {

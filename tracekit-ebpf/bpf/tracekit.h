@@ -31,13 +31,18 @@
 /* Indexes into the per-CPU `stats` array. */
 #define TK_STAT_RINGBUF_LOST 0 /* ring buffer full: an event was dropped */
 #define TK_STAT_PROCS_FULL 1   /* `procs` map full: a process was not traced */
-#define TK_STAT_THREADS_FULL 2 /* `threads` map full: a thread's CPU was not counted */
-#define TK_STAT_SCOPE_FULL 3   /* `scope` map full: a descendant left the scope */
-#define TK_STAT_MAX 4
+#define TK_STAT_SCOPE_FULL 2   /* `scope` map full: a descendant left the scope */
+#define TK_STAT_MAX 3
 
 /* Per traced process (key: tgid), map `procs`. */
 struct tk_proc {
-	__u64 cpu_ns;   /* CPU time of all its threads since their birth, ns */
+	/* CPU time of its threads that have ended, ns, each taken from the
+	 * thread's se.sum_exec_runtime at its final switch-out. It starts at
+	 * the CPU of the threads that ended before tracing began, so once
+	 * TK_PROC_EXITED is set it is the process's whole CPU time, as wait(2)
+	 * reports it. A process adopted while running starts at minus the
+	 * runtime of its threads then: its total counts from adoption. */
+	__u64 cpu_ns;
 	__u64 start_ns; /* exec (or fork) time, bpf_ktime_get_ns() */
 	__u64 exit_ns;  /* the last thread's final switch-out, 0 while alive */
 	__u32 threads;  /* live threads */
@@ -45,13 +50,6 @@ struct tk_proc {
 	__s32 exit_code; /* wait(2) status: code << 8, or signal number */
 	__u32 flags;    /* TK_PROC_* */
 	__u32 image;      /* execs since tracing began: tells user space which image an event is about */
-	__u32 _pad;
-};
-
-/* Per thread of a traced process (key: tid), map `threads`. */
-struct tk_thread {
-	__u64 last_runtime; /* se.sum_exec_runtime already counted */
-	__u32 tgid;
 	__u32 _pad;
 };
 

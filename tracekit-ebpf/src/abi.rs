@@ -29,18 +29,15 @@ pub const TK_PROC_EXITED: u32 = 2;
 pub const TK_STAT_RINGBUF_LOST: u32 = 0;
 /// `procs` map full: a process was not traced.
 pub const TK_STAT_PROCS_FULL: u32 = 1;
-/// `threads` map full: a thread's CPU was not counted.
-pub const TK_STAT_THREADS_FULL: u32 = 2;
 /// `scope` map full: a descendant left the scope.
-pub const TK_STAT_SCOPE_FULL: u32 = 3;
+pub const TK_STAT_SCOPE_FULL: u32 = 2;
 /// Number of counters in `stats`.
-pub const TK_STAT_MAX: u32 = 4;
+pub const TK_STAT_MAX: u32 = 3;
 
 /// Names of the maps and programs in the object.
 pub mod names {
     pub const MAP_SCOPE: &str = "scope";
     pub const MAP_PROCS: &str = "procs";
-    pub const MAP_THREADS: &str = "threads";
     pub const MAP_EVENTS: &str = "events";
     pub const MAP_STATS: &str = "stats";
     pub const MAP_COMMS: &str = "comms";
@@ -59,6 +56,8 @@ pub mod names {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TkProc {
+    /// CPU of its threads that have ended (see `tracekit.h`); the total once
+    /// [`TK_PROC_EXITED`] is set.
     pub cpu_ns: u64,
     pub start_ns: u64,
     pub exit_ns: u64,
@@ -68,15 +67,6 @@ pub struct TkProc {
     pub flags: u32,
     /// Execs since tracing began: which image an event is about.
     pub image: u32,
-    pub _pad: u32,
-}
-
-/// Per thread of a traced process (key: tid), map `threads`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TkThread {
-    pub last_runtime: u64,
-    pub tgid: u32,
     pub _pad: u32,
 }
 
@@ -119,6 +109,5 @@ pub fn c_str(bytes: &[u8]) -> &str {
 mod pod {
     // SAFETY: plain #[repr(C)] data with no padding holes read as values.
     unsafe impl aya::Pod for super::TkProc {}
-    unsafe impl aya::Pod for super::TkThread {}
     unsafe impl aya::Pod for super::TkEvent {}
 }

@@ -17,7 +17,7 @@ fn c_layout() -> HashMap<String, u64> {
     let mut body = String::from(
         "#include <stdio.h>\n#include <stddef.h>\n#include \"tracekit.h\"\nint main(void){\n",
     );
-    let structs: [(&str, &[&str]); 3] = [
+    let structs: [(&str, &[&str]); 2] = [
         (
             "tk_proc",
             &[
@@ -32,7 +32,6 @@ fn c_layout() -> HashMap<String, u64> {
                 "_pad",
             ],
         ),
-        ("tk_thread", &["last_runtime", "tgid", "_pad"]),
         (
             "tk_event",
             &[
@@ -69,7 +68,6 @@ fn c_layout() -> HashMap<String, u64> {
         "TK_PROC_EXITED",
         "TK_STAT_RINGBUF_LOST",
         "TK_STAT_PROCS_FULL",
-        "TK_STAT_THREADS_FULL",
         "TK_STAT_SCOPE_FULL",
         "TK_STAT_MAX",
     ] {
@@ -116,13 +114,6 @@ fn abi_matches_c() {
         ("tk_proc.flags", offset_of!(TkProc, flags) as u64),
         ("tk_proc.image", offset_of!(TkProc, image) as u64),
         ("tk_proc._pad", offset_of!(TkProc, _pad) as u64),
-        ("tk_thread.size", size_of::<TkThread>() as u64),
-        (
-            "tk_thread.last_runtime",
-            offset_of!(TkThread, last_runtime) as u64,
-        ),
-        ("tk_thread.tgid", offset_of!(TkThread, tgid) as u64),
-        ("tk_thread._pad", offset_of!(TkThread, _pad) as u64),
         ("tk_event.size", size_of::<TkEvent>() as u64),
         ("tk_event.kind", offset_of!(TkEvent, kind) as u64),
         ("tk_event.pid", offset_of!(TkEvent, pid) as u64),
@@ -147,7 +138,6 @@ fn abi_matches_c() {
         ("TK_PROC_EXITED", TK_PROC_EXITED as u64),
         ("TK_STAT_RINGBUF_LOST", TK_STAT_RINGBUF_LOST as u64),
         ("TK_STAT_PROCS_FULL", TK_STAT_PROCS_FULL as u64),
-        ("TK_STAT_THREADS_FULL", TK_STAT_THREADS_FULL as u64),
         ("TK_STAT_SCOPE_FULL", TK_STAT_SCOPE_FULL as u64),
         ("TK_STAT_MAX", TK_STAT_MAX as u64),
     ];

@@ -1,8 +1,9 @@
 //! The eBPF collector: loads `tracekit.bpf.o` with aya, attaches its four BTF
-//! tracepoints, reads exec/fork/exit events from the ring buffer and CPU
-//! totals from the `procs` map.
+//! tracepoints, reads exec/fork/exit events (with each exit's exact CPU
+//! total) from the ring buffer, and a live process's CPU so far from its
+//! kernel CPU clock.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 
 use anyhow::{Context, Result, anyhow};
@@ -17,7 +18,7 @@ use tokio::io::unix::AsyncFd;
 use tracekit_ebpf::{
     TK_COMM_LEN, TK_EV_EXEC, TK_EV_EXIT, TK_EV_FORK, TK_PROC_EXITED, TK_PROC_GROUP_DEAD,
     TK_SCOPE_HOST, TK_SCOPE_WORKER, TK_STAT_PROCS_FULL, TK_STAT_RINGBUF_LOST, TK_STAT_SCOPE_FULL,
-    TK_STAT_THREADS_FULL, TkEvent, TkProc, TkThread, c_str, names,
+    TkEvent, TkProc, c_str, names,
 };
 use tracekit_trace::ProgramCost;
 
@@ -31,8 +32,9 @@ pub struct EbpfCollector {
     links: Vec<FdLink>,
     events: AsyncFd<RingBuf<MapData>>,
     procs: BpfHashMap<MapData, u32, TkProc>,
-    threads: BpfHashMap<MapData, u32, TkThread>,
     stats: PerCpuArray<MapData, u64>,
+    /// Processes adopted while running: their CPU clock when tracing began.
+    adopted_at: HashMap<u32, u64>,
     /// Holds BPF run-time statistics on while the agent runs.
     _stats_fd: Option<OwnedFd>,
     recovered: u64,
@@ -94,7 +96,6 @@ pub fn load_and_pin(scope: Scope, comms: &[String], pin_dir: &Path) -> Result<()
     for name in [
         names::MAP_SCOPE,
         names::MAP_PROCS,
-        names::MAP_THREADS,
         names::MAP_EVENTS,
         names::MAP_STATS,
     ] {
@@ -162,18 +163,24 @@ impl EbpfCollector {
             links,
             events,
             procs: BpfHashMap::try_from(Map::HashMap(open_map(names::MAP_PROCS)?))?,
-            threads: BpfHashMap::try_from(Map::HashMap(open_map(names::MAP_THREADS)?))?,
             stats: PerCpuArray::try_from(Map::PerCpuArray(open_map(names::MAP_STATS)?))?,
             _stats_fd: stats_fd,
+            adopted_at: HashMap::new(),
             recovered: 0,
             last_lost: 0,
         })
     }
 
     /// Start tracing a process that was already running (host scope): its
-    /// threads count from their current runtime.
+    /// CPU counts from now. `threads`: its threads' tids and runtimes (ns).
     pub fn adopt(&mut self, start: &ProcStart, threads: &[(u32, u64)]) -> Result<()> {
+        let clock_now = process_cpu_ns(start.pid)
+            .with_context(|| format!("reading the CPU clock of pid {}", start.pid))?;
+        let runtime: u64 = threads.iter().map(|&(_, rt)| rt).sum();
         let proc_state = TkProc {
+            // Each thread adds its whole runtime when it ends: start below
+            // zero by what they had run already (wrapping, as the kernel adds).
+            cpu_ns: 0u64.wrapping_sub(runtime),
             start_ns: start.start_ns,
             threads: threads.len() as u32,
             ppid: start.ppid,
@@ -182,16 +189,7 @@ impl EbpfCollector {
         self.procs
             .insert(start.pid, proc_state, 0)
             .with_context(|| format!("adopting pid {}", start.pid))?;
-        for &(tid, runtime) in threads {
-            let th = TkThread {
-                last_runtime: runtime,
-                tgid: start.pid,
-                _pad: 0,
-            };
-            self.threads
-                .insert(tid, th, 0)
-                .with_context(|| format!("adopting thread {tid}"))?;
-        }
+        self.adopted_at.insert(start.pid, clock_now);
         Ok(())
     }
 
@@ -285,7 +283,15 @@ impl EbpfCollector {
                 })
             }
             Ok(p) if p.flags & TK_PROC_GROUP_DEAD != 0 => CpuReading::Exiting,
-            Ok(p) => CpuReading::Running(p.cpu_ns),
+            Ok(_) => match process_cpu_ns(pid) {
+                Some(ns) => {
+                    let since = self.adopted_at.get(&pid).copied().unwrap_or(0);
+                    CpuReading::Running(ns.saturating_sub(since))
+                }
+                // Reaped, but its last thread has not switched out yet: the
+                // exit event follows.
+                None => CpuReading::Exiting,
+            },
             Err(_) => CpuReading::Unknown,
         }
     }
@@ -293,13 +299,13 @@ impl EbpfCollector {
     pub fn forget_image(&mut self, pid: u32, image: u32) {
         // Only if no later exec reused the entry (its event is still queued).
         if self.procs.get(&pid, 0).is_ok_and(|p| p.image == image) {
-            let _ = self.procs.remove(&pid);
+            self.forget(pid);
         }
     }
 
     pub fn forget(&mut self, pid: u32) {
-        // The kernel drops the process's thread entries at their next switch.
         let _ = self.procs.remove(&pid);
+        self.adopted_at.remove(&pid);
     }
 
     fn counter(&self, index: u32) -> u64 {
@@ -337,13 +343,31 @@ impl EbpfCollector {
             .collect();
         CollectorStats {
             events_lost: self.counter(TK_STAT_RINGBUF_LOST),
-            map_full: self.counter(TK_STAT_PROCS_FULL)
-                + self.counter(TK_STAT_THREADS_FULL)
-                + self.counter(TK_STAT_SCOPE_FULL),
+            map_full: self.counter(TK_STAT_PROCS_FULL) + self.counter(TK_STAT_SCOPE_FULL),
             exits_recovered: self.recovered,
             programs,
         }
     }
+}
+
+/// The CPU time of process `pid` so far, ns, from its kernel CPU clock
+/// (clock_getcpuclockid(3)): the runtime of its live threads, current to the
+/// call, plus that of those already gone. The kernel's own accounting, the
+/// same that wait(2) reports; `None` once the process is reaped.
+pub fn process_cpu_ns(pid: u32) -> Option<u64> {
+    // MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED) of the kernel's posix-timers
+    // ABI, as glibc builds it; computed here to spare clock_getcpuclockid's
+    // extra system call.
+    let clock: libc::clockid_t = (!(pid as libc::clockid_t) << 3) | 2;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid place for the result.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return None;
+    }
+    Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
 /// Processes already running whose threads should be adopted: tid and its
