@@ -4,7 +4,9 @@ mod cli;
 mod clock;
 mod matcher;
 mod session;
+mod signals;
 mod table;
+mod ticker;
 mod trace_cmd;
 mod tracer;
 mod worker;
@@ -77,7 +79,11 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
-    // One thread: the agent waits on a few descriptors and timers, and a
+    // Trace-only mode runs its own poll(2) loop: no runtime to wake.
+    if let Some(Command::Trace(args)) = cli.command {
+        return exit_code(trace_cmd::run(args));
+    }
+    // One thread: the worker waits on a few descriptors and timers, and a
     // second thread would only add wake-ups.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -89,16 +95,13 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Some(Command::Trace(args)) => trace_cmd::run(args).await,
-            Some(Command::LoadEbpf { .. }) => unreachable!("handled before the runtime starts"),
-            None => {
-                worker::check(&cli.worker)?;
-                worker::run(cli.worker, cli.tracer, cli.identity).await
-            }
-        }
-    });
+    exit_code(runtime.block_on(async {
+        worker::check(&cli.worker)?;
+        worker::run(cli.worker, cli.tracer, cli.identity).await
+    }))
+}
+
+fn exit_code(result: anyhow::Result<i32>) -> std::process::ExitCode {
     match result {
         Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {

@@ -11,6 +11,7 @@ use crate::cli::TracerArgs;
 use crate::clock::{self, Clock};
 use crate::matcher::Matcher;
 use crate::table::ProcessTable;
+use crate::ticker::Ticker;
 use crate::tracer::select::select;
 use crate::tracer::{Collector, Event, ProcStart, Scope, ebpf};
 
@@ -75,13 +76,14 @@ impl Session {
         Ok(session)
     }
 
-    /// The per-interval clock: its first tick one interval from now (a
-    /// sample at t=0 says nothing), late ticks delayed rather than bunched.
-    pub fn ticker(&self) -> tokio::time::Interval {
-        let mut ticker =
-            tokio::time::interval_at(tokio::time::Instant::now() + self.interval, self.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker
+    /// The per-interval clock, its first tick one interval from now.
+    pub fn ticker(&self) -> Result<Ticker> {
+        Ticker::new(self.interval)
+    }
+
+    /// Readable when the collector may have events (see [`Session::pump`]).
+    pub fn event_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.collector.event_fd()
     }
 
     /// Host scope: matching processes already running are traced from now.

@@ -4,7 +4,7 @@
 //! kernel CPU clock.
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use anyhow::{Context, Result, anyhow};
 use std::path::{Path, PathBuf};
@@ -30,7 +30,11 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tr
 pub struct EbpfCollector {
     // The programs stay attached while these links are held.
     links: Vec<FdLink>,
-    events: AsyncFd<RingBuf<MapData>>,
+    /// The ring buffer's descriptor registered with tokio, made on first
+    /// use (the trace-only loop polls it directly). Declared before
+    /// `events` so it is deregistered before the descriptor closes.
+    readiness: Option<AsyncFd<RawDescriptor>>,
+    events: RingBuf<MapData>,
     procs: BpfHashMap<MapData, u32, TkProc>,
     stats: PerCpuArray<MapData, u64>,
     /// Processes adopted while running: their CPU clock when tracing began.
@@ -39,6 +43,15 @@ pub struct EbpfCollector {
     _stats_fd: Option<OwnedFd>,
     recovered: u64,
     last_lost: u64,
+}
+
+/// A descriptor owned elsewhere, for registering with tokio.
+struct RawDescriptor(RawFd);
+
+impl AsRawFd for RawDescriptor {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
 }
 
 /// Where the loader pins what it made, for the agent to pick up.
@@ -155,12 +168,9 @@ impl EbpfCollector {
             }
         };
         let events = RingBuf::try_from(Map::RingBuf(open_map(names::MAP_EVENTS)?))?;
-        // SAFETY: the RingBuf owns its map fd, which stays open and the same
-        // for as long as the AsyncFd owns the RingBuf.
-        let events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
-            .map_err(|e| anyhow!("registering the ring buffer with tokio: {e}"))?;
         Ok(EbpfCollector {
             links,
+            readiness: None,
             events,
             procs: BpfHashMap::try_from(Map::HashMap(open_map(names::MAP_PROCS)?))?,
             stats: PerCpuArray::try_from(Map::PerCpuArray(open_map(names::MAP_STATS)?))?,
@@ -194,8 +204,18 @@ impl EbpfCollector {
     }
 
     pub async fn ready(&mut self) -> Result<()> {
-        let mut guard = self
-            .events
+        let readiness = match &mut self.readiness {
+            Some(r) => r,
+            None => {
+                let fd = RawDescriptor(self.events.as_raw_fd());
+                // SAFETY: `events` owns the descriptor and outlives this
+                // registration (field order), so it stays open and the same.
+                let r = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+                    .map_err(|e| anyhow!("registering the ring buffer with tokio: {e}"))?;
+                self.readiness.insert(r)
+            }
+        };
+        let mut guard = readiness
             .readable_mut()
             .await
             .context("waiting on the ring buffer")?;
@@ -203,8 +223,13 @@ impl EbpfCollector {
         Ok(())
     }
 
+    /// The ring buffer's descriptor, readable when events wait.
+    pub fn event_fd(&self) -> RawFd {
+        self.events.as_raw_fd()
+    }
+
     pub fn drain(&mut self, out: &mut Vec<Event>) -> Result<()> {
-        let ring = self.events.get_mut();
+        let ring = &mut self.events;
         while let Some(item) = ring.next() {
             let Some(ev) = TkEvent::from_bytes(&item) else {
                 tracing::warn!(len = item.len(), "short ring-buffer record ignored");

@@ -114,6 +114,15 @@ impl Collector {
         }
     }
 
+    /// A descriptor that is readable when events may be waiting, for a
+    /// poll(2) loop; the procfs collector has none.
+    pub fn event_fd(&self) -> Option<std::os::fd::RawFd> {
+        match self {
+            Collector::Ebpf(c) => Some(c.event_fd()),
+            Collector::Procfs(_) => None,
+        }
+    }
+
     /// Take the events that arrived, without blocking.
     pub fn drain(&mut self, out: &mut Vec<Event>) -> Result<()> {
         match self {

@@ -281,8 +281,10 @@ pub async fn run(args: WorkerArgs, tracer: TracerArgs, identity: IdentityArgs) -
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut ticker = session.ticker();
-    let mut reap = tokio::time::interval(Duration::from_millis(50));
+    // Tasks are reaped when SIGCHLD says one ended, not by polling: every
+    // wake-up of an idle agent costs CPU. The tick reaps too, in case.
+    let mut sigchld = signal(SignalKind::child()).context("installing SIGCHLD handler")?;
+    let mut ticker = session.ticker()?.into_async()?;
     let mut stopping = false;
     let mut intake_open = true;
 
@@ -292,21 +294,20 @@ pub async fn run(args: WorkerArgs, tracer: TracerArgs, identity: IdentityArgs) -
                 r?;
                 let done = session.pump()?;
                 worker.on_traced(done);
+                worker.progress(&mut session)?;
             }
-            _ = ticker.tick() => {
+            r = ticker.tick() => {
+                r?;
                 let done = session.tick()?;
                 worker.on_traced(done);
+                worker.progress(&mut session)?;
             }
+            _ = sigchld.recv() => worker.progress(&mut session)?,
             raw = task_rx.recv(), if intake_open => {
                 match raw {
                     Some(raw) => worker.accept(raw, &mut session),
                     None => intake_open = false,
                 }
-            }
-            _ = reap.tick() => {
-                worker.reap()?;
-                worker.finish_ready(&mut session)?;
-                worker.start_waiting(&mut session);
             }
             _ = sigint.recv(), if !stopping => {
                 tracing::info!("SIGINT: stopping");
@@ -523,6 +524,14 @@ impl Worker {
     }
 
     /// Collect exit statuses of finished children.
+    /// Reap ended tasks, finish those whose trace is in, start waiting ones.
+    fn progress(&mut self, session: &mut Session) -> Result<()> {
+        self.reap()?;
+        self.finish_ready(session)?;
+        self.start_waiting(session);
+        Ok(())
+    }
+
     fn reap(&mut self) -> Result<()> {
         let mut changed = false;
         for job in self.jobs.values_mut() {
