@@ -242,5 +242,15 @@ fn self_usage() -> (f64, u64) {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let ms = |tv: libc::timeval| tv.tv_sec as f64 * 1000.0 + tv.tv_usec as f64 / 1000.0;
-    (ms(ru.ru_utime) + ms(ru.ru_stime), ru.ru_maxrss as u64)
+    // The peak of this process's own memory: ru_maxrss would also carry the
+    // parent's size at fork across exec.
+    let peak_kb = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(ru.ru_maxrss as u64);
+    (ms(ru.ru_utime) + ms(ru.ru_stime), peak_kb)
 }

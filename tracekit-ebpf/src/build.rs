@@ -63,6 +63,11 @@ pub fn find_clang() -> Result<PathBuf, BuildError> {
 
 /// Compile `bpf/tracekit.bpf.c` to the BPF object `out`.
 pub fn compile(out: &Path) -> Result<(), BuildError> {
+    compile_source("tracekit.bpf.c", out)
+}
+
+/// Compile `bpf/<name>` (a program of this directory) to the BPF object `out`.
+pub fn compile_source(name: &str, out: &Path) -> Result<(), BuildError> {
     let clang = find_clang()?;
     if !Path::new("/usr/include/bpf/bpf_helpers.h").exists() {
         return Err(BuildError(
@@ -84,7 +89,7 @@ pub fn compile(out: &Path) -> Result<(), BuildError> {
         .arg("-I")
         .arg(&src)
         .arg("-c")
-        .arg(src.join("tracekit.bpf.c"))
+        .arg(src.join(name))
         .arg("-o")
         .arg(out)
         .output()

@@ -38,6 +38,12 @@ enum Command {
     /// tracer benchmark's floor: what the kernel charges such a process).
     #[command(hide = true)]
     Ticker,
+    /// Internal: attach the do-nothing sched_switch program of OBJECT, say
+    /// `ready`, and when stdin closes print its calls and ns per call (the
+    /// tracer benchmark's floor, in its own process so that parsing the
+    /// kernel's BTF does not inflate the benchmark's own memory).
+    #[command(hide = true)]
+    HookFloor { object: std::path::PathBuf },
     /// The main job: a complete local experiment (Redis, two traced worker
     /// agents, the central scheduler, the seed's task mix), then audit,
     /// OpenDC export and a summary. Run as root.
@@ -61,6 +67,7 @@ fn main() -> Result<()> {
         Command::Test { args } => test(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::HookFloor { object } => bench::tracer::hook_floor(&object),
         Command::Ticker => loop {
             std::thread::sleep(std::time::Duration::from_secs(1));
             let _ = std::fs::read_to_string("/proc/self/statm");

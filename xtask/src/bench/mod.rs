@@ -1,7 +1,7 @@
 //! `cargo xtask bench …`: each benchmark measures its variants side by side
 //! in one run and prints a comparison table.
 
-mod tracer;
+pub mod tracer;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};

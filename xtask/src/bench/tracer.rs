@@ -9,6 +9,10 @@
 //!    process, with and without 1,000 idle untraced processes on the host;
 //!    the `sched_switch` program's mean ns per call (BPF stats); the agent's
 //!    peak RSS.
+//!
+//! Beside every `sched_switch` figure, the same load is run once more with
+//! only a do-nothing program on the hook (`bpf/floor.bpf.c`): the hook's own
+//! cost on this machine, which no tracer can go below.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -41,6 +45,7 @@ enum Variant {
     None,
     Ebpf,
     Procfs,
+    Floor,
 }
 
 impl Variant {
@@ -49,15 +54,95 @@ impl Variant {
             Variant::None => "no tracer",
             Variant::Ebpf => "eBPF tracer",
             Variant::Procfs => "procfs collector",
+            Variant::Floor => "do-nothing sched_switch program",
         }
     }
     fn collector(self) -> Option<&'static str> {
         match self {
-            Variant::None => None,
+            Variant::None | Variant::Floor => None,
             Variant::Ebpf => Some("ebpf"),
             Variant::Procfs => Some("procfs"),
         }
     }
+}
+
+/// The do-nothing `sched_switch` program, attached by an `xtask hook-floor`
+/// child for as long as this lives.
+struct Floor {
+    child: Child,
+}
+
+const FLOOR_PROGRAM: &str = "tk_switch_floor";
+
+impl Floor {
+    fn attach(object: &Path) -> Result<Floor> {
+        use std::io::BufRead;
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("hook-floor")
+            .arg(object)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the floor program's loader")?;
+        let mut line = String::new();
+        let stdout = child.stdout.as_mut().context("no stdout")?;
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .context("waiting for the floor program")?;
+        if line.trim() != "ready" {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the floor program did not attach");
+        }
+        Ok(Floor { child })
+    }
+
+    /// Detach; calls and mean ns per call while attached.
+    fn cost(mut self) -> Result<(u64, f64)> {
+        drop(self.child.stdin.take());
+        let mut out = String::new();
+        std::io::Read::read_to_string(self.child.stdout.as_mut().context("no stdout")?, &mut out)
+            .context("reading the floor program's cost")?;
+        self.child.wait().context("waiting for the floor loader")?;
+        let mut it = out.split_whitespace();
+        let calls = it.next().and_then(|v| v.parse().ok());
+        let ns = it.next().and_then(|v| v.parse().ok());
+        match (calls, ns) {
+            (Some(c), Some(n)) => Ok((c, n)),
+            _ => bail!("unexpected output from the floor loader: {out:?}"),
+        }
+    }
+}
+
+/// `xtask hook-floor`: see [`Floor`].
+pub fn hook_floor(object: &Path) -> Result<()> {
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("enabling BPF run-time statistics")?;
+    let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+    let bytes = std::fs::read(object).with_context(|| format!("reading {}", object.display()))?;
+    let mut bpf = aya::Ebpf::load(&bytes).context("loading the floor program")?;
+    let program: &mut aya::programs::BtfTracePoint = bpf
+        .program_mut(FLOOR_PROGRAM)
+        .context("the floor program is missing from its object")?
+        .try_into()
+        .context("the floor program is not a BTF tracepoint")?;
+    program
+        .load("sched_switch", &btf)
+        .context("loading the floor program")?;
+    program.attach().context("attaching the floor program")?;
+    println!("ready");
+    let mut sink = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink).context("reading stdin")?;
+    let info = program
+        .info()
+        .context("reading the floor program's statistics")?;
+    let calls = info.run_count();
+    let ns = info.run_time().as_nanos() as f64;
+    println!(
+        "{calls} {}",
+        if calls > 0 { ns / calls as f64 } else { 0.0 }
+    );
+    Ok(())
 }
 
 struct Agent {
@@ -150,9 +235,11 @@ pub fn run(args: &TracerBenchArgs) -> Result<()> {
     if !status.success() {
         bail!("ffmpeg could not generate the input");
     }
-    overhead(args, &agent, &logs, &input, tmp.path())?;
-    busy_switch_cost(&agent, &logs, &input, tmp.path())?;
-    steady_cost(args, &agent, &logs)?;
+    let floor_obj = tmp.path().join("floor.bpf.o");
+    tracekit_ebpf::build::compile_source("floor.bpf.c", &floor_obj)?;
+    overhead(args, &agent, &logs, &input, tmp.path(), &floor_obj)?;
+    busy_switch_cost(&agent, &logs, &input, tmp.path(), &floor_obj)?;
+    steady_cost(args, &agent, &logs, &floor_obj)?;
     Ok(())
 }
 
@@ -162,16 +249,23 @@ fn overhead(
     logs: &Path,
     input: &Path,
     tmp: &Path,
+    floor_obj: &Path,
 ) -> Result<()> {
-    let variants = [Variant::None, Variant::Ebpf, Variant::Procfs];
-    let mut wall: Vec<Vec<f64>> = vec![Vec::new(); 3];
-    let mut switch_ns = Vec::new();
-    let mut switch_rate = Vec::new();
-    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    let variants = [
+        Variant::None,
+        Variant::Ebpf,
+        Variant::Procfs,
+        Variant::Floor,
+    ];
+    let n = variants.len();
+    let mut wall: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let (mut switch_ns, mut switch_rate) = (Vec::new(), Vec::new());
+    let (mut floor_ns, mut floor_rate) = (Vec::new(), Vec::new());
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); n];
     let output = tmp.join("out.mp4");
     for round in 0..args.rounds {
-        for k in 0..3 {
-            let i = (round + k) % 3;
+        for k in 0..n {
+            let i = (round + k) % n;
             let v = variants[i];
             eprintln!("round {}/{}: {}", round + 1, args.rounds, v.name());
             let a = match v.collector() {
@@ -183,6 +277,10 @@ fn overhead(
                     200,
                 )?),
                 None => None,
+            };
+            let floor = match v {
+                Variant::Floor => Some(Floor::attach(floor_obj)?),
+                _ => None,
             };
             std::thread::sleep(Duration::from_secs_f64(args.idle_s));
             let t0 = Instant::now();
@@ -198,6 +296,11 @@ fn overhead(
             let elapsed = t0.elapsed().as_secs_f64();
             if usage.status != 0 {
                 bail!("the encode failed ({})", usage.status);
+            }
+            if let Some(f) = floor {
+                let (calls, ns) = f.cost()?;
+                floor_ns.push(ns);
+                floor_rate.push(calls as f64 / elapsed);
             }
             if let Some(a) = a {
                 let (_, stats) = a.stop()?;
@@ -232,9 +335,12 @@ fn overhead(
     }
     println!();
     println!(
-        "sched_switch program during the eBPF runs: median {:.0} ns per call at {:.0} calls/s",
+        "sched_switch program during the eBPF runs: median {:.0} ns per call at {:.0} calls/s \
+         (do-nothing program, its own runs: {:.0} ns per call at {:.0} calls/s)",
         median(&switch_ns),
-        median(&switch_rate)
+        median(&switch_rate),
+        median(&floor_ns),
+        median(&floor_rate)
     );
     println!();
     Ok(())
@@ -242,31 +348,46 @@ fn overhead(
 
 /// The `sched_switch` program on a busy host: four encodes at once keep
 /// both CPUs switching, so its caches stay warm (the per-call cost on an
-/// idle VM is dominated by cold caches after every idle period).
-fn busy_switch_cost(agent: &Path, logs: &Path, input: &Path, tmp: &Path) -> Result<()> {
+/// idle VM is dominated by cold caches after every idle period). Then the
+/// same with only the do-nothing program.
+fn busy_switch_cost(
+    agent: &Path,
+    logs: &Path,
+    input: &Path,
+    tmp: &Path,
+    floor_obj: &Path,
+) -> Result<()> {
+    let busy = || -> Result<f64> {
+        let t0 = Instant::now();
+        let encodes: Vec<Child> = (0..4)
+            .map(|i| {
+                Command::new("ffmpeg")
+                    .args(["-nostdin", "-loglevel", "error", "-y", "-i"])
+                    .arg(input)
+                    .args(["-c:v", "libx264", "-preset", "medium", "-threads", "4"])
+                    .arg(tmp.join(format!("busy{i}.mp4")))
+                    .spawn()
+                    .context("running ffmpeg")
+            })
+            .collect::<Result<_>>()?;
+        for mut e in encodes {
+            e.wait().context("waiting for an encode")?;
+        }
+        Ok(t0.elapsed().as_secs_f64())
+    };
     let a = start_agent(agent, logs, "busy-ebpf", "ebpf", 200)?;
-    let t0 = Instant::now();
-    let encodes: Vec<Child> = (0..4)
-        .map(|i| {
-            Command::new("ffmpeg")
-                .args(["-nostdin", "-loglevel", "error", "-y", "-i"])
-                .arg(input)
-                .args(["-c:v", "libx264", "-preset", "medium", "-threads", "4"])
-                .arg(tmp.join(format!("busy{i}.mp4")))
-                .spawn()
-                .context("running ffmpeg")
-        })
-        .collect::<Result<_>>()?;
-    for mut e in encodes {
-        e.wait().context("waiting for an encode")?;
-    }
-    let elapsed = t0.elapsed().as_secs_f64();
+    let elapsed = busy()?;
     let (_, stats) = a.stop()?;
+    let floor = Floor::attach(floor_obj)?;
+    let floor_elapsed = busy()?;
+    let (floor_calls, floor_ns) = floor.cost()?;
     if let Some(p) = switch_program(&stats) {
         println!(
-            "sched_switch program on a busy host (4 encodes at once): {:.0} ns per call at {:.0} calls/s",
+            "sched_switch program on a busy host (4 encodes at once): {:.0} ns per call at {:.0} calls/s \
+             (do-nothing program, its own run: {floor_ns:.0} ns per call at {:.0} calls/s)",
             p["ns_per_call"].as_f64().unwrap_or(0.0),
-            p["run_count"].as_f64().unwrap_or(0.0) / elapsed
+            p["run_count"].as_f64().unwrap_or(0.0) / elapsed,
+            floor_calls as f64 / floor_elapsed
         );
         println!();
     }
@@ -281,7 +402,7 @@ fn switch_program(stats: &Value) -> Option<Value> {
         .cloned()
 }
 
-fn steady_cost(args: &TracerBenchArgs, agent: &Path, logs: &Path) -> Result<()> {
+fn steady_cost(args: &TracerBenchArgs, agent: &Path, logs: &Path, floor_obj: &Path) -> Result<()> {
     println!(
         "## Agent cost at a 1 s interval, {} s per configuration, one traced ffmpeg (realtime encode)",
         args.steady_s
@@ -306,14 +427,7 @@ fn steady_cost(args: &TracerBenchArgs, agent: &Path, logs: &Path) -> Result<()> 
             eprintln!("steady cost: {collector}, {idle} idle processes");
             let run = format!("steady-{collector}-{idle}");
             let a = start_agent(agent, logs, &run, collector, 1000)?;
-            let mut ffmpeg = Command::new("ffmpeg")
-                .args(["-nostdin", "-loglevel", "error", "-re", "-f", "lavfi", "-i"])
-                .arg("testsrc=size=640x360:rate=25")
-                .args(["-t", &(args.steady_s + 10).to_string()])
-                .args(["-c:v", "libx264", "-preset", "veryfast", "-f", "null", "-"])
-                .stdin(Stdio::null())
-                .spawn()
-                .context("running ffmpeg")?;
+            let mut ffmpeg = realtime_encode(args.steady_s)?;
             // Measured beside the agent: on a VM the kernel charges every
             // wake-up, so even an idle once-a-second loop costs something.
             let mut ticker = Command::new(std::env::current_exe()?)
@@ -356,6 +470,21 @@ fn steady_cost(args: &TracerBenchArgs, agent: &Path, logs: &Path) -> Result<()> 
                 },
             );
         }
+        // The same load with only the do-nothing program on the hook.
+        eprintln!("steady cost: do-nothing sched_switch program, {idle} idle processes");
+        let mut ffmpeg = realtime_encode(args.steady_s)?;
+        std::thread::sleep(Duration::from_secs(3));
+        let floor = Floor::attach(floor_obj)?;
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs(args.steady_s));
+        let secs = t0.elapsed().as_secs_f64();
+        let (calls, ns) = floor.cost()?;
+        let _ = ffmpeg.kill();
+        let _ = ffmpeg.wait();
+        println!(
+            "| do-nothing sched_switch program, no agent | {idle} | – | – | {ns:.0} | {:.0} | – | – |",
+            calls as f64 / secs
+        );
         for mut s in sleepers {
             let _ = s.kill();
             let _ = s.wait();
@@ -363,4 +492,16 @@ fn steady_cost(args: &TracerBenchArgs, agent: &Path, logs: &Path) -> Result<()> 
     }
     println!();
     Ok(())
+}
+
+/// One ffmpeg encoding a test pattern at its real pace for `secs` + 10 s.
+fn realtime_encode(secs: u64) -> Result<Child> {
+    Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-re", "-f", "lavfi", "-i"])
+        .arg("testsrc=size=640x360:rate=25")
+        .args(["-t", &(secs + 10).to_string()])
+        .args(["-c:v", "libx264", "-preset", "veryfast", "-f", "null", "-"])
+        .stdin(Stdio::null())
+        .spawn()
+        .context("running ffmpeg")
 }
