@@ -36,6 +36,14 @@ impl Ticker {
         }
         // SAFETY: `raw` is a new descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let ticker = Ticker { fd };
+        ticker.set_period(interval)?;
+        Ok(ticker)
+    }
+
+    /// Tick every `interval` from now on, the next one `interval` from now.
+    pub fn set_period(&self, interval: Duration) -> Result<()> {
+        anyhow::ensure!(!interval.is_zero(), "the interval must be positive");
         let every = libc::timespec {
             tv_sec: interval.as_secs() as libc::time_t,
             tv_nsec: interval.subsec_nanos() as libc::c_long,
@@ -45,10 +53,12 @@ impl Ticker {
             it_value: every,
         };
         // SAFETY: `spec` is a valid itimerspec; the old value is not wanted.
-        if unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } != 0 {
+        if unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) }
+            != 0
+        {
             return Err(io::Error::last_os_error()).context("arming the timerfd");
         }
-        Ok(Ticker { fd })
+        Ok(())
     }
 
     /// Take the tick if one is due, without blocking. Ticks missed while

@@ -38,6 +38,10 @@ pub struct TraceArgs {
 /// How long to wait for a finished command's exit event.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
+/// The tick while nothing is traced: samples need the interval, the rest
+/// (stats, lost-event checks, the clock offset) does not.
+const IDLE_TICK: Duration = Duration::from_secs(5);
+
 pub fn run(args: TraceArgs) -> Result<i32> {
     // Before anything else: the signals arrive on a descriptor from here on.
     let signals = StopSignals::new()?;
@@ -45,6 +49,8 @@ pub fn run(args: TraceArgs) -> Result<i32> {
     let dir = args.identity.node_dir(&id);
     let mut session = Session::start(&args.tracer, &id, &dir, args.identity.cpu_freq_mhz)?;
     let ticker = session.ticker()?;
+    let interval = Duration::from_millis(args.tracer.interval_ms);
+    let mut period = interval;
 
     let mut child = match args.command.split_first() {
         Some((program, rest)) => {
@@ -120,6 +126,17 @@ pub fn run(args: TraceArgs) -> Result<i32> {
                 .code()
                 .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
             grace = Some(Instant::now() + EXIT_GRACE);
+        }
+        // An agent with nothing to sample wakes every IDLE_TICK only; the
+        // first sample of a new process comes one interval after it is seen.
+        let want = if session.table.live() > 0 {
+            interval
+        } else {
+            IDLE_TICK.max(interval)
+        };
+        if want != period {
+            ticker.set_period(want)?;
+            period = want;
         }
         if let Some(deadline) = grace {
             log_finished(&session.pump()?);

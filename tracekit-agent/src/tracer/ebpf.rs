@@ -43,7 +43,13 @@ pub struct EbpfCollector {
     _stats_fd: Option<OwnedFd>,
     recovered: u64,
     last_lost: u64,
+    /// When the lost-event counter was last read.
+    lost_checked: std::time::Instant,
 }
+
+/// How often the lost-event counter is read: a lost event is rare, and a
+/// per-CPU map read every tick is a system call each wake-up can do without.
+const LOST_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A descriptor owned elsewhere, for registering with tokio.
 struct RawDescriptor(RawFd);
@@ -178,6 +184,7 @@ impl EbpfCollector {
             adopted_at: HashMap::new(),
             recovered: 0,
             last_lost: 0,
+            lost_checked: std::time::Instant::now(),
         })
     }
 
@@ -262,6 +269,10 @@ impl EbpfCollector {
     /// whole map is walked only then: walking a large hash map costs
     /// milliseconds). Lost exits show up in [`EbpfCollector::cpu`].
     pub fn tick(&mut self, known: &[u32], out: &mut Vec<Event>) -> Result<()> {
+        if self.lost_checked.elapsed() < LOST_CHECK_EVERY {
+            return Ok(());
+        }
+        self.lost_checked = std::time::Instant::now();
         let lost = self.counter(TK_STAT_RINGBUF_LOST);
         if lost <= self.last_lost {
             return Ok(());
@@ -295,6 +306,15 @@ impl EbpfCollector {
     }
 
     pub fn cpu(&mut self, pid: u32) -> CpuReading {
+        // The common case is one system call: the process's CPU clock. The
+        // map is read only when that fails (the process is reaped: its exit
+        // event is behind, or was lost) or once events have been lost.
+        if self.last_lost == 0
+            && let Some(ns) = process_cpu_ns(pid)
+        {
+            let since = self.adopted_at.get(&pid).copied().unwrap_or(0);
+            return CpuReading::Running(ns.saturating_sub(since));
+        }
         match self.procs.get(&pid, 0) {
             Ok(p) if p.flags & TK_PROC_EXITED != 0 => {
                 // Its exit event was lost, or is just behind (a duplicate is
