@@ -140,15 +140,21 @@ fn run_with_rusage(args: &[&str]) -> (u32, i32, f64, i64, i64) {
         .spawn()
         .expect("spawning");
     let pid = child.id();
+    let (status, cpu) = reap_with_rusage(child);
+    (pid, status, cpu, t0, epoch_ms())
+}
+
+/// wait4 `child`: its wait status and rusage CPU ms (user + sys).
+fn reap_with_rusage(child: Child) -> (i32, f64) {
+    let pid = child.id();
     let mut status = 0;
     // SAFETY: wait4 on our own child with out-params we own.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     let r = unsafe { libc::wait4(pid as i32, &mut status, 0, &mut ru) };
-    let t1 = epoch_ms();
     assert_eq!(r, pid as i32, "wait4");
     std::mem::forget(child); // reaped above
     let ms = |tv: libc::timeval| tv.tv_sec as f64 * 1000.0 + tv.tv_usec as f64 / 1000.0;
-    (pid, status, ms(ru.ru_utime) + ms(ru.ru_stime), t0, t1)
+    (status, ms(ru.ru_utime) + ms(ru.ru_stime))
 }
 
 #[test]
@@ -306,15 +312,8 @@ fn adopts_running_processes() {
         &["--scope", "host", "--interval-ms", "100"],
     );
     let after = process_cpu_ms(pid);
-    let mut status = 0;
-    // SAFETY: wait4 on our own child with out-params we own.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid as i32, &mut status, 0, &mut ru) };
-    assert_eq!(r, pid as i32, "wait4");
-    std::mem::forget(child); // reaped above
+    let (status, total) = reap_with_rusage(child);
     assert_eq!(status, 0, "ffmpeg failed");
-    let ms = |tv: libc::timeval| tv.tv_sec as f64 * 1000.0 + tv.tv_usec as f64 / 1000.0;
-    let total = ms(ru.ru_utime) + ms(ru.ru_stime);
     let dir = agent.stop();
     let invs = invocations(&dir);
     let inv = invs
