@@ -336,6 +336,53 @@ fn adopts_running_processes() {
 }
 
 #[test]
+fn exec_from_a_thread_keeps_the_whole_total() {
+    let _s = serial();
+    if !ready("exec_from_a_thread_keeps_the_whole_total") || !require_tool("exec", "python3") {
+        return;
+    }
+    let input = test_video(640, 360, 2).expect("test video");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let agent = Agent::start(tmp.path(), "thread-exec", &["--scope", "host"]);
+    // A process whose second thread execs ffmpeg: the kernel ends the main
+    // thread and the exec'ing thread becomes the leader under the same pid.
+    let script = format!(
+        "import os, threading\n\
+         def spin():\n    sum(range(3_000_000))\n\
+         busy = threading.Thread(target=spin); busy.start(); busy.join()\n\
+         threading.Thread(target=lambda: os.execvp('ffmpeg', ['ffmpeg', '-nostdin', \
+         '-loglevel', 'error', '-y', '-i', {input:?}, '-c:v', 'libx264', '-preset', 'fast', \
+         {out:?}])).start()\n\
+         threading.Event().wait()\n",
+        input = input.to_str().expect("utf-8 path"),
+        out = tmp.path().join("o.mp4").to_str().expect("utf-8 path"),
+    );
+    // The interpreter itself: a wrapper (a pyenv shim) would add its own
+    // children's CPU to the rusage.
+    let python = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3");
+    let python = String::from_utf8(python.stdout).expect("utf-8");
+    let (pid, status, cpu, _, _) = run_with_rusage(&[python.trim(), "-c", &script]);
+    assert_eq!(status, 0, "the exec'd ffmpeg failed");
+    let dir = agent.stop();
+    let invs = invocations(&dir);
+    let inv = invs
+        .iter()
+        .find(|i| int(i, "pid") == pid as i64)
+        .unwrap_or_else(|| panic!("pid {pid} not traced: {invs:?}"));
+    assert_eq!(inv["comm"], "ffmpeg", "{inv}");
+    let traced = float(inv, "cpu_ms");
+    eprintln!("exec from a thread: traced {traced:.1} ms, rusage {cpu:.1} ms");
+    assert!(
+        (traced - cpu).abs() / cpu <= 0.005,
+        "traced {traced} ms vs rusage {cpu} ms"
+    );
+    check_tiling(&dir);
+}
+
+#[test]
 fn sees_every_short_process() {
     let _s = serial();
     if !ready("sees_every_short_process") {
