@@ -130,15 +130,20 @@ impl Session {
         self.collector.ready().await
     }
 
-    /// Take and apply pending events.
+    /// Take and apply pending events; what they finished is flushed at once
+    /// (an idle agent ticks rarely).
     pub fn pump(&mut self) -> Result<Vec<Invocation>> {
         self.collector.drain(&mut self.events)?;
-        self.table.apply(
+        let finished = self.table.apply(
             &mut self.events,
             &mut self.collector,
             &self.clock,
             &mut self.writer,
-        )
+        )?;
+        if !finished.is_empty() {
+            self.writer.flush()?;
+        }
+        Ok(finished)
     }
 
     /// Once per interval: events, the collector's own pass, one sample per

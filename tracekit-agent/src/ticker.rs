@@ -1,6 +1,8 @@
 //! The sampling clock: a kernel timerfd, so the agent wakes once per
 //! interval and at no other time. Polled directly by the trace-only loop,
-//! awaited through tokio by the worker.
+//! awaited through tokio by the worker. While nothing is traced the agent
+//! slows it to [`IDLE_TICK`].
+
 //!
 //! tokio's timer wheel wakes the thread at every wheel-level boundary on the
 //! way to a deadline: strace showed three to four wake-ups per tick at a 1 s
@@ -14,6 +16,19 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
+
+/// The tick while nothing is traced: samples need the interval, the rest
+/// (stats, lost-event checks, the clock offset) does not.
+pub const IDLE_TICK: Duration = Duration::from_secs(5);
+
+/// The period to tick at: the interval while anything is traced.
+pub fn period_for(interval: Duration, busy: bool) -> Duration {
+    if busy {
+        interval
+    } else {
+        IDLE_TICK.max(interval)
+    }
+}
 
 pub struct Ticker {
     fd: OwnedFd,
@@ -103,6 +118,11 @@ pub struct AsyncTicker {
 }
 
 impl AsyncTicker {
+    /// See [`Ticker::set_period`].
+    pub fn set_period(&self, interval: Duration) -> Result<()> {
+        self.fd.get_ref().set_period(interval)
+    }
+
     /// Wait for the next tick. Cancel-safe: a tick is taken only when this
     /// returns.
     pub async fn tick(&mut self) -> Result<()> {

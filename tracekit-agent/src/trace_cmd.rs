@@ -19,6 +19,7 @@ use clap::Args;
 use crate::cli::{IdentityArgs, TracerArgs};
 use crate::session::Session;
 use crate::signals::StopSignals;
+use crate::ticker;
 
 #[derive(Debug, Args)]
 pub struct TraceArgs {
@@ -37,10 +38,6 @@ pub struct TraceArgs {
 
 /// How long to wait for a finished command's exit event.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
-
-/// The tick while nothing is traced: samples need the interval, the rest
-/// (stats, lost-event checks, the clock offset) does not.
-const IDLE_TICK: Duration = Duration::from_secs(5);
 
 pub fn run(args: TraceArgs) -> Result<i32> {
     // Before anything else: the signals arrive on a descriptor from here on.
@@ -129,11 +126,7 @@ pub fn run(args: TraceArgs) -> Result<i32> {
         }
         // An agent with nothing to sample wakes every IDLE_TICK only; the
         // first sample of a new process comes one interval after it is seen.
-        let want = if session.table.live() > 0 {
-            interval
-        } else {
-            IDLE_TICK.max(interval)
-        };
+        let want = ticker::period_for(interval, session.table.live() > 0);
         if want != period {
             ticker.set_period(want)?;
             period = want;

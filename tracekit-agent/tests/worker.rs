@@ -545,7 +545,7 @@ fn survives_a_redis_restart() {
         |_| ffmpeg_children(agent.id()).is_empty(),
     );
     std::thread::sleep(Duration::from_secs(2));
-    let mut again = Command::new("redis-server")
+    let again = Command::new("redis-server")
         .args([
             "--bind",
             "127.0.0.1",
@@ -567,6 +567,8 @@ fn survives_a_redis_restart() {
         .stdin(Stdio::null())
         .spawn()
         .expect("restarting redis-server");
+    // Stopped by its PID even if an assertion below fails.
+    let mut again = KillOnDrop(again);
     env.wait("the completion reported", Duration::from_secs(60), |e| {
         e.rt.block_on(e.queue.snapshot(Duration::from_secs(3)))
             .map(|s| {
@@ -581,6 +583,16 @@ fn survives_a_redis_restart() {
     assert!(exit_ok(&invs[0]));
     env.assert_books_balanced();
     assert!(sigterm(&mut agent).success());
-    let _ = again.kill();
-    let _ = again.wait();
+    let _ = again.0.kill();
+    let _ = again.0.wait();
+}
+
+/// A child process killed (by its PID) and reaped when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
