@@ -1,8 +1,7 @@
 //! The sampling clock: a kernel timerfd, so the agent wakes once per
 //! interval and at no other time. Polled directly by the trace-only loop,
 //! awaited through tokio by the worker. While nothing is traced the agent
-//! slows it to [`IDLE_TICK`].
-
+//! slows it to [`IDLE_TICK`] ([`Ticker::pace`]).
 //!
 //! tokio's timer wheel wakes the thread at every wheel-level boundary on the
 //! way to a deadline: strace showed three to four wake-ups per tick at a 1 s
@@ -21,24 +20,16 @@ use tokio::io::unix::AsyncFd;
 /// (stats, lost-event checks, the clock offset) does not.
 pub const IDLE_TICK: Duration = Duration::from_secs(5);
 
-/// The period to tick at: the interval while anything is traced.
-pub fn period_for(interval: Duration, busy: bool) -> Duration {
-    if busy {
-        interval
-    } else {
-        IDLE_TICK.max(interval)
-    }
-}
-
 pub struct Ticker {
     fd: OwnedFd,
+    interval: Duration,
+    period: Duration,
 }
 
 impl Ticker {
     /// Ticks every `interval`, the first one `interval` from now (a sample at
     /// t=0 says nothing).
     pub fn new(interval: Duration) -> Result<Ticker> {
-        anyhow::ensure!(!interval.is_zero(), "the interval must be positive");
         // SAFETY: timerfd_create has no memory preconditions.
         let raw = unsafe {
             libc::timerfd_create(
@@ -51,13 +42,33 @@ impl Ticker {
         }
         // SAFETY: `raw` is a new descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let ticker = Ticker { fd };
-        ticker.set_period(interval)?;
+        let ticker = Ticker {
+            fd,
+            interval,
+            period: interval,
+        };
+        ticker.arm(interval)?;
         Ok(ticker)
     }
 
+    /// Tick at the interval while `busy` (anything to sample), else every
+    /// [`IDLE_TICK`]; a change re-arms the timer, the next tick one period
+    /// from now.
+    pub fn pace(&mut self, busy: bool) -> Result<()> {
+        let period = if busy {
+            self.interval
+        } else {
+            IDLE_TICK.max(self.interval)
+        };
+        if period != self.period {
+            self.arm(period)?;
+            self.period = period;
+        }
+        Ok(())
+    }
+
     /// Tick every `interval` from now on, the next one `interval` from now.
-    pub fn set_period(&self, interval: Duration) -> Result<()> {
+    fn arm(&self, interval: Duration) -> Result<()> {
         anyhow::ensure!(!interval.is_zero(), "the interval must be positive");
         let every = libc::timespec {
             tv_sec: interval.as_secs() as libc::time_t,
@@ -118,9 +129,9 @@ pub struct AsyncTicker {
 }
 
 impl AsyncTicker {
-    /// See [`Ticker::set_period`].
-    pub fn set_period(&self, interval: Duration) -> Result<()> {
-        self.fd.get_ref().set_period(interval)
+    /// See [`Ticker::pace`].
+    pub fn pace(&mut self, busy: bool) -> Result<()> {
+        self.fd.get_mut().pace(busy)
     }
 
     /// Wait for the next tick. Cancel-safe: a tick is taken only when this

@@ -19,7 +19,6 @@ use clap::Args;
 use crate::cli::{IdentityArgs, TracerArgs};
 use crate::session::Session;
 use crate::signals::StopSignals;
-use crate::ticker;
 
 #[derive(Debug, Args)]
 pub struct TraceArgs {
@@ -45,9 +44,7 @@ pub fn run(args: TraceArgs) -> Result<i32> {
     let id = args.identity.identity();
     let dir = args.identity.node_dir(&id);
     let mut session = Session::start(&args.tracer, &id, &dir, args.identity.cpu_freq_mhz)?;
-    let ticker = session.ticker()?;
-    let interval = Duration::from_millis(args.tracer.interval_ms);
-    let mut period = interval;
+    let mut ticker = session.ticker()?;
 
     let mut child = match args.command.split_first() {
         Some((program, rest)) => {
@@ -124,13 +121,9 @@ pub fn run(args: TraceArgs) -> Result<i32> {
                 .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
             grace = Some(Instant::now() + EXIT_GRACE);
         }
-        // An agent with nothing to sample wakes every IDLE_TICK only; the
-        // first sample of a new process comes one interval after it is seen.
-        let want = ticker::period_for(interval, session.table.live() > 0);
-        if want != period {
-            ticker.set_period(want)?;
-            period = want;
-        }
+        // An agent with nothing to sample wakes rarely; the first sample of
+        // a new process comes one interval after it is seen.
+        ticker.pace(session.table.live() > 0)?;
         if let Some(deadline) = grace {
             log_finished(&session.pump()?);
             let traced = child_pid.is_some_and(|pid| session.table.is_traced(pid));

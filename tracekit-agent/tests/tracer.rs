@@ -86,6 +86,13 @@ fn samples(node_dir: &Path) -> Vec<Value> {
     read_jsonl(&node_dir.join("CTS/proc_metrics.jsonl")).expect("proc_metrics.jsonl")
 }
 
+/// The invocation record of `pid`.
+fn invocation_of(invs: &[Value], pid: u32) -> &Value {
+    invs.iter()
+        .find(|i| int(i, "pid") == pid as i64)
+        .unwrap_or_else(|| panic!("pid {pid} not traced: {invs:?}"))
+}
+
 fn int(v: &Value, k: &str) -> i64 {
     v[k].as_i64()
         .unwrap_or_else(|| panic!("{k} missing in {v}"))
@@ -243,10 +250,7 @@ fn cpu_time_and_times_match_the_kernel() {
     let dir = agent.stop();
     let invs = invocations(&dir);
     for (name, pid, cpu, t0, t1) in runs {
-        let inv = invs
-            .iter()
-            .find(|i| int(i, "pid") == pid as i64)
-            .unwrap_or_else(|| panic!("{name}: pid {pid} not traced"));
+        let inv = invocation_of(&invs, pid);
         let traced = float(inv, "cpu_ms");
         let err = (traced - cpu).abs() / cpu;
         eprintln!(
@@ -316,10 +320,7 @@ fn adopts_running_processes() {
     assert_eq!(status, 0, "ffmpeg failed");
     let dir = agent.stop();
     let invs = invocations(&dir);
-    let inv = invs
-        .iter()
-        .find(|i| int(i, "pid") == pid as i64)
-        .unwrap_or_else(|| panic!("pid {pid} not traced: {invs:?}"));
+    let inv = invocation_of(&invs, pid);
     assert_eq!(inv["pre_existing"], true, "{inv}");
     assert_eq!(inv["exit_code"], 0, "{inv}");
     // It counts from adoption, which came between the two readings.
@@ -368,10 +369,7 @@ fn exec_from_a_thread_keeps_the_whole_total() {
     assert_eq!(status, 0, "the exec'd ffmpeg failed");
     let dir = agent.stop();
     let invs = invocations(&dir);
-    let inv = invs
-        .iter()
-        .find(|i| int(i, "pid") == pid as i64)
-        .unwrap_or_else(|| panic!("pid {pid} not traced: {invs:?}"));
+    let inv = invocation_of(&invs, pid);
     assert_eq!(inv["comm"], "ffmpeg", "{inv}");
     let traced = float(inv, "cpu_ms");
     eprintln!("exec from a thread: traced {traced:.1} ms, rusage {cpu:.1} ms");

@@ -312,8 +312,7 @@ impl EbpfCollector {
         if self.last_lost == 0
             && let Some(ns) = process_cpu_ns(pid)
         {
-            let since = self.adopted_at.get(&pid).copied().unwrap_or(0);
-            return CpuReading::Running(ns.saturating_sub(since));
+            return self.running(pid, ns);
         }
         match self.procs.get(&pid, 0) {
             Ok(p) if p.flags & TK_PROC_EXITED != 0 => {
@@ -329,16 +328,19 @@ impl EbpfCollector {
             }
             Ok(p) if p.flags & TK_PROC_GROUP_DEAD != 0 => CpuReading::Exiting,
             Ok(_) => match process_cpu_ns(pid) {
-                Some(ns) => {
-                    let since = self.adopted_at.get(&pid).copied().unwrap_or(0);
-                    CpuReading::Running(ns.saturating_sub(since))
-                }
+                Some(ns) => self.running(pid, ns),
                 // Reaped, but its last thread has not switched out yet: the
                 // exit event follows.
                 None => CpuReading::Exiting,
             },
             Err(_) => CpuReading::Unknown,
         }
+    }
+
+    /// A CPU clock reading as CPU since tracing began (adoption, or birth).
+    fn running(&self, pid: u32, clock_ns: u64) -> CpuReading {
+        let since = self.adopted_at.get(&pid).copied().unwrap_or(0);
+        CpuReading::Running(clock_ns.saturating_sub(since))
     }
 
     pub fn forget_image(&mut self, pid: u32, image: u32) {

@@ -32,7 +32,6 @@ use crate::cli::{IdentityArgs, TracerArgs};
 use crate::clock;
 use crate::session::Session;
 use crate::table::Annotation;
-use crate::ticker;
 use cgroup::{Cgroups, TaskGroup};
 use command::{Limits, Plan};
 use cores::{CoreAllocator, cpu_list};
@@ -172,7 +171,6 @@ const TRACE_GRACE_MS: i64 = 3000;
 
 pub async fn run(args: WorkerArgs, tracer: TracerArgs, identity: IdentityArgs) -> Result<i32> {
     let id = identity.identity();
-    let tracer_interval_ms = tracer.interval_ms;
     let cores_total = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);
@@ -287,8 +285,6 @@ pub async fn run(args: WorkerArgs, tracer: TracerArgs, identity: IdentityArgs) -
     // wake-up of an idle agent costs CPU. The tick reaps too, in case.
     let mut sigchld = signal(SignalKind::child()).context("installing SIGCHLD handler")?;
     let mut ticker = session.ticker()?.into_async()?;
-    let interval = Duration::from_millis(tracer_interval_ms);
-    let mut period = interval;
     let mut stopping = false;
     let mut intake_open = true;
 
@@ -324,16 +320,9 @@ pub async fn run(args: WorkerArgs, tracer: TracerArgs, identity: IdentityArgs) -
                 worker.stop(&stop_tx)?;
             }
         }
-        // An idle worker ticks every IDLE_TICK: nothing to sample, and a
-        // task's first sample comes one interval after it starts.
-        let want = ticker::period_for(
-            interval,
-            session.table.live() > 0 || !worker.jobs.is_empty(),
-        );
-        if want != period {
-            ticker.set_period(want)?;
-            period = want;
-        }
+        // An idle worker wakes rarely; a task's first sample comes one
+        // interval after it starts.
+        ticker.pace(session.table.live() > 0 || !worker.jobs.is_empty())?;
         if stopping && worker.jobs.is_empty() {
             break;
         }
