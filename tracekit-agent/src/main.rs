@@ -52,6 +52,9 @@ enum Command {
         /// Exact comms the kernel lets start tracing (none: every exec).
         #[arg(long = "comm")]
         comms: Vec<String>,
+        /// How often the kernel samples each traced process.
+        #[arg(long)]
+        interval_ms: u64,
     },
 }
 
@@ -68,10 +71,12 @@ fn main() -> std::process::ExitCode {
         scope,
         pin_dir,
         comms,
+        interval_ms,
     }) = &cli.command
     {
         // A short-lived child: no async runtime needed.
-        return match tracer::ebpf::load_and_pin(*scope, comms, pin_dir) {
+        let interval = std::time::Duration::from_millis(*interval_ms);
+        return match tracer::ebpf::load_and_pin(*scope, comms, interval, pin_dir) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("{e:#}");

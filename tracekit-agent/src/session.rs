@@ -40,7 +40,8 @@ impl Session {
         freq: Option<f64>,
     ) -> Result<Self> {
         let matcher = Matcher::new(&args.proc_match)?;
-        let selected = select(args.collector, args.scope, matcher.exact_comms())?;
+        let interval = Duration::from_millis(args.interval_ms);
+        let selected = select(args.collector, args.scope, matcher.exact_comms(), interval)?;
         let mut meta = node::detect(id, freq);
         meta.collector = Some(selected.collector.kind());
         meta.fallback_reason = selected.fallback_reason;
@@ -60,7 +61,7 @@ impl Session {
             writer,
             clock: Clock::new(),
             events: Vec::new(),
-            interval: Duration::from_millis(args.interval_ms),
+            interval,
             last_stats: Instant::now(),
             last_progress: Instant::now(),
         };
@@ -76,9 +77,10 @@ impl Session {
         Ok(session)
     }
 
-    /// The per-interval clock, its first tick one interval from now.
+    /// The agent's clock (see [`Collector::tick_every`]), its first tick one
+    /// period from now.
     pub fn ticker(&self) -> Result<Ticker> {
-        Ticker::new(self.interval)
+        Ticker::new(self.collector.tick_every(self.interval))
     }
 
     /// Readable when the collector may have events (see [`Session::pump`]).
@@ -93,6 +95,7 @@ impl Session {
             return Ok(());
         };
         let me = std::process::id();
+        let mut adopted = 0;
         for pid in ebpf::all_pids() {
             if pid == me {
                 continue;
@@ -121,7 +124,12 @@ impl Session {
             }
             c.adopt(&start, &threads)?;
             self.events.push(Event::Start(start));
+            adopted += 1;
         }
+        if adopted > 0 {
+            c.complete_adoption()?;
+        }
+        tracing::debug!(adopted, "adopted running processes");
         Ok(())
     }
 
@@ -146,8 +154,8 @@ impl Session {
         Ok(finished)
     }
 
-    /// Once per interval: events, the collector's own pass, one sample per
-    /// live process, flush.
+    /// At each tick: events (with the kernel's samples), the collector's own
+    /// pass, the agent's own samples (procfs), flush.
     pub fn tick(&mut self) -> Result<Vec<Invocation>> {
         self.clock.recalibrate();
         let mut finished = self.pump()?;
@@ -159,15 +167,10 @@ impl Session {
             &self.clock,
             &mut self.writer,
         )?);
-        // Stamp before reading: a process whose exit began after this
-        // instant ends after it, and one that began before is skipped.
-        let now_ms = clock::epoch_ms();
-        finished.extend(self.table.sample(
-            now_ms,
-            &mut self.collector,
-            &self.clock,
-            &mut self.writer,
-        )?);
+        if let Collector::Procfs(c) = &self.collector {
+            self.table
+                .sample(clock::epoch_ms(), |pid| c.cpu(pid), &mut self.writer)?;
+        }
         self.writer.flush()?;
         if self.last_stats.elapsed() >= STATS_EVERY {
             self.write_stats()?;
@@ -197,6 +200,7 @@ impl Session {
             processes_seen: t.processes_seen,
             exits_recorded: t.exits_recorded,
             exits_recovered: c.exits_recovered,
+            samples_cut: c.samples_cut,
             agent_cpu_ms,
             agent_max_rss_kb,
             programs: c.programs,

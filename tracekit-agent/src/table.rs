@@ -13,7 +13,7 @@ use tracekit_trace::{CollectorKind, Invocation, ProcSample, TraceWriter};
 
 use crate::clock::Clock;
 use crate::matcher::Matcher;
-use crate::tracer::{Collector, CpuReading, Event, ProcExit, ProcStart, Statm, decode_status};
+use crate::tracer::{Collector, Event, KernelSample, ProcExit, ProcStart, Statm, decode_status};
 
 struct Tracked {
     start: ProcStart,
@@ -22,7 +22,16 @@ struct Tracked {
     last_cpu_ns: u64,
     rss_kb: u64,
     peak_rss_kb: u64,
+    /// Kept open for the agent's own sampling (procfs); the kernel reads
+    /// RSS itself for eBPF.
     statm: Option<Statm>,
+}
+
+impl Tracked {
+    fn note_rss(&mut self, rss_kb: u64) {
+        self.rss_kb = rss_kb;
+        self.peak_rss_kb = self.peak_rss_kb.max(rss_kb);
+    }
 }
 
 /// What the worker knows of a process it launched for a task: recorded in
@@ -125,6 +134,7 @@ impl ProcessTable {
                         finished.push(done);
                     }
                 }
+                Event::Sample(sample) => self.on_sample(sample, clock, writer)?,
             }
         }
         Ok(finished)
@@ -149,8 +159,12 @@ impl ProcessTable {
         }
         let ts_start_ms = clock.epoch_ms_of(start.start_ns);
         tracing::debug!(pid = start.pid, comm = %start.comm, "tracing process");
+        collector.watch(start.pid);
         self.counts.processes_seen += 1;
-        let statm = Statm::open(start.pid);
+        let statm = match self.collector {
+            CollectorKind::Procfs => Statm::open(start.pid),
+            CollectorKind::Ebpf => None,
+        };
         let rss = statm.as_ref().and_then(Statm::rss_kb).unwrap_or(0);
         self.procs.insert(
             start.pid,
@@ -177,24 +191,27 @@ impl ProcessTable {
         let Some(mut t) = self.procs.remove(&exit.pid) else {
             return Ok(None);
         };
-        // A sample is never taken after an exit began, so this only guards
-        // against a clock step.
-        let ts_end_ms = clock.epoch_ms_of(exit.end_ns).max(t.last_ts_ms);
-        let cpu_ns = exit.cpu_ns.max(t.last_cpu_ns);
-        let dt = ts_end_ms - t.last_ts_ms;
-        let cpu_delta_ms = delta_ms(t.last_cpu_ns, cpu_ns);
-        // A process shorter than a millisecond still gets its one line.
-        let has_samples = t.last_ts_ms > t.ts_start_ms;
-        if dt > 0 || cpu_delta_ms > 0.0 || !has_samples {
-            writer.sample(&ProcSample {
-                ts_ms: ts_end_ms,
-                pid: exit.pid,
-                dt_ms: dt,
-                cpu_ms: cpu_delta_ms,
-                rss_kb: t.rss_kb,
-            })?;
-            self.counts.samples += 1;
+        if let Some(rss) = exit.rss_kb {
+            t.note_rss(rss);
         }
+        // The exit comes after the last sample, within the same millisecond
+        // at worst: it is stamped one later then, so the last line is always
+        // the exit's, and times go forward. A process shorter than a
+        // millisecond still gets its one line.
+        let has_samples = t.last_ts_ms > t.ts_start_ms;
+        let mut ts_end_ms = clock.epoch_ms_of(exit.end_ns).max(t.last_ts_ms);
+        if has_samples {
+            ts_end_ms = ts_end_ms.max(t.last_ts_ms + 1);
+        }
+        let cpu_ns = exit.cpu_ns.max(t.last_cpu_ns);
+        writer.sample(&ProcSample {
+            ts_ms: ts_end_ms,
+            pid: exit.pid,
+            dt_ms: ts_end_ms - t.last_ts_ms,
+            cpu_ms: delta_ms(t.last_cpu_ns, cpu_ns),
+            rss_kb: t.rss_kb,
+        })?;
+        self.counts.samples += 1;
         t.last_ts_ms = ts_end_ms;
         let status = exit.status.or_else(|| self.statuses.remove(&exit.pid));
         self.statuses.remove(&exit.pid);
@@ -245,53 +262,78 @@ impl ProcessTable {
         Ok(Some(invocation))
     }
 
-    /// One sample per live traced process, all stamped `now_ms`; processes
-    /// whose exit event was lost are finished from the collector's record.
+    /// A sample the kernel took (eBPF); one for a process not traced (yet,
+    /// or any more) is dropped.
+    fn on_sample(
+        &mut self,
+        sample: KernelSample,
+        clock: &Clock,
+        writer: &mut TraceWriter,
+    ) -> Result<()> {
+        let Some(t) = self.procs.get_mut(&sample.pid) else {
+            return Ok(());
+        };
+        if let Some(rss) = sample.rss_kb {
+            t.note_rss(rss);
+        }
+        let ts_ms = clock.epoch_ms_of(sample.ts_ns);
+        if record(t, sample.pid, ts_ms, sample.cpu_ns, writer)? {
+            self.counts.samples += 1;
+        }
+        Ok(())
+    }
+
+    /// The agent's own sampling (procfs): one sample per live traced process,
+    /// all stamped `now_ms`. `cpu`: a process's CPU so far, ns.
     pub fn sample(
         &mut self,
         now_ms: i64,
-        collector: &mut Collector,
-        clock: &Clock,
+        cpu: impl Fn(u32) -> Option<u64>,
         writer: &mut TraceWriter,
-    ) -> Result<Vec<Invocation>> {
+    ) -> Result<()> {
         let mut pids: Vec<u32> = self.procs.keys().copied().collect();
         pids.sort_unstable();
-        let mut exited = Vec::new();
         for pid in pids {
-            let reading = collector.cpu(pid);
-            let Some(t) = self.procs.get_mut(&pid) else {
+            let (Some(cpu_ns), Some(t)) = (cpu(pid), self.procs.get_mut(&pid)) else {
                 continue;
             };
-            let cpu_ns = match reading {
-                CpuReading::Running(cpu_ns) => cpu_ns,
-                CpuReading::Exited(exit) => {
-                    exited.push(Event::Exit(exit));
-                    continue;
-                }
-                CpuReading::Exiting | CpuReading::Unknown => continue,
-            };
-            let dt = now_ms - t.last_ts_ms;
-            if dt <= 0 {
-                continue;
-            }
             if let Some(rss) = t.statm.as_ref().and_then(Statm::rss_kb) {
-                t.rss_kb = rss;
-                t.peak_rss_kb = t.peak_rss_kb.max(rss);
+                t.note_rss(rss);
             }
-            let cpu_ns = cpu_ns.max(t.last_cpu_ns);
-            writer.sample(&ProcSample {
-                ts_ms: now_ms,
-                pid,
-                dt_ms: dt,
-                cpu_ms: delta_ms(t.last_cpu_ns, cpu_ns),
-                rss_kb: t.rss_kb,
-            })?;
-            self.counts.samples += 1;
-            t.last_ts_ms = now_ms;
-            t.last_cpu_ns = cpu_ns;
+            if record(t, pid, now_ms, cpu_ns, writer)? {
+                self.counts.samples += 1;
+            }
         }
-        self.apply(&mut exited, collector, clock, writer)
+        Ok(())
     }
+}
+
+/// Write the interval of `t` that ends at `ts_ms` with cumulative CPU
+/// `cpu_ns`; false (nothing written) if it does not end after the last one.
+/// A reading below the last counts as the last: CPU totals never go back, and
+/// the exit's exact total settles the rest.
+fn record(
+    t: &mut Tracked,
+    pid: u32,
+    ts_ms: i64,
+    cpu_ns: u64,
+    writer: &mut TraceWriter,
+) -> Result<bool> {
+    let dt = ts_ms - t.last_ts_ms;
+    if dt <= 0 {
+        return Ok(false);
+    }
+    let cpu_ns = cpu_ns.max(t.last_cpu_ns);
+    writer.sample(&ProcSample {
+        ts_ms,
+        pid,
+        dt_ms: dt,
+        cpu_ms: delta_ms(t.last_cpu_ns, cpu_ns),
+        rss_kb: t.rss_kb,
+    })?;
+    t.last_ts_ms = ts_ms;
+    t.last_cpu_ns = cpu_ns;
+    Ok(true)
 }
 
 /// ns to ms with µs precision (three decimals), as the trace records it.

@@ -1,7 +1,8 @@
-//! The sampling clock: a kernel timerfd, so the agent wakes once per
-//! interval and at no other time. Polled directly by the trace-only loop,
-//! awaited through tokio by the worker. While nothing is traced the agent
-//! slows it to [`IDLE_TICK`] ([`Ticker::pace`]).
+//! The agent's clock: a kernel timerfd, so the agent wakes once per period
+//! and at no other time. The period is the interval when the agent samples
+//! (procfs) and [`IDLE_TICK`] when the kernel does (eBPF); while nothing is
+//! traced it is [`IDLE_TICK`] ([`Ticker::pace`]). Polled directly by the
+//! trace-only loop, awaited through tokio by the worker.
 //!
 //! tokio's timer wheel wakes the thread at every wheel-level boundary on the
 //! way to a deadline: strace showed three to four wake-ups per tick at a 1 s
@@ -16,8 +17,9 @@ use anyhow::{Context, Result};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-/// The tick while nothing is traced: samples need the interval, the rest
-/// (stats, lost-event checks, the clock offset) does not.
+/// The tick while nothing is traced, and the eBPF collector's drain period:
+/// the agent's own samples need the interval, the rest (draining the
+/// kernel's samples, stats, lost-event checks, the clock offset) does not.
 pub const IDLE_TICK: Duration = Duration::from_secs(5);
 
 pub struct Ticker {

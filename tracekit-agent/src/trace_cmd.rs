@@ -121,8 +121,8 @@ pub fn run(args: TraceArgs) -> Result<i32> {
                 .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
             grace = Some(Instant::now() + EXIT_GRACE);
         }
-        // An agent with nothing to sample wakes rarely; the first sample of
-        // a new process comes one interval after it is seen.
+        // An agent with nothing to sample wakes rarely (with eBPF it always
+        // does: the kernel samples, and the agent only drains).
         ticker.pace(session.table.live() > 0)?;
         if let Some(deadline) = grace {
             log_finished(&session.pump()?);

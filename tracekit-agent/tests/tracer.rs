@@ -380,6 +380,77 @@ fn exec_from_a_thread_keeps_the_whole_total() {
     check_tiling(&dir);
 }
 
+/// The kernel samples each live process every interval: evenly spaced
+/// lines, each with a CPU figure the process could have used in that time
+/// and its resident memory.
+#[test]
+fn samples_every_interval() {
+    let _s = serial();
+    if !ready("samples_every_interval") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = trace_command(
+        tmp.path(),
+        "interval",
+        &["--interval-ms", "100"],
+        &[
+            "ffmpeg",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=25",
+            "-t",
+            "6",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "fast",
+            "-f",
+            "null",
+            "-",
+        ],
+    );
+    let invs = invocations(&dir);
+    assert_eq!(invs.len(), 1, "{invs:?}");
+    let inv = &invs[0];
+    let run_ms = int(inv, "ts_end") - int(inv, "ts_start");
+    let rows: Vec<Value> = samples(&dir)
+        .into_iter()
+        .filter(|s| s["pid"] == inv["pid"])
+        .collect();
+    // The first interval starts at exec and the last ends at exit: both are
+    // partial. Every one between is a whole interval.
+    let inner = &rows[1..rows.len() - 1];
+    println!(
+        "{} samples over {run_ms} ms, dt {:?}",
+        rows.len(),
+        inner.iter().map(|s| int(s, "dt_ms")).collect::<Vec<_>>()
+    );
+    assert!(
+        inner.len() as i64 >= run_ms / 100 - 2,
+        "{} whole intervals in {run_ms} ms",
+        inner.len()
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    for s in inner {
+        let dt = int(s, "dt_ms");
+        assert!((95..=105).contains(&dt), "interval of {dt} ms: {s}");
+        let cpu = float(s, "cpu_ms");
+        assert!(
+            cpu <= dt as f64 * cores + 5.0,
+            "more CPU than the machine has: {s}"
+        );
+        assert!(int(s, "rss_kb") > 1024, "no resident memory: {s}");
+    }
+    let peak = rows.iter().map(|s| int(s, "rss_kb")).max().unwrap_or(0);
+    assert_eq!(inv["rss_peak_kb"], peak, "the peak is the largest sample");
+    check_tiling(&dir);
+}
+
 #[test]
 fn sees_every_short_process() {
     let _s = serial();

@@ -14,6 +14,7 @@
 #define TK_COMM_LEN 16
 #define TK_FILENAME_LEN 128
 #define TK_MAX_COMMS 64 /* entries of the `comms` filter map */
+#define TK_MAX_WATCHED 16384 /* entries of the `watched` map: processes sampled */
 
 /* Value of the `cfg_scope` global. */
 #define TK_SCOPE_WORKER 0 /* the agent's descendants (the `scope` map) */
@@ -23,6 +24,11 @@
 #define TK_EV_EXEC 1 /* a process in scope called exec */
 #define TK_EV_FORK 2 /* a traced process forked a child process */
 #define TK_EV_EXIT 3 /* the last thread of a traced process is gone */
+#define TK_EV_SAMPLE 4 /* a live process's CPU and RSS at a tick (struct tk_sample) */
+
+/* Threads walked per process and sample; a larger group's sample is short by
+ * the rest (its exit total is not) and TK_STAT_WALK_CUT counts it. */
+#define TK_MAX_THREADS 512
 
 /* tk_proc.flags */
 #define TK_PROC_GROUP_DEAD 1 /* every thread called exit (exit_code set) */
@@ -32,7 +38,8 @@
 #define TK_STAT_RINGBUF_LOST 0 /* ring buffer full: an event was dropped */
 #define TK_STAT_PROCS_FULL 1   /* `procs` map full: a process was not traced */
 #define TK_STAT_SCOPE_FULL 2   /* `scope` map full: a descendant left the scope */
-#define TK_STAT_MAX 3
+#define TK_STAT_WALK_CUT 3     /* a sample walked TK_MAX_THREADS threads and stopped */
+#define TK_STAT_MAX 4
 
 /* Per traced process (key: tgid), map `procs`. */
 struct tk_proc {
@@ -51,9 +58,14 @@ struct tk_proc {
 	__u32 flags;    /* TK_PROC_* */
 	__u32 image;      /* execs since tracing began: tells user space which image an event is about */
 	__u32 _pad;
+	/* The process's signal_struct (a kernel address), which every thread
+	 * shares and exec keeps: the sampler walks its threads from there. 0
+	 * until known (an adopted process gets it from the tk_adopt iterator). */
+	__u64 signal;
+	__u64 rss_pages; /* resident pages when the last thread called exit */
 };
 
-/* One ring-buffer record. */
+/* One exec/fork/exit ring-buffer record. */
 struct tk_event {
 	__u32 kind;
 	__u32 pid; /* tgid */
@@ -62,10 +74,23 @@ struct tk_event {
 	__u64 ts_ns;    /* when it happened, bpf_ktime_get_ns() */
 	__u64 start_ns; /* the process's start (exec/fork) */
 	__u64 cpu_ns;   /* final CPU total (TK_EV_EXIT) */
+	__u64 rss_pages; /* resident pages at exit (TK_EV_EXIT), 0 if unknown */
 	__u32 image;      /* tk_proc.image when emitted */
 	__u32 _pad;
 	char comm[TK_COMM_LEN];
 	char filename[TK_FILENAME_LEN];
+};
+
+/* One sample record, written by the tk_sample program every interval for
+ * each live traced process; its first two fields are those of tk_event. */
+struct tk_sample {
+	__u32 kind; /* TK_EV_SAMPLE */
+	__u32 pid;  /* tgid */
+	__u64 ts_ns;     /* the tick, bpf_ktime_get_ns() */
+	/* The process's CPU clock (thread_group_cputime: the runtime of its
+	 * released threads plus that of every thread still listed), ns. */
+	__u64 cpu_ns;
+	__u64 rss_pages; /* file + anon + shmem pages, as statm's resident */
 };
 
 #endif /* TRACEKIT_H */

@@ -7,6 +7,8 @@ pub const TK_COMM_LEN: usize = 16;
 pub const TK_FILENAME_LEN: usize = 128;
 /// Entries of the `comms` filter map.
 pub const TK_MAX_COMMS: u32 = 64;
+/// Entries of the `watched` map: processes sampled at once.
+pub const TK_MAX_WATCHED: u32 = 16384;
 
 /// `cfg_scope`: the agent's descendants only.
 pub const TK_SCOPE_WORKER: u32 = 0;
@@ -19,6 +21,11 @@ pub const TK_EV_EXEC: u32 = 1;
 pub const TK_EV_FORK: u32 = 2;
 /// The last thread of a traced process is gone; `cpu_ns` is final.
 pub const TK_EV_EXIT: u32 = 3;
+/// A live process's CPU clock and RSS at a tick ([`TkSample`]).
+pub const TK_EV_SAMPLE: u32 = 4;
+
+/// Threads the sampler walks per process.
+pub const TK_MAX_THREADS: u32 = 512;
 
 /// Every thread called exit: `exit_code` is set.
 pub const TK_PROC_GROUP_DEAD: u32 = 1;
@@ -31,8 +38,10 @@ pub const TK_STAT_RINGBUF_LOST: u32 = 0;
 pub const TK_STAT_PROCS_FULL: u32 = 1;
 /// `scope` map full: a descendant left the scope.
 pub const TK_STAT_SCOPE_FULL: u32 = 2;
+/// A sample walked [`TK_MAX_THREADS`] threads and stopped short.
+pub const TK_STAT_WALK_CUT: u32 = 3;
 /// Number of counters in `stats`.
-pub const TK_STAT_MAX: u32 = 3;
+pub const TK_STAT_MAX: u32 = 4;
 
 /// Names of the maps and programs in the object.
 pub mod names {
@@ -41,8 +50,14 @@ pub mod names {
     pub const MAP_EVENTS: &str = "events";
     pub const MAP_STATS: &str = "stats";
     pub const MAP_COMMS: &str = "comms";
+    pub const MAP_WATCHED: &str = "watched";
+    pub const MAP_WATCHED_LEN: &str = "watched_len";
     pub const GLOBAL_SCOPE: &str = "cfg_scope";
     pub const GLOBAL_COMM_FILTER: &str = "cfg_comm_filter";
+    /// The sampler, a `perf_event` program on a cpu-clock event.
+    pub const PROG_SAMPLE: &str = "tk_sample";
+    /// The `iter/task` program that completes adopted processes.
+    pub const PROG_ADOPT: &str = "tk_adopt";
     /// (program, tracepoint) pairs, all `tp_btf`.
     pub const PROGRAMS: [(&str, &str); 4] = [
         ("tk_exec", "sched_process_exec"),
@@ -68,6 +83,10 @@ pub struct TkProc {
     /// Execs since tracing began: which image an event is about.
     pub image: u32,
     pub _pad: u32,
+    /// The process's `signal_struct` (kernel address), 0 until known.
+    pub signal: u64,
+    /// Resident pages when the last thread called exit.
+    pub rss_pages: u64,
 }
 
 /// One ring-buffer record.
@@ -81,22 +100,53 @@ pub struct TkEvent {
     pub ts_ns: u64,
     pub start_ns: u64,
     pub cpu_ns: u64,
+    pub rss_pages: u64,
     pub image: u32,
     pub _pad: u32,
     pub comm: [u8; TK_COMM_LEN],
     pub filename: [u8; TK_FILENAME_LEN],
 }
 
-impl TkEvent {
-    /// Read an event from ring-buffer bytes; `None` if too short.
-    pub fn from_bytes(bytes: &[u8]) -> Option<TkEvent> {
-        if bytes.len() < core::mem::size_of::<TkEvent>() {
-            return None;
+/// One sample record (`kind` [`TK_EV_SAMPLE`]).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TkSample {
+    pub kind: u32,
+    pub pid: u32,
+    pub ts_ns: u64,
+    /// The process's CPU clock, ns.
+    pub cpu_ns: u64,
+    pub rss_pages: u64,
+}
+
+/// A ring-buffer record, told apart by its first field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record {
+    Event(TkEvent),
+    Sample(TkSample),
+}
+
+impl Record {
+    /// Read a record from ring-buffer bytes; `None` if too short for its kind.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Record> {
+        let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
+        if kind == TK_EV_SAMPLE {
+            read::<TkSample>(bytes).map(Record::Sample)
+        } else {
+            read::<TkEvent>(bytes).map(Record::Event)
         }
-        // SAFETY: TkEvent is plain old data of the length checked above;
-        // read_unaligned copes with any alignment of the ring buffer slice.
-        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<TkEvent>()) })
     }
+}
+
+/// Plain old data at the start of `bytes`, if long enough.
+fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < core::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: only used with the #[repr(C)] integer-only records above, for
+    // which any bytes are a value; the length is checked; read_unaligned
+    // copes with any alignment of the ring buffer slice.
+    Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
 /// A NUL-terminated kernel string as text.

@@ -17,7 +17,7 @@ fn c_layout() -> HashMap<String, u64> {
     let mut body = String::from(
         "#include <stdio.h>\n#include <stddef.h>\n#include \"tracekit.h\"\nint main(void){\n",
     );
-    let structs: [(&str, &[&str]); 2] = [
+    let structs: [(&str, &[&str]); 3] = [
         (
             "tk_proc",
             &[
@@ -30,6 +30,8 @@ fn c_layout() -> HashMap<String, u64> {
                 "flags",
                 "image",
                 "_pad",
+                "signal",
+                "rss_pages",
             ],
         ),
         (
@@ -42,11 +44,16 @@ fn c_layout() -> HashMap<String, u64> {
                 "ts_ns",
                 "start_ns",
                 "cpu_ns",
+                "rss_pages",
                 "image",
                 "_pad",
                 "comm",
                 "filename",
             ],
+        ),
+        (
+            "tk_sample",
+            &["kind", "pid", "ts_ns", "cpu_ns", "rss_pages"],
         ),
     ];
     for (s, fields) in structs {
@@ -59,16 +66,20 @@ fn c_layout() -> HashMap<String, u64> {
         "TK_COMM_LEN",
         "TK_FILENAME_LEN",
         "TK_MAX_COMMS",
+        "TK_MAX_WATCHED",
         "TK_SCOPE_WORKER",
         "TK_SCOPE_HOST",
         "TK_EV_EXEC",
         "TK_EV_FORK",
         "TK_EV_EXIT",
+        "TK_EV_SAMPLE",
+        "TK_MAX_THREADS",
         "TK_PROC_GROUP_DEAD",
         "TK_PROC_EXITED",
         "TK_STAT_RINGBUF_LOST",
         "TK_STAT_PROCS_FULL",
         "TK_STAT_SCOPE_FULL",
+        "TK_STAT_WALK_CUT",
         "TK_STAT_MAX",
     ] {
         body += &format!("printf(\"{c} %lu\\n\", (unsigned long)({c}));\n");
@@ -114,6 +125,8 @@ fn abi_matches_c() {
         ("tk_proc.flags", offset_of!(TkProc, flags) as u64),
         ("tk_proc.image", offset_of!(TkProc, image) as u64),
         ("tk_proc._pad", offset_of!(TkProc, _pad) as u64),
+        ("tk_proc.signal", offset_of!(TkProc, signal) as u64),
+        ("tk_proc.rss_pages", offset_of!(TkProc, rss_pages) as u64),
         ("tk_event.size", size_of::<TkEvent>() as u64),
         ("tk_event.kind", offset_of!(TkEvent, kind) as u64),
         ("tk_event.pid", offset_of!(TkEvent, pid) as u64),
@@ -122,23 +135,37 @@ fn abi_matches_c() {
         ("tk_event.ts_ns", offset_of!(TkEvent, ts_ns) as u64),
         ("tk_event.start_ns", offset_of!(TkEvent, start_ns) as u64),
         ("tk_event.cpu_ns", offset_of!(TkEvent, cpu_ns) as u64),
+        ("tk_event.rss_pages", offset_of!(TkEvent, rss_pages) as u64),
         ("tk_event.image", offset_of!(TkEvent, image) as u64),
         ("tk_event._pad", offset_of!(TkEvent, _pad) as u64),
         ("tk_event.comm", offset_of!(TkEvent, comm) as u64),
         ("tk_event.filename", offset_of!(TkEvent, filename) as u64),
+        ("tk_sample.size", size_of::<TkSample>() as u64),
+        ("tk_sample.kind", offset_of!(TkSample, kind) as u64),
+        ("tk_sample.pid", offset_of!(TkSample, pid) as u64),
+        ("tk_sample.ts_ns", offset_of!(TkSample, ts_ns) as u64),
+        ("tk_sample.cpu_ns", offset_of!(TkSample, cpu_ns) as u64),
+        (
+            "tk_sample.rss_pages",
+            offset_of!(TkSample, rss_pages) as u64,
+        ),
         ("TK_COMM_LEN", TK_COMM_LEN as u64),
         ("TK_FILENAME_LEN", TK_FILENAME_LEN as u64),
         ("TK_MAX_COMMS", TK_MAX_COMMS as u64),
+        ("TK_MAX_WATCHED", TK_MAX_WATCHED as u64),
         ("TK_SCOPE_WORKER", TK_SCOPE_WORKER as u64),
         ("TK_SCOPE_HOST", TK_SCOPE_HOST as u64),
         ("TK_EV_EXEC", TK_EV_EXEC as u64),
         ("TK_EV_FORK", TK_EV_FORK as u64),
         ("TK_EV_EXIT", TK_EV_EXIT as u64),
+        ("TK_EV_SAMPLE", TK_EV_SAMPLE as u64),
+        ("TK_MAX_THREADS", TK_MAX_THREADS as u64),
         ("TK_PROC_GROUP_DEAD", TK_PROC_GROUP_DEAD as u64),
         ("TK_PROC_EXITED", TK_PROC_EXITED as u64),
         ("TK_STAT_RINGBUF_LOST", TK_STAT_RINGBUF_LOST as u64),
         ("TK_STAT_PROCS_FULL", TK_STAT_PROCS_FULL as u64),
         ("TK_STAT_SCOPE_FULL", TK_STAT_SCOPE_FULL as u64),
+        ("TK_STAT_WALK_CUT", TK_STAT_WALK_CUT as u64),
         ("TK_STAT_MAX", TK_STAT_MAX as u64),
     ];
     assert_eq!(

@@ -189,6 +189,10 @@ pub struct TracerStats {
     pub exits_recorded: u64,
     /// Exits recovered from the kernel map after their event was lost.
     pub exits_recovered: u64,
+    /// Samples short of some CPU because the process had more threads than
+    /// the kernel walks per sample (its exit total is still exact).
+    #[serde(default)]
+    pub samples_cut: u64,
     /// The agent's own CPU time (user + sys) in ms so far.
     pub agent_cpu_ms: f64,
     /// The agent's peak RSS in KiB.

@@ -278,6 +278,7 @@ pub fn write_node(dir: &Path, cfg: &SynthNode) -> Result<Vec<TruthTask>> {
         processes_seen: cfg.tasks as u64,
         exits_recorded: cfg.tasks as u64,
         exits_recovered: 0,
+        samples_cut: 0,
         agent_cpu_ms: 1234.5,
         agent_max_rss_kb: 20480,
         programs: vec![ProgramCost {

@@ -1,7 +1,7 @@
 //! The eBPF collector: loads `tracekit.bpf.o` with aya, attaches its four BTF
-//! tracepoints, reads exec/fork/exit events (with each exit's exact CPU
-//! total) from the ring buffer, and a live process's CPU so far from its
-//! kernel CPU clock.
+//! tracepoints and its sampler, and reads from the ring buffer exec/fork/exit
+//! events (each exit with its exact CPU total) and the samples the kernel
+//! takes every interval (each live process's CPU clock and RSS).
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -9,20 +9,21 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use anyhow::{Context, Result, anyhow};
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf};
-use aya::programs::BtfTracePoint;
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf};
 use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
+use aya::programs::{BtfTracePoint, Iter, PerfEvent};
 use aya::{Btf, Ebpf, EbpfLoader};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tracekit_ebpf::{
-    TK_COMM_LEN, TK_EV_EXEC, TK_EV_EXIT, TK_EV_FORK, TK_PROC_EXITED, TK_PROC_GROUP_DEAD,
+    Record, TK_COMM_LEN, TK_EV_EXEC, TK_EV_EXIT, TK_EV_FORK, TK_MAX_WATCHED, TK_PROC_EXITED,
     TK_SCOPE_HOST, TK_SCOPE_WORKER, TK_STAT_PROCS_FULL, TK_STAT_RINGBUF_LOST, TK_STAT_SCOPE_FULL,
-    TkEvent, TkProc, c_str, names,
+    TK_STAT_WALK_CUT, TkProc, c_str, names,
 };
 use tracekit_trace::ProgramCost;
 
-use super::{CollectorStats, CpuReading, Event, ProcExit, ProcStart, Scope};
+use super::{CollectorStats, Event, KernelSample, ProcExit, ProcStart, Scope, page_size_kb};
 
 /// The object compiled by the build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracekit.bpf.o"));
@@ -30,6 +31,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tr
 pub struct EbpfCollector {
     // The programs stay attached while these links are held.
     links: Vec<FdLink>,
+    /// The adoption iterator, until it runs.
+    adopt_link: Option<FdLink>,
     /// The ring buffer's descriptor registered with tokio, made on first
     /// use (the trace-only loop polls it directly). Declared before
     /// `events` so it is deregistered before the descriptor closes.
@@ -37,19 +40,16 @@ pub struct EbpfCollector {
     events: RingBuf<MapData>,
     procs: BpfHashMap<MapData, u32, TkProc>,
     stats: PerCpuArray<MapData, u64>,
+    /// The processes the kernel samples (see [`Watched`]).
+    watched: Watched,
     /// Processes adopted while running: their CPU clock when tracing began.
     adopted_at: HashMap<u32, u64>,
+    page_kb: u64,
     /// Holds BPF run-time statistics on while the agent runs.
     _stats_fd: Option<OwnedFd>,
     recovered: u64,
     last_lost: u64,
-    /// When the lost-event counter was last read.
-    lost_checked: std::time::Instant,
 }
-
-/// How often the lost-event counter is read: a lost event is rare, and a
-/// per-CPU map read every tick is a system call each wake-up can do without.
-const LOST_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A descriptor owned elsewhere, for registering with tokio.
 struct RawDescriptor(RawFd);
@@ -68,8 +68,14 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 /// The loader, run in a short-lived child process (`tracekit-agent
 /// load-ebpf`): parsing the kernel's BTF for CO-RE takes ~40 MB that the
 /// long-running agent should not keep as its peak. It loads, attaches, and
-/// pins every map and link under `pin_dir`.
-pub fn load_and_pin(scope: Scope, comms: &[String], pin_dir: &Path) -> Result<()> {
+/// pins every map and link under `pin_dir`; the sampler runs every
+/// `interval`.
+pub fn load_and_pin(
+    scope: Scope,
+    comms: &[String],
+    interval: std::time::Duration,
+    pin_dir: &Path,
+) -> Result<()> {
     let btf = Btf::from_sys_fs().context("reading kernel BTF (/sys/kernel/btf/vmlinux)")?;
     let cfg_scope: u32 = match scope {
         Scope::Worker => TK_SCOPE_WORKER,
@@ -112,11 +118,15 @@ pub fn load_and_pin(scope: Scope, comms: &[String], pin_dir: &Path) -> Result<()
         link.pin(pin_dir.join(format!("link_{prog}")))
             .with_context(|| format!("pinning the link of {prog}"))?;
     }
+    attach_sampler(&mut bpf, interval, pin_dir)?;
+    attach_adopter(&mut bpf, &btf, pin_dir)?;
     for name in [
         names::MAP_SCOPE,
         names::MAP_PROCS,
         names::MAP_EVENTS,
         names::MAP_STATS,
+        names::MAP_WATCHED,
+        names::MAP_WATCHED_LEN,
     ] {
         map(&mut bpf, name)?
             .pin(pin_dir.join(name))
@@ -125,31 +135,102 @@ pub fn load_and_pin(scope: Scope, comms: &[String], pin_dir: &Path) -> Result<()
     Ok(())
 }
 
+/// Attach `tk_sample` to a cpu-clock event of the first online CPU whose
+/// period is the interval: the kernel's own timer, counting wall time on that
+/// CPU, busy or idle.
+fn attach_sampler(bpf: &mut Ebpf, interval: std::time::Duration, pin_dir: &Path) -> Result<()> {
+    let cpu = first_online_cpu()?;
+    let sampler: &mut PerfEvent = bpf
+        .program_mut(names::PROG_SAMPLE)
+        .ok_or_else(|| {
+            anyhow!(
+                "program {} missing from the eBPF object",
+                names::PROG_SAMPLE
+            )
+        })?
+        .try_into()
+        .context("tk_sample is not a perf_event program")?;
+    sampler.load().context("loading tk_sample (perf_event)")?;
+    let id = sampler
+        .attach(
+            PerfEventConfig::Software(SoftwareEvent::CpuClock),
+            PerfEventScope::AllProcessesOneCpu { cpu },
+            SamplePolicy::Period(interval.as_nanos() as u64),
+            false,
+        )
+        .with_context(|| format!("attaching tk_sample to a cpu-clock event on CPU {cpu}"))?;
+    let link: FdLink = sampler
+        .take_link(id)?
+        .try_into()
+        .context("tk_sample's link (perf links need Linux 5.15)")?;
+    link.pin(pin_dir.join(format!("link_{}", names::PROG_SAMPLE)))
+        .context("pinning the link of tk_sample")?;
+    Ok(())
+}
+
+/// Make the `tk_adopt` task iterator's link, for the agent to run once.
+fn attach_adopter(bpf: &mut Ebpf, btf: &Btf, pin_dir: &Path) -> Result<()> {
+    let adopt: &mut Iter = bpf
+        .program_mut(names::PROG_ADOPT)
+        .ok_or_else(|| anyhow!("program {} missing from the eBPF object", names::PROG_ADOPT))?
+        .try_into()
+        .context("tk_adopt is not an iterator")?;
+    adopt
+        .load("task", btf)
+        .context("loading tk_adopt (iter/task)")?;
+    let id = adopt.attach().context("attaching tk_adopt")?;
+    let link: FdLink = adopt.take_link(id)?.try_into().context("tk_adopt's link")?;
+    link.pin(pin_dir.join(format!("link_{}", names::PROG_ADOPT)))
+        .context("pinning the link of tk_adopt")?;
+    Ok(())
+}
+
+/// The first CPU in /sys/devices/system/cpu/online ("0-1,4" → 0).
+fn first_online_cpu() -> Result<u32> {
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .context("reading /sys/devices/system/cpu/online")?;
+    online
+        .trim()
+        .split([',', '-'])
+        .next()
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no CPU in /sys/devices/system/cpu/online ({online:?})"))
+}
+
 impl EbpfCollector {
     /// Load and attach the tracer (through the loader process) and open what
     /// it pinned; the pins are removed at once, so everything is released
     /// when the agent exits, however it exits.
-    pub fn start(scope: Scope, comms: Option<&[String]>) -> Result<Self> {
+    pub fn start(
+        scope: Scope,
+        comms: Option<&[String]>,
+        interval: std::time::Duration,
+    ) -> Result<Self> {
         mount_bpffs()?;
         remove_stale_pins();
         let pin_dir = PathBuf::from(PIN_ROOT).join(std::process::id().to_string());
         let _ = std::fs::remove_dir_all(&pin_dir);
         std::fs::create_dir_all(&pin_dir)
             .with_context(|| format!("creating {}", pin_dir.display()))?;
-        let opened = run_loader(scope, comms.unwrap_or_default(), &pin_dir)
+        let opened = run_loader(scope, comms.unwrap_or_default(), interval, &pin_dir)
             .and_then(|()| Self::open(scope, &pin_dir));
         let _ = std::fs::remove_dir_all(&pin_dir);
         opened
     }
 
     fn open(scope: Scope, pin_dir: &Path) -> Result<Self> {
-        let mut links = Vec::new();
-        for (prog, _) in names::PROGRAMS {
+        let open_link = |prog: &str| -> Result<FdLink> {
             let path = pin_dir.join(format!("link_{prog}"));
             let pinned = PinnedLink::from_pin(&path)
                 .with_context(|| format!("opening {}", path.display()))?;
-            links.push(pinned.unpin().context("unpinning a link")?);
+            pinned.unpin().context("unpinning a link")
+        };
+        let mut links = Vec::new();
+        for (prog, _) in names::PROGRAMS {
+            links.push(open_link(prog)?);
         }
+        links.push(open_link(names::PROG_SAMPLE)?);
+        let adopt_link = open_link(names::PROG_ADOPT)?;
         let open_map = |name: &str| -> Result<MapData> {
             let path = pin_dir.join(name);
             let data =
@@ -176,20 +257,28 @@ impl EbpfCollector {
         let events = RingBuf::try_from(Map::RingBuf(open_map(names::MAP_EVENTS)?))?;
         Ok(EbpfCollector {
             links,
+            adopt_link: Some(adopt_link),
             readiness: None,
             events,
             procs: BpfHashMap::try_from(Map::HashMap(open_map(names::MAP_PROCS)?))?,
             stats: PerCpuArray::try_from(Map::PerCpuArray(open_map(names::MAP_STATS)?))?,
+            watched: Watched {
+                slots: Array::try_from(Map::Array(open_map(names::MAP_WATCHED)?))?,
+                len: Array::try_from(Map::Array(open_map(names::MAP_WATCHED_LEN)?))?,
+                pids: Vec::new(),
+                full_warned: false,
+            },
             _stats_fd: stats_fd,
             adopted_at: HashMap::new(),
+            page_kb: page_size_kb(),
             recovered: 0,
             last_lost: 0,
-            lost_checked: std::time::Instant::now(),
         })
     }
 
     /// Start tracing a process that was already running (host scope): its
     /// CPU counts from now. `threads`: its threads' tids and runtimes (ns).
+    /// Its samples start once [`EbpfCollector::complete_adoption`] has run.
     pub fn adopt(&mut self, start: &ProcStart, threads: &[(u32, u64)]) -> Result<()> {
         let clock_now = process_cpu_ns(start.pid)
             .with_context(|| format!("reading the CPU clock of pid {}", start.pid))?;
@@ -207,6 +296,23 @@ impl EbpfCollector {
             .insert(start.pid, proc_state, 0)
             .with_context(|| format!("adopting pid {}", start.pid))?;
         self.adopted_at.insert(start.pid, clock_now);
+        Ok(())
+    }
+
+    /// Give the adopted processes what the sampler needs and only the kernel
+    /// can (their signal_struct): run the `tk_adopt` task iterator over every
+    /// task, once, after the last [`EbpfCollector::adopt`].
+    pub fn complete_adoption(&mut self) -> Result<()> {
+        use std::io::Read;
+        let Some(link) = self.adopt_link.take() else {
+            anyhow::bail!("the adoption iterator has run already");
+        };
+        let link = aya::programs::iter::IterLink::try_from(link)
+            .context("the adoption link is not an iterator")?;
+        let mut file = link.into_file().context("creating the adoption iterator")?;
+        let mut sink = Vec::new();
+        file.read_to_end(&mut sink)
+            .context("running the adoption iterator")?;
         Ok(())
     }
 
@@ -238,9 +344,24 @@ impl EbpfCollector {
     pub fn drain(&mut self, out: &mut Vec<Event>) -> Result<()> {
         let ring = &mut self.events;
         while let Some(item) = ring.next() {
-            let Some(ev) = TkEvent::from_bytes(&item) else {
-                tracing::warn!(len = item.len(), "short ring-buffer record ignored");
-                continue;
+            let ev = match Record::from_bytes(&item) {
+                Some(Record::Event(ev)) => ev,
+                Some(Record::Sample(s)) => {
+                    // CPU since tracing began: an adopted process's clock
+                    // less its reading at adoption.
+                    let since = self.adopted_at.get(&s.pid).copied().unwrap_or(0);
+                    out.push(Event::Sample(KernelSample {
+                        pid: s.pid,
+                        ts_ns: s.ts_ns,
+                        cpu_ns: s.cpu_ns.saturating_sub(since),
+                        rss_kb: (s.rss_pages > 0).then(|| s.rss_pages * self.page_kb),
+                    }));
+                    continue;
+                }
+                None => {
+                    tracing::warn!(len = item.len(), "short ring-buffer record ignored");
+                    continue;
+                }
             };
             match ev.kind {
                 TK_EV_EXEC | TK_EV_FORK => out.push(Event::Start(ProcStart {
@@ -258,6 +379,7 @@ impl EbpfCollector {
                     end_ns: ev.ts_ns,
                     cpu_ns: ev.cpu_ns,
                     status: Some(ev.exit_code),
+                    rss_kb: (ev.rss_pages > 0).then(|| ev.rss_pages * self.page_kb),
                 })),
                 other => tracing::warn!(kind = other, "unknown event kind ignored"),
             }
@@ -265,14 +387,11 @@ impl EbpfCollector {
         Ok(())
     }
 
-    /// After a lost event, find processes user space never heard of (the
-    /// whole map is walked only then: walking a large hash map costs
-    /// milliseconds). Lost exits show up in [`EbpfCollector::cpu`].
+    /// After lost events, reconcile with the `procs` map (walked only then:
+    /// walking a large hash map costs milliseconds): processes user space
+    /// never heard of are started, and known ones that ended are finished
+    /// from the map's final record. Called every few seconds.
     pub fn tick(&mut self, known: &[u32], out: &mut Vec<Event>) -> Result<()> {
-        if self.lost_checked.elapsed() < LOST_CHECK_EVERY {
-            return Ok(());
-        }
-        self.lost_checked = std::time::Instant::now();
         let lost = self.counter(TK_STAT_RINGBUF_LOST);
         if lost <= self.last_lost {
             return Ok(());
@@ -281,10 +400,21 @@ impl EbpfCollector {
         let mut stale = Vec::new();
         for entry in self.procs.iter() {
             let Ok((pid, p)) = entry else { continue };
+            let exited = p.flags & TK_PROC_EXITED != 0;
             if known.contains(&pid) {
-                continue;
-            }
-            if p.flags & TK_PROC_EXITED != 0 {
+                if exited {
+                    // Its exit event was lost, or is just behind (then the
+                    // duplicate is ignored).
+                    self.recovered += 1;
+                    out.push(Event::Exit(ProcExit {
+                        pid,
+                        end_ns: p.exit_ns,
+                        cpu_ns: p.cpu_ns,
+                        status: Some(p.exit_code),
+                        rss_kb: (p.rss_pages > 0).then(|| p.rss_pages * self.page_kb),
+                    }));
+                }
+            } else if exited {
                 stale.push(pid);
             } else if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
                 out.push(Event::Start(ProcStart {
@@ -305,44 +435,6 @@ impl EbpfCollector {
         Ok(())
     }
 
-    pub fn cpu(&mut self, pid: u32) -> CpuReading {
-        // The common case is one system call: the process's CPU clock. The
-        // map is read only when that fails (the process is reaped: its exit
-        // event is behind, or was lost) or once events have been lost.
-        if self.last_lost == 0
-            && let Some(ns) = process_cpu_ns(pid)
-        {
-            return self.running(pid, ns);
-        }
-        match self.procs.get(&pid, 0) {
-            Ok(p) if p.flags & TK_PROC_EXITED != 0 => {
-                // Its exit event was lost, or is just behind (a duplicate is
-                // ignored): the map holds the final record.
-                self.recovered += 1;
-                CpuReading::Exited(ProcExit {
-                    pid,
-                    end_ns: p.exit_ns,
-                    cpu_ns: p.cpu_ns,
-                    status: Some(p.exit_code),
-                })
-            }
-            Ok(p) if p.flags & TK_PROC_GROUP_DEAD != 0 => CpuReading::Exiting,
-            Ok(_) => match process_cpu_ns(pid) {
-                Some(ns) => self.running(pid, ns),
-                // Reaped, but its last thread has not switched out yet: the
-                // exit event follows.
-                None => CpuReading::Exiting,
-            },
-            Err(_) => CpuReading::Unknown,
-        }
-    }
-
-    /// A CPU clock reading as CPU since tracing began (adoption, or birth).
-    fn running(&self, pid: u32, clock_ns: u64) -> CpuReading {
-        let since = self.adopted_at.get(&pid).copied().unwrap_or(0);
-        CpuReading::Running(clock_ns.saturating_sub(since))
-    }
-
     pub fn forget_image(&mut self, pid: u32, image: u32) {
         // Only if no later exec reused the entry (its event is still queued).
         if self.procs.get(&pid, 0).is_ok_and(|p| p.image == image) {
@@ -350,7 +442,17 @@ impl EbpfCollector {
         }
     }
 
+    /// Have the kernel sample `pid` (a process the table traces).
+    pub fn watch(&mut self, pid: u32) {
+        if let Err(e) = self.watched.add(pid) {
+            tracing::warn!("pid {pid} will have no samples, only its exit: {e:#}");
+        }
+    }
+
     pub fn forget(&mut self, pid: u32) {
+        if let Err(e) = self.watched.remove(pid) {
+            tracing::warn!("removing pid {pid} from the sampled set: {e:#}");
+        }
         let _ = self.procs.remove(&pid);
         self.adopted_at.remove(&pid);
     }
@@ -391,9 +493,64 @@ impl EbpfCollector {
         CollectorStats {
             events_lost: self.counter(TK_STAT_RINGBUF_LOST),
             map_full: self.counter(TK_STAT_PROCS_FULL) + self.counter(TK_STAT_SCOPE_FULL),
+            samples_cut: self.counter(TK_STAT_WALK_CUT),
             exits_recovered: self.recovered,
             programs,
         }
+    }
+}
+
+/// The dense list of pids the kernel samples: slots `0..len` of the
+/// `watched` array, mirrored in `pids`. Only the agent writes it; the sampler
+/// reads it at every tick without a lock, so the length grows only after its
+/// new slot is written, and a removal moves the last pid into the hole
+/// before the length shrinks (a sample at that instant may see one pid
+/// twice, and the table drops the second: same tick).
+struct Watched {
+    slots: Array<MapData, u32>,
+    len: Array<MapData, u32>,
+    pids: Vec<u32>,
+    full_warned: bool,
+}
+
+impl Watched {
+    fn add(&mut self, pid: u32) -> Result<()> {
+        if self.pids.contains(&pid) {
+            return Ok(());
+        }
+        let slot = self.pids.len() as u32;
+        if slot >= TK_MAX_WATCHED {
+            if !std::mem::replace(&mut self.full_warned, true) {
+                anyhow::bail!("{TK_MAX_WATCHED} processes are sampled already");
+            }
+            return Ok(());
+        }
+        self.slots
+            .set(slot, pid, 0)
+            .context("writing a slot of the watched map")?;
+        self.pids.push(pid);
+        self.write_len()
+    }
+
+    fn remove(&mut self, pid: u32) -> Result<()> {
+        let Some(index) = self.pids.iter().position(|&p| p == pid) else {
+            return Ok(());
+        };
+        let last = self.pids.len() - 1;
+        if index != last {
+            let moved = self.pids[last];
+            self.slots
+                .set(index as u32, moved, 0)
+                .context("writing a slot of the watched map")?;
+        }
+        self.pids.swap_remove(index);
+        self.write_len()
+    }
+
+    fn write_len(&mut self) -> Result<()> {
+        self.len
+            .set(0, self.pids.len() as u32, 0)
+            .context("writing the length of the watched map")
     }
 }
 
@@ -439,7 +596,12 @@ fn map<'a>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
 }
 
 /// Run `tracekit-agent load-ebpf` and wait for it.
-fn run_loader(scope: Scope, comms: &[String], pin_dir: &Path) -> Result<()> {
+fn run_loader(
+    scope: Scope,
+    comms: &[String],
+    interval: std::time::Duration,
+    pin_dir: &Path,
+) -> Result<()> {
     let exe = std::env::current_exe().context("locating the agent's executable")?;
     let out = std::process::Command::new(&exe)
         .arg("load-ebpf")
@@ -447,6 +609,8 @@ fn run_loader(scope: Scope, comms: &[String], pin_dir: &Path) -> Result<()> {
         .arg(scope.to_string())
         .arg("--pin-dir")
         .arg(pin_dir)
+        .arg("--interval-ms")
+        .arg(interval.as_millis().to_string())
         .args(comms.iter().flat_map(|c| ["--comm", c.as_str()]))
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null())

@@ -1,9 +1,10 @@
 //! The tracer: one collector interface, two implementations.
 //!
-//! [`ebpf`] follows exec/fork/exit in the kernel and reads exact per-process
-//! CPU totals; [`procfs`] polls `/proc` like the original (and misses what the
-//! original missed). Both produce the same [`Event`]s and CPU readings, which
-//! [`crate::table::ProcessTable`] turns into trace records.
+//! [`ebpf`] follows exec/fork/exit in the kernel, reads exact per-process
+//! CPU totals, and gets its samples from the kernel too; [`procfs`] polls
+//! `/proc` like the original (and misses what the original missed), and is
+//! sampled by the agent each interval. Both produce the same [`Event`]s,
+//! which [`crate::table::ProcessTable`] turns into trace records.
 
 pub mod ebpf;
 pub mod procfs;
@@ -41,27 +42,27 @@ pub struct ProcExit {
     pub cpu_ns: u64,
     /// wait(2) status when known.
     pub status: Option<i32>,
+    /// Resident set when it began to exit, KiB, when known.
+    pub rss_kb: Option<u64>,
+}
+
+/// A live process's reading, taken by the kernel at a tick.
+#[derive(Debug, Clone)]
+pub struct KernelSample {
+    pub pid: u32,
+    /// CLOCK_MONOTONIC ns.
+    pub ts_ns: u64,
+    /// CPU time since tracing began, ns.
+    pub cpu_ns: u64,
+    /// `None` while no thread has an address space (all are exiting).
+    pub rss_kb: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
 pub enum Event {
     Start(ProcStart),
     Exit(ProcExit),
-}
-
-/// The CPU time of a live traced process.
-#[derive(Debug, Clone)]
-pub enum CpuReading {
-    /// Running; total CPU so far, ns.
-    Running(u64),
-    /// Its threads are exiting: the exit event with the final total follows,
-    /// so it is not sampled now (a sample would postdate the exit).
-    Exiting,
-    /// It is gone and its exit event was lost (or is just behind): the
-    /// collector still holds the final record.
-    Exited(ProcExit),
-    /// Not known to the collector.
-    Unknown,
+    Sample(KernelSample),
 }
 
 /// Counters a collector reports about itself.
@@ -70,6 +71,8 @@ pub struct CollectorStats {
     pub events_lost: u64,
     pub map_full: u64,
     pub exits_recovered: u64,
+    /// Samples of a process with more threads than the kernel walks.
+    pub samples_cut: u64,
     pub programs: Vec<ProgramCost>,
 }
 
@@ -131,9 +134,8 @@ impl Collector {
         }
     }
 
-    /// Work done once per interval before sampling: procfs scans `/proc`;
-    /// eBPF recovers exits whose events were lost.
-    /// `known`: the pids the table traces.
+    /// Work done at each tick before sampling: procfs scans `/proc`; eBPF
+    /// recovers what lost events left out. `known`: the pids the table traces.
     pub fn tick(&mut self, known: &[u32], out: &mut Vec<Event>) -> Result<()> {
         match self {
             Collector::Ebpf(c) => c.tick(known, out),
@@ -141,10 +143,21 @@ impl Collector {
         }
     }
 
-    pub fn cpu(&mut self, pid: u32) -> CpuReading {
+    /// The ticks the agent itself needs: every interval for procfs, which
+    /// the agent samples; for eBPF, whose samples the kernel takes and
+    /// queues, the idle tick (a sample line reaches the file at most that
+    /// late; the kernel wakes the agent early if its buffer fills).
+    pub fn tick_every(&self, interval: std::time::Duration) -> std::time::Duration {
         match self {
-            Collector::Ebpf(c) => c.cpu(pid),
-            Collector::Procfs(c) => c.cpu(pid),
+            Collector::Ebpf(_) => interval.max(crate::ticker::IDLE_TICK),
+            Collector::Procfs(_) => interval,
+        }
+    }
+
+    /// `pid` is traced: the eBPF collector's kernel side samples it from now.
+    pub fn watch(&mut self, pid: u32) {
+        if let Collector::Ebpf(c) = self {
+            c.watch(pid);
         }
     }
 
@@ -206,7 +219,7 @@ impl Statm {
     }
 }
 
-fn page_size_kb() -> u64 {
+pub(crate) fn page_size_kb() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if size > 0 { size as u64 / 1024 } else { 4 }

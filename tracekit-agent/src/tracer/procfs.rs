@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 
-use super::{CpuReading, Event, ProcExit, ProcStart, Scope};
+use super::{Event, ProcExit, ProcStart, Scope};
 use crate::clock;
 
 struct Stat {
@@ -79,6 +79,7 @@ impl ProcfsCollector {
                     end_ns: now_ns,
                     cpu_ns: seen.cpu_ns,
                     status: None,
+                    rss_kb: None,
                 }));
             }
         }
@@ -118,11 +119,9 @@ impl ProcfsCollector {
         Ok(())
     }
 
-    pub fn cpu(&mut self, pid: u32) -> CpuReading {
-        match self.seen.get(&pid) {
-            Some(seen) => CpuReading::Running(seen.cpu_ns),
-            None => CpuReading::Unknown,
-        }
+    /// CPU time of `pid` at the last scan, ns.
+    pub fn cpu(&self, pid: u32) -> Option<u64> {
+        self.seen.get(&pid).map(|seen| seen.cpu_ns)
     }
 
     pub fn forget(&mut self, pid: u32) {

@@ -26,14 +26,20 @@ pub struct Selected {
 
 /// `comms`: the exact names `--match` stands for, if it is such a set (the
 /// kernel then filters execs itself).
-pub fn select(choice: CollectorChoice, scope: Scope, comms: Option<&[String]>) -> Result<Selected> {
+/// `interval`: how often the kernel samples (eBPF).
+pub fn select(
+    choice: CollectorChoice,
+    scope: Scope,
+    comms: Option<&[String]>,
+    interval: std::time::Duration,
+) -> Result<Selected> {
     if choice == CollectorChoice::Procfs {
         return Ok(Selected {
             collector: Collector::Procfs(ProcfsCollector::new(scope)),
             fallback_reason: None,
         });
     }
-    match preflight().and_then(|()| EbpfCollector::start(scope, comms)) {
+    match preflight().and_then(|()| EbpfCollector::start(scope, comms, interval)) {
         Ok(c) => Ok(Selected {
             collector: Collector::Ebpf(Box::new(c)),
             fallback_reason: None,

@@ -320,8 +320,8 @@ pub async fn run(args: WorkerArgs, tracer: TracerArgs, identity: IdentityArgs) -
                 worker.stop(&stop_tx)?;
             }
         }
-        // An idle worker wakes rarely; a task's first sample comes one
-        // interval after it starts.
+        // An idle worker wakes rarely (with eBPF it always does: the kernel
+        // samples, and the worker only drains).
         ticker.pace(session.table.live() > 0 || !worker.jobs.is_empty())?;
         if stopping && worker.jobs.is_empty() {
             break;
