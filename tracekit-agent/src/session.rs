@@ -77,10 +77,16 @@ impl Session {
         Ok(session)
     }
 
-    /// The agent's clock (see [`Collector::tick_every`]), its first tick one
-    /// period from now.
+    /// The agent's clock, its first tick one period from now.
     pub fn ticker(&self) -> Result<Ticker> {
-        Ticker::new(self.collector.tick_every(self.interval))
+        Ticker::new(self.tick_every(false))
+    }
+
+    /// The period the agent's clock needs now ([`Collector::tick_every`]):
+    /// `busy` if the caller has work in flight besides traced processes.
+    pub fn tick_every(&self, busy: bool) -> Duration {
+        let busy = busy || self.table.live() > 0;
+        self.collector.tick_every(self.interval, busy)
     }
 
     /// Readable when the collector may have events (see [`Session::pump`]).
@@ -141,6 +147,8 @@ impl Session {
     /// Take and apply pending events; what they finished is flushed at once
     /// (an idle agent ticks rarely).
     pub fn pump(&mut self) -> Result<Vec<Invocation>> {
+        // Kernel times become epoch ms here: follow any clock step first.
+        self.clock.recalibrate();
         self.collector.drain(&mut self.events)?;
         let finished = self.table.apply(
             &mut self.events,
@@ -157,7 +165,6 @@ impl Session {
     /// At each tick: events (with the kernel's samples), the collector's own
     /// pass, the agent's own samples (procfs), flush.
     pub fn tick(&mut self) -> Result<Vec<Invocation>> {
-        self.clock.recalibrate();
         let mut finished = self.pump()?;
         let traced = self.table.pids();
         self.collector.tick(&traced, &mut self.events)?;

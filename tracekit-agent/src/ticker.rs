@@ -1,7 +1,6 @@
 //! The agent's clock: a kernel timerfd, so the agent wakes once per period
-//! and at no other time. The period is the interval when the agent samples
-//! (procfs) and [`IDLE_TICK`] when the kernel does (eBPF); while nothing is
-//! traced it is [`IDLE_TICK`] ([`Ticker::pace`]). Polled directly by the
+//! and at no other time. The period is the collector's to choose
+//! ([`crate::tracer::Collector::tick_every`]). Polled directly by the
 //! trace-only loop, awaited through tokio by the worker.
 //!
 //! tokio's timer wheel wakes the thread at every wheel-level boundary on the
@@ -17,21 +16,15 @@ use anyhow::{Context, Result};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-/// The tick while nothing is traced, and the eBPF collector's drain period:
-/// the agent's own samples need the interval, the rest (draining the
-/// kernel's samples, stats, lost-event checks, the clock offset) does not.
-pub const IDLE_TICK: Duration = Duration::from_secs(5);
-
 pub struct Ticker {
     fd: OwnedFd,
-    interval: Duration,
     period: Duration,
 }
 
 impl Ticker {
-    /// Ticks every `interval`, the first one `interval` from now (a sample at
+    /// Ticks every `period`, the first one `period` from now (a sample at
     /// t=0 says nothing).
-    pub fn new(interval: Duration) -> Result<Ticker> {
+    pub fn new(period: Duration) -> Result<Ticker> {
         // SAFETY: timerfd_create has no memory preconditions.
         let raw = unsafe {
             libc::timerfd_create(
@@ -44,24 +37,14 @@ impl Ticker {
         }
         // SAFETY: `raw` is a new descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let ticker = Ticker {
-            fd,
-            interval,
-            period: interval,
-        };
-        ticker.arm(interval)?;
+        let ticker = Ticker { fd, period };
+        ticker.arm(period)?;
         Ok(ticker)
     }
 
-    /// Tick at the interval while `busy` (anything to sample), else every
-    /// [`IDLE_TICK`]; a change re-arms the timer, the next tick one period
-    /// from now.
-    pub fn pace(&mut self, busy: bool) -> Result<()> {
-        let period = if busy {
-            self.interval
-        } else {
-            IDLE_TICK.max(self.interval)
-        };
+    /// Tick every `period` from now on; a change re-arms the timer, the next
+    /// tick one period from now.
+    pub fn set_period(&mut self, period: Duration) -> Result<()> {
         if period != self.period {
             self.arm(period)?;
             self.period = period;
@@ -131,9 +114,9 @@ pub struct AsyncTicker {
 }
 
 impl AsyncTicker {
-    /// See [`Ticker::pace`].
-    pub fn pace(&mut self, busy: bool) -> Result<()> {
-        self.fd.get_mut().pace(busy)
+    /// See [`Ticker::set_period`].
+    pub fn set_period(&mut self, period: Duration) -> Result<()> {
+        self.fd.get_mut().set_period(period)
     }
 
     /// Wait for the next tick. Cancel-safe: a tick is taken only when this

@@ -121,9 +121,7 @@ pub fn run(args: TraceArgs) -> Result<i32> {
                 .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
             grace = Some(Instant::now() + EXIT_GRACE);
         }
-        // An agent with nothing to sample wakes rarely (with eBPF it always
-        // does: the kernel samples, and the agent only drains).
-        ticker.pace(session.table.live() > 0)?;
+        ticker.set_period(session.tick_every(false))?;
         if let Some(deadline) = grace {
             log_finished(&session.pump()?);
             let traced = child_pid.is_some_and(|pid| session.table.is_traced(pid));

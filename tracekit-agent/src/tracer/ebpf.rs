@@ -255,7 +255,7 @@ impl EbpfCollector {
             }
         };
         let events = RingBuf::try_from(Map::RingBuf(open_map(names::MAP_EVENTS)?))?;
-        Ok(EbpfCollector {
+        let mut collector = EbpfCollector {
             links,
             adopt_link: Some(adopt_link),
             readiness: None,
@@ -273,7 +273,12 @@ impl EbpfCollector {
             page_kb: page_size_kb(),
             recovered: 0,
             last_lost: 0,
-        })
+        };
+        // aya probes the kernel's features on first use (loading throwaway
+        // programs, maps and BTF: ~40 system calls): at start-up, not in the
+        // middle of a run at the first stats write.
+        collector.stats();
+        Ok(collector)
     }
 
     /// Start tracing a process that was already running (host scope): its

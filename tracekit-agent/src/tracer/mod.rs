@@ -10,6 +10,8 @@ pub mod ebpf;
 pub mod procfs;
 pub mod select;
 
+use std::time::Duration;
+
 use anyhow::Result;
 use tracekit_trace::{CollectorKind, ProgramCost};
 
@@ -75,6 +77,15 @@ pub struct CollectorStats {
     pub samples_cut: u64,
     pub programs: Vec<ProgramCost>,
 }
+
+/// How often the agent drains the kernel's samples while it traces (eBPF):
+/// a sample line reaches the file at most this late. On a VM every wake-up
+/// costs 1-5 ms of CPU, whatever it does.
+pub const DRAIN_EVERY: Duration = Duration::from_secs(5);
+
+/// The agent's tick while it traces nothing (eBPF): it keeps the stats file
+/// and the lost-event check current; an exec wakes the agent anyway.
+pub const IDLE_TICK: Duration = Duration::from_secs(30);
 
 /// Scope of tracing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -143,13 +154,15 @@ impl Collector {
         }
     }
 
-    /// The ticks the agent itself needs: every interval for procfs, which
-    /// the agent samples; for eBPF, whose samples the kernel takes and
-    /// queues, the idle tick (a sample line reaches the file at most that
-    /// late; the kernel wakes the agent early if its buffer fills).
-    pub fn tick_every(&self, interval: std::time::Duration) -> std::time::Duration {
+    /// How often the agent must tick. procfs: every interval, busy or not
+    /// (scanning `/proc` is its only way to see a process start, and the
+    /// agent takes the samples). eBPF: the kernel samples and queues, and
+    /// wakes the agent at every exec and exit, so [`DRAIN_EVERY`] while
+    /// `busy` and [`IDLE_TICK`] otherwise.
+    pub fn tick_every(&self, interval: Duration, busy: bool) -> Duration {
         match self {
-            Collector::Ebpf(_) => interval.max(crate::ticker::IDLE_TICK),
+            Collector::Ebpf(_) if busy => interval.max(DRAIN_EVERY),
+            Collector::Ebpf(_) => interval.max(IDLE_TICK),
             Collector::Procfs(_) => interval,
         }
     }

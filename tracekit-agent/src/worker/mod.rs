@@ -320,9 +320,7 @@ pub async fn run(args: WorkerArgs, tracer: TracerArgs, identity: IdentityArgs) -
                 worker.stop(&stop_tx)?;
             }
         }
-        // An idle worker wakes rarely (with eBPF it always does: the kernel
-        // samples, and the worker only drains).
-        ticker.pace(session.table.live() > 0 || !worker.jobs.is_empty())?;
+        ticker.set_period(session.tick_every(!worker.jobs.is_empty()))?;
         if stopping && worker.jobs.is_empty() {
             break;
         }
