@@ -633,6 +633,45 @@ fn procfs_collector_writes_the_same_files() {
     assert!(float(p, "cpu_ms") <= float(e, "cpu_ms") * 1.05);
 }
 
+/// The procfs collector sees a process start only by scanning `/proc`: it
+/// must scan every interval even after a spell with nothing to trace.
+#[test]
+fn idle_procfs_collector_keeps_scanning() {
+    let _s = serial();
+    if !ready("idle_procfs_collector_keeps_scanning") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // A process of its own name: `comm` is the name it was run by.
+    let probe = tmp.path().join("tkidleprobe");
+    std::os::unix::fs::symlink("/bin/sleep", &probe).expect("symlink");
+    let agent = Agent::start(
+        tmp.path(),
+        "idle",
+        &[
+            "--collector",
+            "procfs",
+            "--scope",
+            "host",
+            "--match",
+            "^tkidleprobe$",
+            "--interval-ms",
+            "100",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = Command::new(&probe)
+        .arg("1")
+        .status()
+        .expect("running the probe");
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    let dir = agent.stop();
+    let invs = invocations(&dir);
+    assert_eq!(invs.len(), 1, "the 1 s process after 1.5 s idle: {invs:?}");
+    assert_eq!(invs[0]["comm"], "tkidleprobe");
+}
+
 #[test]
 fn falls_back_to_procfs_without_privilege() {
     let _s = serial();
