@@ -208,6 +208,7 @@ impl Session {
             exits_recorded: t.exits_recorded,
             exits_recovered: c.exits_recovered,
             samples_cut: c.samples_cut,
+            samples_dropped: c.samples_dropped,
             agent_cpu_ms,
             agent_max_rss_kb,
             programs: c.programs,

@@ -42,26 +42,48 @@ impl Ticker {
         Ok(ticker)
     }
 
-    /// Tick every `period` from now on; a change re-arms the timer, the next
-    /// tick one period from now.
+    /// Tick every `period` from now on. The next tick comes when it was due,
+    /// or one new period from now if that is sooner: a period that changes
+    /// back and forth faster than it elapses must not put the tick off for
+    /// ever.
     pub fn set_period(&mut self, period: Duration) -> Result<()> {
-        if period != self.period {
-            self.arm(period)?;
-            self.period = period;
+        if period == self.period {
+            return Ok(());
         }
+        let due = self.remaining()?.unwrap_or(period);
+        self.arm_at(due.min(period), period)?;
+        self.period = period;
         Ok(())
+    }
+
+    /// Time to the next tick, `None` if one is already due.
+    fn remaining(&self) -> Result<Option<Duration>> {
+        // SAFETY: timerfd_gettime writes the itimerspec we pass.
+        let mut cur: libc::itimerspec = unsafe { std::mem::zeroed() };
+        if unsafe { libc::timerfd_gettime(self.fd.as_raw_fd(), &mut cur) } != 0 {
+            return Err(io::Error::last_os_error()).context("reading the timerfd");
+        }
+        let left = Duration::new(cur.it_value.tv_sec as u64, cur.it_value.tv_nsec as u32);
+        Ok((!left.is_zero()).then_some(left))
     }
 
     /// Tick every `interval` from now on, the next one `interval` from now.
     fn arm(&self, interval: Duration) -> Result<()> {
+        self.arm_at(interval, interval)
+    }
+
+    /// Tick in `first`, then every `interval`.
+    fn arm_at(&self, first: Duration, interval: Duration) -> Result<()> {
         anyhow::ensure!(!interval.is_zero(), "the interval must be positive");
-        let every = libc::timespec {
-            tv_sec: interval.as_secs() as libc::time_t,
-            tv_nsec: interval.subsec_nanos() as libc::c_long,
+        let spec_of = |d: Duration| libc::timespec {
+            tv_sec: d.as_secs() as libc::time_t,
+            tv_nsec: d.subsec_nanos() as libc::c_long,
         };
+        // A zero it_value would disarm the timer: a due tick fires at once.
+        let first = first.max(Duration::from_nanos(1));
         let spec = libc::itimerspec {
-            it_interval: every,
-            it_value: every,
+            it_interval: spec_of(interval),
+            it_value: spec_of(first),
         };
         // SAFETY: `spec` is a valid itimerspec; the old value is not wanted.
         if unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) }
@@ -155,6 +177,30 @@ mod tests {
         }
         let elapsed = t0.elapsed();
         assert!(elapsed >= Duration::from_millis(90), "{elapsed:?}");
+    }
+
+    #[test]
+    fn a_changing_period_does_not_put_the_tick_off() {
+        let mut ticker = Ticker::new(Duration::from_millis(200)).expect("ticker");
+        let t0 = std::time::Instant::now();
+        // Switching between a short and a long period more often than
+        // either elapses: the first tick still comes within 200 ms.
+        for i in 0..30 {
+            let period = if i % 2 == 0 { 5_000 } else { 150 };
+            ticker
+                .set_period(Duration::from_millis(period))
+                .expect("set period");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        while !ticker.take().expect("take") {
+            assert!(t0.elapsed() < Duration::from_secs(2), "the tick never came");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            t0.elapsed() < Duration::from_millis(400),
+            "{:?}",
+            t0.elapsed()
+        );
     }
 
     #[test]

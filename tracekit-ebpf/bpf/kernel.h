@@ -61,6 +61,19 @@ struct mm_struct {
 	struct percpu_counter rss_stat[4];
 } __attribute__((preserve_access_index));
 
+/* Before 6.2 the counters were atomics in a struct of their own. */
+typedef struct {
+	long counter;
+} atomic_long_t;
+
+struct mm_rss_stat {
+	atomic_long_t count[4];
+} __attribute__((preserve_access_index));
+
+struct mm_struct___pre62 {
+	struct mm_rss_stat rss_stat;
+} __attribute__((preserve_access_index));
+
 /* enum mm_counter_type */
 #define MM_FILEPAGES 0
 #define MM_ANONPAGES 1

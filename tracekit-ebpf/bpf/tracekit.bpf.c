@@ -133,11 +133,20 @@ static __always_inline void emit(__u32 kind, __u32 tgid, struct tk_proc *p,
 /* Resident pages of `mm`, as /proc/PID/statm counts them. */
 static __always_inline __u64 rss_pages(struct mm_struct *mm)
 {
+	__s64 file, anon, shmem;
+
 	if (!mm)
 		return 0;
-	__s64 file = BPF_CORE_READ(mm, rss_stat[MM_FILEPAGES].count);
-	__s64 anon = BPF_CORE_READ(mm, rss_stat[MM_ANONPAGES].count);
-	__s64 shmem = BPF_CORE_READ(mm, rss_stat[MM_SHMEMPAGES].count);
+	if (bpf_core_type_exists(struct mm_rss_stat)) {
+		struct mm_struct___pre62 *old = (void *)mm;
+		file = BPF_CORE_READ(old, rss_stat.count[MM_FILEPAGES].counter);
+		anon = BPF_CORE_READ(old, rss_stat.count[MM_ANONPAGES].counter);
+		shmem = BPF_CORE_READ(old, rss_stat.count[MM_SHMEMPAGES].counter);
+	} else {
+		file = BPF_CORE_READ(mm, rss_stat[MM_FILEPAGES].count);
+		anon = BPF_CORE_READ(mm, rss_stat[MM_ANONPAGES].count);
+		shmem = BPF_CORE_READ(mm, rss_stat[MM_SHMEMPAGES].count);
+	}
 	/* Per-CPU deltas not yet folded in can leave a counter below zero. */
 	return (file > 0 ? file : 0) + (anon > 0 ? anon : 0) + (shmem > 0 ? shmem : 0);
 }
@@ -279,6 +288,7 @@ static __always_inline __u64 group_runtime(struct signal_struct *sig, struct mm_
 	struct list_head *head = __builtin_preserve_access_index(&sig->thread_head);
 	__u64 off = bpf_core_field_offset(struct task_struct, thread_node);
 	__u64 sum = 0;
+	int cut = 0;
 
 	for (int attempt = 0; attempt < 2; attempt++) {
 		unsigned int seq = BPF_CORE_READ(sig, stats_lock.seqcount.seqcount.sequence);
@@ -293,11 +303,12 @@ static __always_inline __u64 group_runtime(struct signal_struct *sig, struct mm_
 				*mm = BPF_CORE_READ(t, mm);
 			node = BPF_CORE_READ(t, thread_node.next);
 		}
-		if (i == TK_MAX_THREADS)
-			count(TK_STAT_WALK_CUT);
+		cut = node != head;
 		if (!(seq & 1) && seq == BPF_CORE_READ(sig, stats_lock.seqcount.seqcount.sequence))
 			break;
 	}
+	if (cut)
+		count(TK_STAT_WALK_CUT);
 	return sum;
 }
 
@@ -312,17 +323,24 @@ static long sample_one(__u32 slot, struct sample_ctx *ctx)
 	if (!pid || !*pid)
 		return 0;
 	struct tk_proc *p = bpf_map_lookup_elem(&procs, pid);
-	/* An exited process's signal_struct may be freed once it is reaped.
-	 * Before its last thread sets TK_PROC_EXITED it cannot be reaped, and
-	 * it is not freed while this program runs (an RCU read section). */
-	if (!p || !p->signal || (p->flags & TK_PROC_EXITED))
+	/* The signal_struct is freed after the process is reaped, which only
+	 * comes after all its threads called exit (TK_PROC_GROUP_DEAD, set by
+	 * tk_exit: no thread count involved), and a grace period after: this
+	 * program runs in an RCU read section, so what it reads stays valid
+	 * if the flag was clear when it looked. The exit record has the rest. */
+	if (!p || !p->signal || (p->flags & (TK_PROC_GROUP_DEAD | TK_PROC_EXITED)))
 		return 0;
+	/* Samples must never crowd exec and exit events out of the ring. */
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > TK_RING_BYTES / 4 * 3) {
+		count(TK_STAT_SAMPLE_DROPPED);
+		return 0;
+	}
 	struct mm_struct *mm = 0;
 	__u64 cpu = group_runtime((struct signal_struct *)p->signal, &mm);
 
 	struct tk_sample *s = bpf_ringbuf_reserve(&events, sizeof(*s), 0);
 	if (!s) {
-		count(TK_STAT_RINGBUF_LOST);
+		count(TK_STAT_SAMPLE_DROPPED);
 		return 0;
 	}
 	s->kind = TK_EV_SAMPLE;

@@ -39,7 +39,8 @@
 #define TK_STAT_PROCS_FULL 1   /* `procs` map full: a process was not traced */
 #define TK_STAT_SCOPE_FULL 2   /* `scope` map full: a descendant left the scope */
 #define TK_STAT_WALK_CUT 3     /* a sample walked TK_MAX_THREADS threads and stopped */
-#define TK_STAT_MAX 4
+#define TK_STAT_SAMPLE_DROPPED 4 /* a sample not taken: the ring buffer was 3/4 full */
+#define TK_STAT_MAX 5
 
 /* Per traced process (key: tgid), map `procs`. */
 struct tk_proc {

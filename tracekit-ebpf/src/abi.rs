@@ -40,8 +40,10 @@ pub const TK_STAT_PROCS_FULL: u32 = 1;
 pub const TK_STAT_SCOPE_FULL: u32 = 2;
 /// A sample walked [`TK_MAX_THREADS`] threads and stopped short.
 pub const TK_STAT_WALK_CUT: u32 = 3;
+/// A sample not taken: the ring buffer was 3/4 full.
+pub const TK_STAT_SAMPLE_DROPPED: u32 = 4;
 /// Number of counters in `stats`.
-pub const TK_STAT_MAX: u32 = 4;
+pub const TK_STAT_MAX: u32 = 5;
 
 /// Names of the maps and programs in the object.
 pub mod names {

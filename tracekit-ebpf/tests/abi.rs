@@ -80,6 +80,7 @@ fn c_layout() -> HashMap<String, u64> {
         "TK_STAT_PROCS_FULL",
         "TK_STAT_SCOPE_FULL",
         "TK_STAT_WALK_CUT",
+        "TK_STAT_SAMPLE_DROPPED",
         "TK_STAT_MAX",
     ] {
         body += &format!("printf(\"{c} %lu\\n\", (unsigned long)({c}));\n");
@@ -166,6 +167,7 @@ fn abi_matches_c() {
         ("TK_STAT_PROCS_FULL", TK_STAT_PROCS_FULL as u64),
         ("TK_STAT_SCOPE_FULL", TK_STAT_SCOPE_FULL as u64),
         ("TK_STAT_WALK_CUT", TK_STAT_WALK_CUT as u64),
+        ("TK_STAT_SAMPLE_DROPPED", TK_STAT_SAMPLE_DROPPED as u64),
         ("TK_STAT_MAX", TK_STAT_MAX as u64),
     ];
     assert_eq!(

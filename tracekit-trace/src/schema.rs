@@ -193,6 +193,10 @@ pub struct TracerStats {
     /// the kernel walks per sample (its exit total is still exact).
     #[serde(default)]
     pub samples_cut: u64,
+    /// Samples the kernel did not take because the ring buffer was 3/4 full
+    /// (kept for exec and exit events); the next sample covers the gap.
+    #[serde(default)]
+    pub samples_dropped: u64,
     /// The agent's own CPU time (user + sys) in ms so far.
     pub agent_cpu_ms: f64,
     /// The agent's peak RSS in KiB.

@@ -279,6 +279,7 @@ pub fn write_node(dir: &Path, cfg: &SynthNode) -> Result<Vec<TruthTask>> {
         exits_recorded: cfg.tasks as u64,
         exits_recovered: 0,
         samples_cut: 0,
+        samples_dropped: 0,
         agent_cpu_ms: 1234.5,
         agent_max_rss_kb: 20480,
         programs: vec![ProgramCost {

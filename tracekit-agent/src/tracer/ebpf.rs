@@ -18,8 +18,8 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tracekit_ebpf::{
     Record, TK_COMM_LEN, TK_EV_EXEC, TK_EV_EXIT, TK_EV_FORK, TK_MAX_WATCHED, TK_PROC_EXITED,
-    TK_SCOPE_HOST, TK_SCOPE_WORKER, TK_STAT_PROCS_FULL, TK_STAT_RINGBUF_LOST, TK_STAT_SCOPE_FULL,
-    TK_STAT_WALK_CUT, TkProc, c_str, names,
+    TK_SCOPE_HOST, TK_SCOPE_WORKER, TK_STAT_PROCS_FULL, TK_STAT_RINGBUF_LOST,
+    TK_STAT_SAMPLE_DROPPED, TK_STAT_SCOPE_FULL, TK_STAT_WALK_CUT, TkProc, c_str, names,
 };
 use tracekit_trace::ProgramCost;
 
@@ -333,6 +333,12 @@ impl EbpfCollector {
                 self.readiness.insert(r)
             }
         };
+        // Records left unread (a drain stops at one that is reserved but not
+        // yet committed, and its commit may not notify): ready now. tokio's
+        // readiness only reports new notifications.
+        if poll_readable(readiness.get_ref().0)? {
+            return Ok(());
+        }
         let mut guard = readiness
             .readable_mut()
             .await
@@ -395,7 +401,7 @@ impl EbpfCollector {
     /// After lost events, reconcile with the `procs` map (walked only then:
     /// walking a large hash map costs milliseconds): processes user space
     /// never heard of are started, and known ones that ended are finished
-    /// from the map's final record. Called every few seconds.
+    /// from the map's final record. Called at every tick.
     pub fn tick(&mut self, known: &[u32], out: &mut Vec<Event>) -> Result<()> {
         let lost = self.counter(TK_STAT_RINGBUF_LOST);
         if lost <= self.last_lost {
@@ -499,6 +505,7 @@ impl EbpfCollector {
             events_lost: self.counter(TK_STAT_RINGBUF_LOST),
             map_full: self.counter(TK_STAT_PROCS_FULL) + self.counter(TK_STAT_SCOPE_FULL),
             samples_cut: self.counter(TK_STAT_WALK_CUT),
+            samples_dropped: self.counter(TK_STAT_SAMPLE_DROPPED),
             exits_recovered: self.recovered,
             programs,
         }
@@ -593,6 +600,21 @@ pub fn running_threads(pid: u32) -> Vec<(u32, u64)> {
         Some((tid, runtime))
     })
     .collect()
+}
+
+/// Whether `fd` is readable now (poll(2) without waiting).
+fn poll_readable(fd: RawFd) -> Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error()).context("polling the ring buffer");
+    }
+    Ok(n > 0 && pfd.revents & libc::POLLIN != 0)
 }
 
 fn map<'a>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {

@@ -75,6 +75,8 @@ pub struct CollectorStats {
     pub exits_recovered: u64,
     /// Samples of a process with more threads than the kernel walks.
     pub samples_cut: u64,
+    /// Samples the kernel did not take: the ring buffer was 3/4 full.
+    pub samples_dropped: u64,
     pub programs: Vec<ProgramCost>,
 }
 
@@ -84,7 +86,8 @@ pub struct CollectorStats {
 pub const DRAIN_EVERY: Duration = Duration::from_secs(5);
 
 /// The agent's tick while it traces nothing (eBPF): it keeps the stats file
-/// and the lost-event check current; an exec wakes the agent anyway.
+/// and the lost-event check current; the exec of a process to trace wakes
+/// the agent at once.
 pub const IDLE_TICK: Duration = Duration::from_secs(30);
 
 /// Scope of tracing.
@@ -161,8 +164,8 @@ impl Collector {
     /// `busy` and [`IDLE_TICK`] otherwise.
     pub fn tick_every(&self, interval: Duration, busy: bool) -> Duration {
         match self {
-            Collector::Ebpf(_) if busy => interval.max(DRAIN_EVERY),
-            Collector::Ebpf(_) => interval.max(IDLE_TICK),
+            Collector::Ebpf(_) if busy => DRAIN_EVERY,
+            Collector::Ebpf(_) => IDLE_TICK,
             Collector::Procfs(_) => interval,
         }
     }
