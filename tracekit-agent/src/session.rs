@@ -16,9 +16,9 @@ use crate::tracer::select::select;
 use crate::tracer::{Collector, Event, ProcStart, Scope, ebpf};
 
 /// How often `tracer_stats.json` is rewritten.
-const STATS_EVERY: Duration = Duration::from_secs(30);
+const STATS_EVERY: Duration = Duration::from_secs(60);
 /// How often progress is logged.
-const PROGRESS_EVERY: Duration = Duration::from_secs(30);
+const PROGRESS_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Session {
     pub collector: Collector,

@@ -175,8 +175,8 @@ pub struct ProgramCost {
     pub ns_per_call: f64,
 }
 
-/// `CTS/tracer_stats.json`: the collector's own cost and losses, rewritten at
-/// every interval and at stop.
+/// `CTS/tracer_stats.json`: the collector's own cost and losses, rewritten
+/// every minute and at stop.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TracerStats {
     pub collector: Option<CollectorKind>,

@@ -83,12 +83,12 @@ pub struct CollectorStats {
 /// How often the agent drains the kernel's samples while it traces (eBPF):
 /// a sample line reaches the file at most this late. On a VM every wake-up
 /// costs 1-5 ms of CPU, whatever it does.
-pub const DRAIN_EVERY: Duration = Duration::from_secs(5);
+pub const DRAIN_EVERY: Duration = Duration::from_secs(10);
 
 /// The agent's tick while it traces nothing (eBPF): it keeps the stats file
 /// and the lost-event check current; the exec of a process to trace wakes
 /// the agent at once.
-pub const IDLE_TICK: Duration = Duration::from_secs(30);
+pub const IDLE_TICK: Duration = Duration::from_secs(60);
 
 /// Scope of tracing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
