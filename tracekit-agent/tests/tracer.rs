@@ -435,13 +435,19 @@ fn samples_every_interval() {
         "{} whole intervals in {run_ms} ms",
         inner.len()
     );
+    // The timer keeps its phase, but one firing can come late on a VM (a
+    // descheduled vCPU): each interval within half of one, their mean exact.
+    let mean = inner.iter().map(|s| int(s, "dt_ms")).sum::<i64>() as f64 / inner.len() as f64;
+    assert!((98.0..=102.0).contains(&mean), "mean interval {mean} ms");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     for s in inner {
         let dt = int(s, "dt_ms");
-        assert!((95..=105).contains(&dt), "interval of {dt} ms: {s}");
+        assert!((50..=150).contains(&dt), "interval of {dt} ms: {s}");
+        // A running thread's runtime is current to the last scheduler tick
+        // (4 ms at 250 Hz) at each reading.
         let cpu = float(s, "cpu_ms");
         assert!(
-            cpu <= dt as f64 * cores + 5.0,
+            cpu <= dt as f64 * cores + 10.0,
             "more CPU than the machine has: {s}"
         );
         assert!(int(s, "rss_kb") > 1024, "no resident memory: {s}");
