@@ -103,9 +103,7 @@ pub fn load_and_pin(
             .with_context(|| format!("adding {comm} to the comm filter"))?;
     }
     for (prog, tracepoint) in names::PROGRAMS {
-        let program: &mut BtfTracePoint = bpf
-            .program_mut(prog)
-            .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
+        let program: &mut BtfTracePoint = program(&mut bpf, prog)?
             .try_into()
             .with_context(|| format!("program {prog} is not a BTF tracepoint"))?;
         program
@@ -114,9 +112,7 @@ pub fn load_and_pin(
         let id = program
             .attach()
             .with_context(|| format!("attaching {prog} to tp_btf/{tracepoint}"))?;
-        let link: FdLink = program.take_link(id)?.into();
-        link.pin(pin_dir.join(format!("link_{prog}")))
-            .with_context(|| format!("pinning the link of {prog}"))?;
+        pin_link(program.take_link(id)?.into(), pin_dir, prog)?;
     }
     attach_sampler(&mut bpf, interval, pin_dir)?;
     attach_adopter(&mut bpf, &btf, pin_dir)?;
@@ -140,14 +136,7 @@ pub fn load_and_pin(
 /// CPU, busy or idle.
 fn attach_sampler(bpf: &mut Ebpf, interval: std::time::Duration, pin_dir: &Path) -> Result<()> {
     let cpu = first_online_cpu()?;
-    let sampler: &mut PerfEvent = bpf
-        .program_mut(names::PROG_SAMPLE)
-        .ok_or_else(|| {
-            anyhow!(
-                "program {} missing from the eBPF object",
-                names::PROG_SAMPLE
-            )
-        })?
+    let sampler: &mut PerfEvent = program(bpf, names::PROG_SAMPLE)?
         .try_into()
         .context("tk_sample is not a perf_event program")?;
     sampler.load().context("loading tk_sample (perf_event)")?;
@@ -159,29 +148,35 @@ fn attach_sampler(bpf: &mut Ebpf, interval: std::time::Duration, pin_dir: &Path)
             false,
         )
         .with_context(|| format!("attaching tk_sample to a cpu-clock event on CPU {cpu}"))?;
-    let link: FdLink = sampler
+    let link = sampler
         .take_link(id)?
         .try_into()
         .context("tk_sample's link (perf links need Linux 5.15)")?;
-    link.pin(pin_dir.join(format!("link_{}", names::PROG_SAMPLE)))
-        .context("pinning the link of tk_sample")?;
-    Ok(())
+    pin_link(link, pin_dir, names::PROG_SAMPLE)
 }
 
 /// Make the `tk_adopt` task iterator's link, for the agent to run once.
 fn attach_adopter(bpf: &mut Ebpf, btf: &Btf, pin_dir: &Path) -> Result<()> {
-    let adopt: &mut Iter = bpf
-        .program_mut(names::PROG_ADOPT)
-        .ok_or_else(|| anyhow!("program {} missing from the eBPF object", names::PROG_ADOPT))?
+    let adopt: &mut Iter = program(bpf, names::PROG_ADOPT)?
         .try_into()
         .context("tk_adopt is not an iterator")?;
     adopt
         .load("task", btf)
         .context("loading tk_adopt (iter/task)")?;
     let id = adopt.attach().context("attaching tk_adopt")?;
-    let link: FdLink = adopt.take_link(id)?.try_into().context("tk_adopt's link")?;
-    link.pin(pin_dir.join(format!("link_{}", names::PROG_ADOPT)))
-        .context("pinning the link of tk_adopt")?;
+    let link = adopt.take_link(id)?.try_into().context("tk_adopt's link")?;
+    pin_link(link, pin_dir, names::PROG_ADOPT)
+}
+
+/// Where the loader pins `prog`'s link and the agent opens it.
+fn link_path(pin_dir: &Path, prog: &str) -> PathBuf {
+    pin_dir.join(format!("link_{prog}"))
+}
+
+/// Pin `prog`'s link where [`EbpfCollector::open`] looks for it.
+fn pin_link(link: FdLink, pin_dir: &Path, prog: &str) -> Result<()> {
+    link.pin(link_path(pin_dir, prog))
+        .with_context(|| format!("pinning the link of {prog}"))?;
     Ok(())
 }
 
@@ -220,7 +215,7 @@ impl EbpfCollector {
 
     fn open(scope: Scope, pin_dir: &Path) -> Result<Self> {
         let open_link = |prog: &str| -> Result<FdLink> {
-            let path = pin_dir.join(format!("link_{prog}"));
+            let path = link_path(pin_dir, prog);
             let pinned = PinnedLink::from_pin(&path)
                 .with_context(|| format!("opening {}", path.display()))?;
             pinned.unpin().context("unpinning a link")
@@ -615,6 +610,11 @@ fn poll_readable(fd: RawFd) -> Result<bool> {
         return Err(std::io::Error::last_os_error()).context("polling the ring buffer");
     }
     Ok(n > 0 && pfd.revents & libc::POLLIN != 0)
+}
+
+fn program<'a>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    bpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))
 }
 
 fn map<'a>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
