@@ -435,14 +435,20 @@ fn samples_every_interval() {
         "{} whole intervals in {run_ms} ms",
         inner.len()
     );
-    // The timer keeps its phase, but one firing can come late on a VM (a
-    // descheduled vCPU): each interval within half of one, their mean exact.
-    let mean = inner.iter().map(|s| int(s, "dt_ms")).sum::<i64>() as f64 / inner.len() as f64;
-    assert!((98.0..=102.0).contains(&mean), "mean interval {mean} ms");
+    // The timer keeps its phase, but on a VM a firing can come late, or be
+    // skipped when the vCPU was descheduled for longer than a period: the
+    // typical interval is exact, nearly all are within half of one, and
+    // none is longer than a few.
+    let mut dts: Vec<i64> = inner.iter().map(|s| int(s, "dt_ms")).collect();
+    dts.sort_unstable();
+    let median = dts[dts.len() / 2];
+    assert!((99..=101).contains(&median), "median interval {median} ms");
+    let near = dts.iter().filter(|dt| (50..=150).contains(*dt)).count();
+    assert!(near * 10 >= dts.len() * 9, "intervals {dts:?}");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     for s in inner {
         let dt = int(s, "dt_ms");
-        assert!((50..=150).contains(&dt), "interval of {dt} ms: {s}");
+        assert!((1..=500).contains(&dt), "interval of {dt} ms: {s}");
         // A running thread's runtime is current to the last scheduler tick
         // (4 ms at 250 Hz) at each reading.
         let cpu = float(s, "cpu_ms");
