@@ -65,6 +65,10 @@ fn demo_runs_every_task_once_and_exports_a_valid_trace() {
         stdout.contains("network namespace"),
         "the nodes did not run on simulated hosts"
     );
+    assert!(
+        !stdout.contains("NOT AS ASKED"),
+        "the run did not do what it was asked"
+    );
 
     let run = std::fs::read_dir(dir.join("logs"))
         .expect("logs")
@@ -86,8 +90,35 @@ fn demo_runs_every_task_once_and_exports_a_valid_trace() {
         let invs: Vec<Value> = read_jsonl(&node.join("CTS/invocations.jsonl")).expect("invs");
         let samples: Vec<Value> =
             read_jsonl(&node.join("CTS/proc_metrics.jsonl")).expect("samples");
+        assert_eq!(meta["cpu_binding"], "shared", "{meta}");
+        assert!(meta["binding_error"].is_null(), "{meta}");
         for inv in &invs {
             assert_eq!(inv["exit_code"], 0, "{inv}");
+            // The binding it asked for, read back from its cgroup while it
+            // ran: its own group, weight by units, a CPU quota.
+            assert!(inv["binding_error"].is_null(), "ran unbound: {inv}");
+            let node_name = meta["node"].as_str().expect("node");
+            assert!(
+                inv["cgroup"]
+                    .as_str()
+                    .is_some_and(|g| g.starts_with(&format!("/tracekit/{node_name}/"))),
+                "not in its own cgroup: {inv}"
+            );
+            let units = inv["cpu_units"].as_i64().expect("cpu_units");
+            assert_eq!(inv["cpu_weight"].as_i64(), Some(100 * units), "{inv}");
+            let quota: Vec<&str> = inv["cpu_max"]
+                .as_str()
+                .expect("cpu_max")
+                .split_whitespace()
+                .collect();
+            assert!(
+                quota.len() == 2 && quota[0].parse::<u64>().is_ok_and(|q| q > 0),
+                "no CPU quota: {inv}"
+            );
+            assert!(
+                inv["cpus_allowed"].as_str().is_some_and(|c| !c.is_empty()),
+                "{inv}"
+            );
             assert!(inv["cpu_ms"].as_f64().unwrap_or(0.0) > 0.0, "{inv}");
             assert!(
                 inv["ts_enqueue"].as_i64() <= inv["ts_start"].as_i64(),

@@ -33,6 +33,11 @@ pub struct TracerArgs {
     /// Which collector runs.
     #[arg(long, value_enum, default_value_t = CollectorChoice::Auto)]
     pub collector: CollectorChoice,
+
+    /// The CPU whose timer takes the kernel's samples (eBPF; default: the
+    /// first online CPU). If it goes offline another online CPU takes over.
+    #[arg(long, value_name = "CPU")]
+    pub sampler_cpu: Option<u32>,
 }
 
 #[derive(Debug, Clone, Args)]

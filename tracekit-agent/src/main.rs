@@ -55,6 +55,9 @@ enum Command {
         /// How often the kernel samples each traced process.
         #[arg(long)]
         interval_ms: u64,
+        /// The CPU that samples first.
+        #[arg(long)]
+        sampler_cpu: Option<u32>,
     },
 }
 
@@ -72,11 +75,12 @@ fn main() -> std::process::ExitCode {
         pin_dir,
         comms,
         interval_ms,
+        sampler_cpu,
     }) = &cli.command
     {
         // A short-lived child: no async runtime needed.
         let interval = std::time::Duration::from_millis(*interval_ms);
-        return match tracer::ebpf::load_and_pin(*scope, comms, interval, pin_dir) {
+        return match tracer::ebpf::load_and_pin(*scope, comms, interval, *sampler_cpu, pin_dir) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("{e:#}");

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use tracekit_trace::node::{self, NodeIdentity};
-use tracekit_trace::{Invocation, TraceWriter, TracerStats};
+use tracekit_trace::{Invocation, NodeMeta, TraceWriter, TracerStats};
 
 use crate::cli::TracerArgs;
 use crate::clock::{self, Clock};
@@ -32,22 +32,31 @@ pub struct Session {
 }
 
 impl Session {
-    /// Choose and start the collector, and open `<logs>/<RUN_ID>/`.
+    /// Choose and start the collector, and open `<logs>/<RUN_ID>/`;
+    /// `describe` adds what the caller knows to `node_meta.json`.
     pub fn start(
         args: &TracerArgs,
         id: &NodeIdentity,
         dir: &std::path::Path,
         freq: Option<f64>,
+        describe: impl FnOnce(&mut NodeMeta),
     ) -> Result<Self> {
         let matcher = Matcher::new(&args.proc_match)?;
         let interval = Duration::from_millis(args.interval_ms);
-        let selected = select(args.collector, args.scope, matcher.exact_comms(), interval)?;
+        let selected = select(
+            args.collector,
+            args.scope,
+            matcher.exact_comms(),
+            interval,
+            args.sampler_cpu,
+        )?;
         let mut meta = node::detect(id, freq);
         meta.collector = Some(selected.collector.kind());
         meta.fallback_reason = selected.fallback_reason;
         meta.interval_ms = Some(args.interval_ms);
         meta.scope = Some(args.scope.to_string());
         meta.proc_match = Some(args.proc_match.clone());
+        describe(&mut meta);
         let writer = TraceWriter::create(dir, &meta)?;
         let table = ProcessTable::new(
             matcher,
@@ -67,6 +76,9 @@ impl Session {
         };
         if args.scope == Scope::Host {
             session.adopt_running()?;
+            // Adopted processes are traced, and so sampled by the kernel,
+            // from now: no exec or exit event has to come first.
+            session.pump()?;
         }
         tracing::info!(
             collector = %session.collector.kind(),
@@ -145,21 +157,49 @@ impl Session {
     }
 
     /// Take and apply pending events; what they finished is flushed at once
-    /// (an idle agent ticks rarely).
+    /// (an idle agent ticks rarely). Events the kernel lost meanwhile are
+    /// recovered from its records here, not at the next tick.
     pub fn pump(&mut self) -> Result<Vec<Invocation>> {
         // Kernel times become epoch ms here: follow any clock step first.
         self.clock.recalibrate();
         self.collector.drain(&mut self.events)?;
-        let finished = self.table.apply(
-            &mut self.events,
-            &mut self.collector,
-            &self.clock,
-            &mut self.writer,
-        )?;
+        let mut finished = self.apply()?;
+        let table = &self.table;
+        if self
+            .collector
+            .recover_lost(|| table.pids(), &mut self.events)
+        {
+            finished.extend(self.apply()?);
+        }
         if !finished.is_empty() {
             self.writer.flush()?;
         }
         Ok(finished)
+    }
+
+    /// Traced processes that ended (their parent reaped them) but whose exit
+    /// event has not come: take their exits from the kernel's records now.
+    pub fn recover_exits(&mut self, pids: &[u32]) -> Result<Vec<Invocation>> {
+        let mut finished = self.pump()?;
+        for &pid in pids {
+            if self.table.is_traced(pid) {
+                self.collector.recover_exit(pid, &mut self.events);
+            }
+        }
+        finished.extend(self.apply()?);
+        if !finished.is_empty() {
+            self.writer.flush()?;
+        }
+        Ok(finished)
+    }
+
+    fn apply(&mut self) -> Result<Vec<Invocation>> {
+        self.table.apply(
+            &mut self.events,
+            &mut self.collector,
+            &self.clock,
+            &mut self.writer,
+        )
     }
 
     /// At each tick: events (with the kernel's samples), the collector's own
@@ -168,12 +208,7 @@ impl Session {
         let mut finished = self.pump()?;
         let traced = self.table.pids();
         self.collector.tick(&traced, &mut self.events)?;
-        finished.extend(self.table.apply(
-            &mut self.events,
-            &mut self.collector,
-            &self.clock,
-            &mut self.writer,
-        )?);
+        finished.extend(self.apply()?);
         if let Collector::Procfs(c) = &self.collector {
             self.table
                 .sample(clock::epoch_ms(), |pid| c.cpu(pid), &mut self.writer)?;
@@ -209,6 +244,9 @@ impl Session {
             exits_recovered: c.exits_recovered,
             samples_cut: c.samples_cut,
             samples_dropped: c.samples_dropped,
+            sampler_cpu: c.sampler_cpu,
+            sampler_moves: c.sampler_moves,
+            sampler_stalled: c.sampler_stalled,
             agent_cpu_ms,
             agent_max_rss_kb,
             programs: c.programs,

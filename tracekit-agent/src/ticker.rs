@@ -184,7 +184,9 @@ mod tests {
         let mut ticker = Ticker::new(Duration::from_millis(200)).expect("ticker");
         let t0 = std::time::Instant::now();
         // Switching between a short and a long period more often than
-        // either elapses: the first tick still comes within 200 ms.
+        // either elapses: the first tick still comes about one short period
+        // after the switching ends, far before the long one (a loaded
+        // machine adds its delay to both).
         for i in 0..30 {
             let period = if i % 2 == 0 { 5_000 } else { 150 };
             ticker
@@ -193,11 +195,11 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         while !ticker.take().expect("take") {
-            assert!(t0.elapsed() < Duration::from_secs(2), "the tick never came");
+            assert!(t0.elapsed() < Duration::from_secs(4), "the tick never came");
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(
-            t0.elapsed() < Duration::from_millis(400),
+            t0.elapsed() < Duration::from_millis(2_500),
             "{:?}",
             t0.elapsed()
         );

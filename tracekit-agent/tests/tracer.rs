@@ -741,3 +741,345 @@ fn falls_back_to_procfs_without_privilege() {
         .expect("running the agent as nobody");
     assert!(!status.success());
 }
+
+/// Processes the test started and must end, however it ends.
+struct Procs(Vec<Child>);
+
+impl Procs {
+    fn spawn(&mut self, program: &Path, args: &[&str]) -> u32 {
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", program.display()));
+        let pid = child.id();
+        self.0.push(child);
+        pid
+    }
+
+    /// SIGKILL one of them and reap it.
+    fn kill(&mut self, pid: u32) {
+        if let Some(i) = self.0.iter().position(|c| c.id() == pid) {
+            let mut c = self.0.swap_remove(i);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A copy of `system_binary` named `name` in `dir`/`sub`, so its processes
+/// get that comm.
+fn renamed(dir: &Path, sub: &str, system_binary: &str, name: &str) -> PathBuf {
+    let d = dir.join(sub);
+    std::fs::create_dir_all(&d).expect("creating a bin dir");
+    let path = d.join(name);
+    std::fs::copy(system_binary, &path).unwrap_or_else(|e| panic!("copying {system_binary}: {e}"));
+    path
+}
+
+/// utime + stime of `pid` from /proc/<pid>/stat, ms.
+fn stat_cpu_ms(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the comm's closing parenthesis: state is field 3, utime 14.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks * 1000.0 / hz)
+}
+
+/// Linear interpolation of (epoch ms, value) readings at `t`.
+fn interpolate(readings: &[(i64, f64)], t: i64) -> f64 {
+    let after = readings
+        .iter()
+        .position(|&(ts, _)| ts >= t)
+        .unwrap_or_else(|| panic!("no reading at or after {t}"));
+    assert!(after > 0, "no reading before {t}");
+    let (t0, v0) = readings[after - 1];
+    let (t1, v1) = readings[after];
+    v0 + (v1 - v0) * (t - t0) as f64 / (t1 - t0).max(1) as f64
+}
+
+/// Samples of each pid, in order.
+fn samples_by_pid(node_dir: &Path) -> HashMap<i64, Vec<Value>> {
+    let mut by_pid: HashMap<i64, Vec<Value>> = HashMap::new();
+    for s in samples(node_dir) {
+        by_pid.entry(int(&s, "pid")).or_default().push(s);
+    }
+    by_pid
+}
+
+#[test]
+fn samples_adopted_processes_at_once() {
+    let _s = serial();
+    if !ready("samples_adopted_processes_at_once") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let sleeper = renamed(tmp.path(), "s", "/bin/sleep", "tkadopt");
+    let spinner = renamed(tmp.path(), "c", "/bin/sh", "tkadopt");
+    let mut procs = Procs(Vec::new());
+    let sleepers: Vec<u32> = (0..50).map(|_| procs.spawn(&sleeper, &["120"])).collect();
+    let spin = procs.spawn(&spinner, &["-c", "while :; do :; done"]);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // The spinner's CPU, read from /proc every 20 ms while it is traced.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut readings = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t0 = epoch_ms();
+                let cpu = stat_cpu_ms(spin).expect("the spinner's stat");
+                let t1 = epoch_ms();
+                readings.push(((t0 + t1) / 2, cpu));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            readings
+        })
+    };
+    let agent = Agent::start(
+        tmp.path(),
+        "adopt-quiet",
+        &[
+            "--scope",
+            "host",
+            "--match",
+            "^tkadopt$",
+            "--interval-ms",
+            "200",
+        ],
+    );
+    let started = epoch_ms();
+    // Nothing starts or ends from here on. The agent drains the kernel's
+    // samples every 10 s: by then they are in the file.
+    std::thread::sleep(Duration::from_millis(10_800));
+    let drained = samples_by_pid(&agent.node_dir);
+    let dir = agent.stop();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let readings = reader.join().expect("the /proc reader");
+
+    for pid in sleepers.iter().chain([&spin]) {
+        assert!(
+            drained.get(&(*pid as i64)).is_some_and(|r| r.len() >= 40),
+            "pid {pid}: {} samples in the file after the first drain",
+            drained.get(&(*pid as i64)).map_or(0, Vec::len)
+        );
+    }
+    let by_pid = samples_by_pid(&dir);
+    let window = epoch_ms() - started;
+    for pid in sleepers.iter().chain([&spin]) {
+        let rows = by_pid
+            .get(&(*pid as i64))
+            .unwrap_or_else(|| panic!("no samples for pid {pid}"));
+        // Every interval but the odd one a VM's timer skips.
+        assert!(
+            rows.len() as i64 >= (window - 1500) / 200 * 9 / 10,
+            "pid {pid}: {} samples in {window} ms",
+            rows.len()
+        );
+        for w in rows.windows(2) {
+            assert!(
+                int(&w[1], "ts_ms") - int(&w[0], "ts_ms") <= 600,
+                "pid {pid}: a gap between {} and {}",
+                w[0],
+                w[1]
+            );
+        }
+    }
+    // The spinner's samples add up to its CPU over the same window.
+    let rows = &by_pid[&(spin as i64)];
+    let from = int(&rows[0], "ts_ms") - int(&rows[0], "dt_ms");
+    let to = int(rows.last().expect("a sample"), "ts_ms");
+    let traced: f64 = rows.iter().map(|s| float(s, "cpu_ms")).sum();
+    let expected = interpolate(&readings, to) - interpolate(&readings, from);
+    eprintln!(
+        "spinner: traced {traced:.1} ms, /proc/{spin}/stat {expected:.1} ms over {} ms",
+        to - from
+    );
+    assert!(
+        (traced - expected).abs() <= expected * 0.01,
+        "traced {traced:.1} ms, /proc says {expected:.1} ms"
+    );
+}
+
+#[test]
+fn recovers_lost_events_at_once() {
+    let _s = serial();
+    if !ready("recovers_lost_events_at_once") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let burst = renamed(tmp.path(), "b", "/bin/true", "tkburst");
+    let sleeper = renamed(tmp.path(), "s", "/bin/sleep", "tkburst");
+    let spinner = renamed(tmp.path(), "c", "/bin/sh", "tkburst");
+    let mut procs = Procs(Vec::new());
+    let agent = Agent::start(
+        tmp.path(),
+        "lost",
+        &[
+            "--scope",
+            "host",
+            "--match",
+            "^tkburst$",
+            "--interval-ms",
+            "100",
+        ],
+    );
+    // Traced through its exec event; its exit will be lost.
+    let spin = procs.spawn(&spinner, &["-c", "while :; do :; done"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let agent_pid = agent.child.id() as i32;
+    // SAFETY: signalling the agent this test started.
+    unsafe { libc::kill(agent_pid, libc::SIGSTOP) };
+    // Fill the ring buffer (1 MiB) with exec and exit events while the
+    // agent sleeps: what follows is lost.
+    let status = Command::new("/bin/sh")
+        .args([
+            "-c",
+            &format!(
+                "i=0; while [ $i -lt 4000 ]; do {}; i=$((i+1)); done",
+                burst.display()
+            ),
+        ])
+        .status()
+        .expect("the burst");
+    assert!(status.success());
+    let spin_cpu = process_cpu_ms(spin);
+    procs.kill(spin);
+    let late = procs.spawn(&sleeper, &["60"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let resumed = epoch_ms();
+    // SAFETY: as above.
+    unsafe { libc::kill(agent_pid, libc::SIGCONT) };
+    std::thread::sleep(Duration::from_millis(2000));
+    let dir = agent.stop();
+
+    let stats: Value = read_json(&dir.join("CTS/tracer_stats.json")).expect("tracer_stats.json");
+    assert!(int(&stats, "events_lost") > 0, "nothing was lost: {stats}");
+    assert!(int(&stats, "exits_recovered") >= 1, "{stats}");
+    // The exit whose event was lost is recorded with its CPU.
+    let invs = invocations(&dir);
+    let inv = invocation_of(&invs, spin);
+    let traced = float(inv, "cpu_ms");
+    eprintln!("lost exit: traced {traced:.1} ms, CPU clock before the kill {spin_cpu:.1} ms");
+    assert!(
+        traced >= spin_cpu && traced <= spin_cpu * 1.01 + 20.0,
+        "traced {traced} ms, clock {spin_cpu} ms: {inv}"
+    );
+    assert_eq!(inv["signal"], 9, "{inv}");
+    // The process whose exec was lost is sampled from the first interval
+    // after the agent resumed.
+    let by_pid = samples_by_pid(&dir);
+    let rows = by_pid
+        .get(&(late as i64))
+        .unwrap_or_else(|| panic!("the process whose exec was lost has no samples"));
+    let first = int(&rows[0], "ts_ms");
+    eprintln!(
+        "lost exec: first sample {} ms after resuming",
+        first - resumed
+    );
+    assert!(
+        first <= resumed + 500,
+        "first sample {} ms after resuming",
+        first - resumed
+    );
+    assert!(rows.len() >= 10, "{} samples in 2 s", rows.len());
+}
+
+/// Takes a CPU offline and back; online again however the test ends.
+struct Offline(u32);
+
+impl Offline {
+    fn take(cpu: u32) -> Option<Offline> {
+        let path = format!("/sys/devices/system/cpu/cpu{cpu}/online");
+        std::fs::write(&path, "0").ok()?;
+        Some(Offline(cpu))
+    }
+}
+
+impl Drop for Offline {
+    fn drop(&mut self) {
+        let path = format!("/sys/devices/system/cpu/cpu{}/online", self.0);
+        if let Err(e) = std::fs::write(&path, "1") {
+            eprintln!("bringing CPU {} back online: {e}", self.0);
+        }
+    }
+}
+
+#[test]
+fn sampling_survives_its_cpu_going_offline() {
+    let _s = serial();
+    if !ready("sampling_survives_its_cpu_going_offline") {
+        return;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let hotplug = Path::new("/sys/devices/system/cpu/cpu1/online");
+    if cpus < 2 || !hotplug.exists() {
+        // The decision itself is unit-tested (tracer::ebpf::tests).
+        assert!(
+            std::env::var_os("CI").is_none() || cpus < 2,
+            "CPU 1 cannot be taken offline here"
+        );
+        eprintln!("skipped: no CPU hotplug on this machine");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let spinner = renamed(tmp.path(), "c", "/bin/sh", "tkhotplug");
+    let mut procs = Procs(Vec::new());
+    let spin = procs.spawn(&spinner, &["-c", "while :; do :; done"]);
+    let agent = Agent::start(
+        tmp.path(),
+        "hotplug",
+        &[
+            "--scope",
+            "host",
+            "--match",
+            "^tkhotplug$",
+            "--interval-ms",
+            "100",
+            "--sampler-cpu",
+            "1",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(2000));
+    let offline_at = epoch_ms();
+    {
+        let _off = Offline::take(1).expect("taking CPU 1 offline");
+        std::thread::sleep(Duration::from_millis(2000));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    let dir = agent.stop();
+    let stats: Value = read_json(&dir.join("CTS/tracer_stats.json")).expect("tracer_stats.json");
+    eprintln!("{stats}");
+    assert!(int(&stats, "sampler_moves") >= 1, "{stats}");
+    assert_eq!(stats["sampler_cpu"], 0, "{stats}");
+    assert_eq!(stats["sampler_stalled"], false, "{stats}");
+    let by_pid = samples_by_pid(&dir);
+    let rows = &by_pid[&(spin as i64)];
+    let gaps: Vec<i64> = rows.iter().map(|s| int(s, "dt_ms")).collect();
+    let worst = gaps.iter().copied().max().unwrap_or(0);
+    eprintln!("largest interval {worst} ms (CPU 1 went offline at {offline_at})");
+    // The kernel hands sampling over after 250 ms of silence.
+    assert!(worst <= 600, "intervals {gaps:?}");
+    let after: Vec<&Value> = rows
+        .iter()
+        .filter(|s| int(s, "ts_ms") > offline_at + 1000)
+        .collect();
+    assert!(
+        after.len() >= 20,
+        "{} samples after the CPU went offline",
+        after.len()
+    );
+}

@@ -87,8 +87,9 @@ impl Env {
         });
     }
 
-    fn agent(&self, node: &str, args: &[&str]) -> Child {
-        Command::new(AGENT)
+    /// The agent, killed by its PID if the test ends before stopping it.
+    fn agent(&self, node: &str, args: &[&str]) -> KillOnDrop {
+        let child = Command::new(AGENT)
             .current_dir(self.dir.path())
             .args([
                 "--redis",
@@ -114,7 +115,8 @@ impl Env {
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .spawn()
-            .expect("starting the agent")
+            .expect("starting the agent");
+        KillOnDrop(child)
     }
 
     /// A task on `input` (short/long) of `units`, with overrides.
@@ -587,12 +589,179 @@ fn survives_a_redis_restart() {
     let _ = again.0.wait();
 }
 
-/// A child process killed (by its PID) and reaped when dropped.
+/// A child process killed (by its PID) and reaped when dropped, so a
+/// failing test leaves nothing running.
 struct KillOnDrop(Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The agent's stderr, read after it exits.
+fn stderr_of(child: Child) -> (std::process::ExitStatus, String) {
+    let out = child.wait_with_output().expect("waiting for the agent");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+impl Env {
+    /// The agent in a mount namespace of its own where /sys/fs/cgroup is an
+    /// empty tmpfs: a host with no usable cgroup hierarchy.
+    fn agent_without_cgroups(&self, node: &str, args: &[&str]) -> Child {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg("mount -t tmpfs tk-no-cgroups /sys/fs/cgroup && exec \"$0\" \"$@\"")
+            .arg(AGENT)
+            .current_dir(self.dir.path())
+            .args([
+                "--redis",
+                &self.redis.url_without_password(),
+                "--node-id",
+                node,
+            ])
+            .args(["--run-id", "run", "--logs"])
+            .arg(self.path(&format!("logs/{node}")))
+            .arg("--inputs")
+            .arg(self.path("inputs"))
+            .arg("--outputs")
+            .arg(self.path("outputs"))
+            .args(["--heartbeat-ms", "500", "--reset-capacity"])
+            .args(args)
+            .env("REDIS_PASSWORD", self.redis.password())
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd.spawn().expect("starting unshare")
+    }
+}
+
+#[test]
+fn refuses_to_run_unbound_unless_allowed() {
+    let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !ready("refuses_to_run_unbound_unless_allowed") || !require_tool("unshare", "unshare") {
+        return;
+    }
+    let mut env = Env::new(&[]);
+    // Asked for a binding it cannot apply: it refuses to start, and says why.
+    let (status, stderr) = stderr_of(env.agent_without_cgroups("nocg", &[]));
+    assert!(!status.success(), "started without cgroups: {stderr}");
+    assert!(
+        stderr.contains("--cpu-binding shared cannot be applied")
+            && stderr.contains("no usable cgroup hierarchy")
+            && stderr.contains("--allow-unbound"),
+        "{stderr}"
+    );
+    assert!(
+        env.snapshot().nodes.is_empty(),
+        "it registered before refusing"
+    );
+
+    // Opted in: tasks run unbound, and everything says so.
+    let agent = env.agent_without_cgroups("nocg", &["--allow-unbound"]);
+    let mut agent = KillOnDrop(agent);
+    let task = env.task("short.mp4", 1, |_| {});
+    env.submit(&[task]);
+    env.wait("the task", Duration::from_secs(60), |e| {
+        e.invocations("nocg").len() == 1
+    });
+    let snap = env.snapshot();
+    assert!(
+        snap.nodes[0]
+            .binding
+            .as_deref()
+            .is_some_and(|b| b.starts_with("UNBOUND")),
+        "{:?}",
+        snap.nodes[0]
+    );
+    let inv = &env.invocations("nocg")[0];
+    assert!(
+        inv["binding_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("--allow-unbound")),
+        "{inv}"
+    );
+    assert!(inv["cgroup"].is_null(), "{inv}");
+    let meta: Value = tracekit_tests::read_json(&env.path("logs/nocg/run/node_meta.json"))
+        .expect("node_meta.json");
+    assert!(meta["binding_error"].is_string(), "{meta}");
+    assert!(sigterm(&mut agent).success());
+    env.assert_books_balanced();
+}
+
+/// Takes a CPU offline; back online however the test ends.
+struct Offline(u32);
+
+impl Drop for Offline {
+    fn drop(&mut self) {
+        let path = format!("/sys/devices/system/cpu/cpu{}/online", self.0);
+        if let Err(e) = std::fs::write(&path, "1") {
+            eprintln!("bringing CPU {} back online: {e}", self.0);
+        }
+    }
+}
+
+#[test]
+fn a_binding_that_fails_fails_the_task_with_its_reason() {
+    let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !ready("a_binding_that_fails_fails_the_task_with_its_reason") {
+        return;
+    }
+    let hotplug = Path::new("/sys/devices/system/cpu/cpu1/online");
+    if !hotplug.exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no CPU hotplug: cannot make a binding fail here"
+        );
+        eprintln!("skipped: no CPU hotplug on this machine");
+        return;
+    }
+    let mut env = Env::new(&[]);
+    let mut agent = env.agent(
+        "badbind",
+        &["--cpu-binding", "exclusive", "--capacity-units", "2"],
+    );
+    env.wait("registration", Duration::from_secs(30), |e| {
+        !e.snapshot().nodes.is_empty()
+    });
+    // The agent counted two cores; with one gone, binding a task to both
+    // fails (the kernel refuses an offline CPU in a cpuset).
+    std::fs::write(hotplug, "0").expect("taking CPU 1 offline");
+    let online = Offline(1);
+    let task = env.task("short.mp4", 2, |_| {});
+    env.submit(&[task]);
+    env.wait("the dead letter", Duration::from_secs(60), |e| {
+        e.snapshot().dead == 1
+    });
+    drop(online);
+    let dead = env
+        .rt
+        .block_on(env.queue.dead_letters(0, -1))
+        .expect("dead letters");
+    let reason = &dead[0].reason;
+    assert!(
+        reason.starts_with("failed 3 attempts (max 3): CPU binding failed"),
+        "{reason}"
+    );
+    assert!(reason.contains("cpuset.cpus"), "{reason}");
+    // It never ran, bound or not.
+    assert!(env.invocations("badbind").is_empty());
+    assert_eq!(sigterm(&mut agent).code(), Some(0));
+    env.assert_books_balanced();
 }

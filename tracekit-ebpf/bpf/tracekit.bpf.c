@@ -32,6 +32,8 @@ const volatile __u32 cfg_scope = TK_SCOPE_WORKER;
 /* When set, only an exec whose comm is a key of `comms` starts tracing:
  * the match is a set of exact names, so other execs never reach user space. */
 const volatile __u32 cfg_comm_filter = 0;
+/* The sampling interval, ns (the period of tk_sample's events). */
+const volatile __u64 cfg_interval_ns = 1000000000;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -72,6 +74,13 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } watched_len SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tk_sampler);
+} sampler SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -355,16 +364,43 @@ static long sample_one(__u32 slot, struct sample_ctx *ctx)
 	return 0;
 }
 
-/* Every interval, on one CPU (a cpu-clock perf event with the interval as
- * its period): one sample per watched process. */
+/* Every interval, on every online CPU (a cpu-clock perf event per CPU with
+ * the interval as its period); the CPU named in `sampler` takes one sample
+ * per watched process, the others only check that it still fires. A CPU's
+ * event goes with it when it goes offline: the first other CPU to see no
+ * firing for two and a half intervals takes over, so sampling goes on with
+ * one longer interval. */
 SEC("perf_event")
 int tk_sample(void *ctx)
 {
 	__u32 zero = 0;
+	struct tk_sampler *s = bpf_map_lookup_elem(&sampler, &zero);
+	if (!s)
+		return 0;
+	__u32 cpu = bpf_get_smp_processor_id();
+	__u64 now = bpf_ktime_get_ns();
+	__u32 elected = s->cpu;
+
+	if (cpu != elected) {
+		__u64 last = s->last_ns;
+		if (!last) {
+			/* The sampler has not fired yet: start its clock, so
+			 * one that never fires is replaced too. */
+			__sync_val_compare_and_swap(&s->last_ns, 0, now);
+			return 0;
+		}
+		if (now - last < cfg_interval_ns * 5 / 2)
+			return 0;
+		if (__sync_val_compare_and_swap(&s->cpu, elected, cpu) != elected)
+			return 0; /* another CPU took over first */
+		count(TK_STAT_SAMPLER_MOVED);
+	}
+	s->last_ns = now;
+
 	__u32 *len = bpf_map_lookup_elem(&watched_len, &zero);
 	if (!len || !*len)
 		return 0;
-	struct sample_ctx c = { .now = bpf_ktime_get_ns() };
+	struct sample_ctx c = { .now = now };
 	__u32 n = *len < TK_MAX_WATCHED ? *len : TK_MAX_WATCHED;
 
 	bpf_loop(n, sample_one, &c, 0);

@@ -40,7 +40,8 @@
 #define TK_STAT_SCOPE_FULL 2   /* `scope` map full: a descendant left the scope */
 #define TK_STAT_WALK_CUT 3     /* a sample walked TK_MAX_THREADS threads and stopped */
 #define TK_STAT_SAMPLE_DROPPED 4 /* a sample not taken: the ring buffer was 3/4 full */
-#define TK_STAT_MAX 5
+#define TK_STAT_SAMPLER_MOVED 5  /* the sampling CPU stopped firing (offline): another took over */
+#define TK_STAT_MAX 6
 
 /* Per traced process (key: tgid), map `procs`. */
 struct tk_proc {
@@ -92,6 +93,16 @@ struct tk_sample {
 	 * released threads plus that of every thread still listed), ns. */
 	__u64 cpu_ns;
 	__u64 rss_pages; /* file + anon + shmem pages, as statm's resident */
+};
+
+/* Which CPU samples, map `sampler` (one entry). tk_sample is attached to a
+ * cpu-clock event on every online CPU; only the CPU named here walks the
+ * watched processes. If it stops firing (it went offline, and its event
+ * with it), the first other CPU to notice takes over. */
+struct tk_sampler {
+	__u32 cpu;      /* the CPU that samples */
+	__u32 _pad;
+	__u64 last_ns;  /* its last firing, bpf_ktime_get_ns(); 0 before the first */
 };
 
 #endif /* TRACEKIT_H */

@@ -42,8 +42,10 @@ pub const TK_STAT_SCOPE_FULL: u32 = 2;
 pub const TK_STAT_WALK_CUT: u32 = 3;
 /// A sample not taken: the ring buffer was 3/4 full.
 pub const TK_STAT_SAMPLE_DROPPED: u32 = 4;
+/// The sampling CPU stopped firing (offline): another took over.
+pub const TK_STAT_SAMPLER_MOVED: u32 = 5;
 /// Number of counters in `stats`.
-pub const TK_STAT_MAX: u32 = 5;
+pub const TK_STAT_MAX: u32 = 6;
 
 /// Names of the maps and programs in the object.
 pub mod names {
@@ -54,8 +56,10 @@ pub mod names {
     pub const MAP_COMMS: &str = "comms";
     pub const MAP_WATCHED: &str = "watched";
     pub const MAP_WATCHED_LEN: &str = "watched_len";
+    pub const MAP_SAMPLER: &str = "sampler";
     pub const GLOBAL_SCOPE: &str = "cfg_scope";
     pub const GLOBAL_COMM_FILTER: &str = "cfg_comm_filter";
+    pub const GLOBAL_INTERVAL: &str = "cfg_interval_ns";
     /// The sampler, a `perf_event` program on a cpu-clock event.
     pub const PROG_SAMPLE: &str = "tk_sample";
     /// The `iter/task` program that completes adopted processes.
@@ -121,6 +125,17 @@ pub struct TkSample {
     pub rss_pages: u64,
 }
 
+/// Which CPU samples, map `sampler` (one entry).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TkSampler {
+    /// The CPU that samples.
+    pub cpu: u32,
+    pub _pad: u32,
+    /// Its last firing (`bpf_ktime_get_ns`), 0 before the first.
+    pub last_ns: u64,
+}
+
 /// A ring-buffer record, told apart by its first field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Record {
@@ -162,4 +177,5 @@ mod pod {
     // SAFETY: plain #[repr(C)] data with no padding holes read as values.
     unsafe impl aya::Pod for super::TkProc {}
     unsafe impl aya::Pod for super::TkEvent {}
+    unsafe impl aya::Pod for super::TkSampler {}
 }

@@ -17,7 +17,7 @@ fn c_layout() -> HashMap<String, u64> {
     let mut body = String::from(
         "#include <stdio.h>\n#include <stddef.h>\n#include \"tracekit.h\"\nint main(void){\n",
     );
-    let structs: [(&str, &[&str]); 3] = [
+    let structs: [(&str, &[&str]); 4] = [
         (
             "tk_proc",
             &[
@@ -55,6 +55,7 @@ fn c_layout() -> HashMap<String, u64> {
             "tk_sample",
             &["kind", "pid", "ts_ns", "cpu_ns", "rss_pages"],
         ),
+        ("tk_sampler", &["cpu", "_pad", "last_ns"]),
     ];
     for (s, fields) in structs {
         body += &format!("printf(\"{s}.size %zu\\n\", sizeof(struct {s}));\n");
@@ -81,6 +82,7 @@ fn c_layout() -> HashMap<String, u64> {
         "TK_STAT_SCOPE_FULL",
         "TK_STAT_WALK_CUT",
         "TK_STAT_SAMPLE_DROPPED",
+        "TK_STAT_SAMPLER_MOVED",
         "TK_STAT_MAX",
     ] {
         body += &format!("printf(\"{c} %lu\\n\", (unsigned long)({c}));\n");
@@ -141,6 +143,10 @@ fn abi_matches_c() {
         ("tk_event._pad", offset_of!(TkEvent, _pad) as u64),
         ("tk_event.comm", offset_of!(TkEvent, comm) as u64),
         ("tk_event.filename", offset_of!(TkEvent, filename) as u64),
+        ("tk_sampler.size", size_of::<TkSampler>() as u64),
+        ("tk_sampler.cpu", offset_of!(TkSampler, cpu) as u64),
+        ("tk_sampler._pad", offset_of!(TkSampler, _pad) as u64),
+        ("tk_sampler.last_ns", offset_of!(TkSampler, last_ns) as u64),
         ("tk_sample.size", size_of::<TkSample>() as u64),
         ("tk_sample.kind", offset_of!(TkSample, kind) as u64),
         ("tk_sample.pid", offset_of!(TkSample, pid) as u64),
@@ -168,6 +174,7 @@ fn abi_matches_c() {
         ("TK_STAT_SCOPE_FULL", TK_STAT_SCOPE_FULL as u64),
         ("TK_STAT_WALK_CUT", TK_STAT_WALK_CUT as u64),
         ("TK_STAT_SAMPLE_DROPPED", TK_STAT_SAMPLE_DROPPED as u64),
+        ("TK_STAT_SAMPLER_MOVED", TK_STAT_SAMPLER_MOVED as u64),
         ("TK_STAT_MAX", TK_STAT_MAX as u64),
     ];
     assert_eq!(

@@ -8,6 +8,8 @@ pub const ALIVE: &str = "nodes:alive";
 pub const DEAD: &str = "q:dead";
 /// Hash raw task → failed attempts.
 pub const ATTEMPTS: &str = "q:attempts";
+/// Hash raw task → why its last failed attempt failed.
+pub const LAST_ERROR: &str = "q:last_error";
 
 /// The two list names the original made configurable (`--pending`, `--slots`);
 /// everything else is fixed.
@@ -59,6 +61,11 @@ pub fn run_count(node: &str) -> String {
 /// Slots of `node` (0 = capacity only).
 pub fn parallel(node: &str) -> String {
     format!("parallel:{node}")
+}
+/// How `node`'s worker binds tasks to CPUs ("shared", "exclusive", or
+/// "UNBOUND: why"), set by the worker at registration.
+pub fn binding(node: &str) -> String {
+    format!("binding:{node}")
 }
 /// A dispatcher's submission high-water mark.
 pub fn dispatch_mark(dispatcher_id: &str) -> String {

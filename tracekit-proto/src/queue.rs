@@ -195,6 +195,9 @@ pub struct NodeState {
     pub queued: usize,
     pub inflight: usize,
     pub slot_tokens: usize,
+    /// The worker's CPU binding as it reported it ("shared", "exclusive",
+    /// or "UNBOUND: why").
+    pub binding: Option<String>,
 }
 
 /// The whole queue state, for `status` and tests.
@@ -539,12 +542,14 @@ impl Queue {
 
     /// Hands an in-flight task back to the head of pending (capacity comes
     /// back); `failed` counts one attempt towards the central's
-    /// `--max-attempts`. `false` if it was no longer in flight.
+    /// `--max-attempts`, and `reason` (why it failed) is what its dead letter
+    /// will say if it is the last. `false` if it was no longer in flight.
     pub async fn requeue_task(
         &self,
         node: &str,
         raw: &str,
         failed: bool,
+        reason: Option<&str>,
     ) -> Result<bool, QueueError> {
         let v = self
             .eval(
@@ -555,10 +560,29 @@ impl Queue {
                     node.as_bytes(),
                     raw.as_bytes(),
                     if failed { b"1" } else { b"0" },
+                    reason.unwrap_or("").as_bytes(),
                 ],
             )
             .await?;
         Ok(int(&v) == Some(1))
+    }
+
+    /// Record how `node`'s worker binds tasks to CPUs, for `status`.
+    pub async fn set_binding(&self, node: &str, binding: &str) -> Result<(), QueueError> {
+        let key = keys::binding(node);
+        self.conn
+            .run("set binding", |mut c| {
+                let key = key.clone();
+                async move {
+                    redis::cmd("SET")
+                        .arg(key)
+                        .arg(binding)
+                        .query_async::<()>(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        Ok(())
     }
 
     /// The worker leaves: everything it still holds goes back to the head of
@@ -647,7 +671,8 @@ impl Queue {
                             .arg(keys::run_count(n))
                             .arg(keys::parallel(n))
                             .arg(keys::phys(n))
-                            .arg(keys::ratio(n));
+                            .arg(keys::ratio(n))
+                            .arg(keys::binding(n));
                         p.cmd("ZSCORE").arg(keys::ALIVE).arg(n);
                         p.cmd("LLEN").arg(keys::queue(n));
                         p.cmd("LLEN").arg(keys::inflight(n));
@@ -683,6 +708,7 @@ impl Queue {
                 queued: int(q).unwrap_or(0) as usize,
                 inflight: int(inf).unwrap_or(0) as usize,
                 slot_tokens: token_count.get(name.as_str()).copied().unwrap_or(0),
+                binding: text(6),
             });
         }
         Ok(Snapshot {

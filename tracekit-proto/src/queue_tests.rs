@@ -189,7 +189,11 @@ async fn dead_letter_and_requeue_return_capacity() {
     let Take::Task(t1) = q.take_task("w1").await.unwrap() else {
         panic!()
     };
-    assert!(q.requeue_task("w1", &t1, true).await.unwrap());
+    assert!(
+        q.requeue_task("w1", &t1, true, Some("ffmpeg exited with 1"))
+            .await
+            .unwrap()
+    );
     assert_eq!(q.pending_tasks().await.unwrap(), vec![t1.clone()]);
     let snap = q.snapshot(Duration::from_secs(10)).await.unwrap();
     let n = &snap.nodes[0];
@@ -205,8 +209,12 @@ async fn dead_letter_and_requeue_return_capacity() {
         })
         .await
         .unwrap();
+    // …and its dead letter says why the last attempt failed.
     assert!(
-        matches!(&out.events[..], [PlaceEvent::Dead { reason, .. }] if reason.contains("attempts"))
+        matches!(&out.events[..], [PlaceEvent::Dead { reason, .. }]
+            if reason == "failed 1 attempts (max 1): ffmpeg exited with 1"),
+        "{:?}",
+        out.events
     );
 }
 

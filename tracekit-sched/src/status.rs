@@ -42,7 +42,7 @@ pub fn render(s: &Snapshot) -> String {
         .max(4);
     let _ = writeln!(
         out,
-        "{:<w$}  {:<5}  {:>9}  {:>9}  {:>6}  {:>6}  {:>8}  {:>5}  {:>9}",
+        "{:<w$}  {:<5}  {:>9}  {:>9}  {:>6}  {:>6}  {:>8}  {:>5}  {:>9}  BINDING",
         "NODE", "STATE", "FREE/TOT", "RUN_COUNT", "QUEUED", "FLIGHT", "SLOTS", "PHYS", "HEARTBEAT"
     );
     for n in &s.nodes {
@@ -57,7 +57,7 @@ pub fn render(s: &Snapshot) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<w$}  {:<5}  {:>9}  {:>9}  {:>6}  {:>6}  {:>8}  {:>5}  {:>9}",
+            "{:<w$}  {:<5}  {:>9}  {:>9}  {:>6}  {:>6}  {:>8}  {:>5}  {:>9}  {}",
             n.name,
             if n.alive { "alive" } else { "dead" },
             format!("{}/{}", n.cap, n.cap_total),
@@ -66,10 +66,25 @@ pub fn render(s: &Snapshot) -> String {
             n.inflight,
             slots,
             n.phys.as_deref().unwrap_or("-"),
-            hb
+            hb,
+            n.binding.as_deref().unwrap_or("-")
         );
     }
     let alive = s.nodes.iter().filter(|n| n.alive).count();
+    let unbound: Vec<&str> = s
+        .nodes
+        .iter()
+        .filter(|n| n.alive && n.binding.as_deref().is_some_and(is_unbound))
+        .map(|n| n.name.as_str())
+        .collect();
+    if !unbound.is_empty() {
+        let _ = writeln!(
+            out,
+            "WARNING: {} node(s) run tasks UNBOUND (no CPU binding): {}",
+            unbound.len(),
+            unbound.join(", ")
+        );
+    }
     let _ = writeln!(
         out,
         "nodes: {alive} alive / {} registered   pending: {}   dead letters: {}",
@@ -78,6 +93,11 @@ pub fn render(s: &Snapshot) -> String {
         s.dead
     );
     out
+}
+
+/// A worker's binding as it reports one it could not apply.
+fn is_unbound(binding: &str) -> bool {
+    binding.starts_with("UNBOUND")
 }
 
 fn to_json(s: &Snapshot) -> String {
@@ -90,6 +110,8 @@ fn to_json(s: &Snapshot) -> String {
                 "cap": n.cap, "cap_total": n.cap_total, "run_count": n.run_count,
                 "parallel": n.parallel, "slot_tokens": n.slot_tokens,
                 "queued": n.queued, "inflight": n.inflight, "phys": n.phys, "ratio": n.ratio,
+                "binding": n.binding,
+                "unbound": n.binding.as_deref().is_some_and(is_unbound),
             })
         })
         .collect();

@@ -76,6 +76,12 @@ pub struct AuditCounts {
     pub map_full: u64,
     pub torn_tails: u64,
     pub bad_lines: u64,
+    /// Tasks that ran without the CPU binding they asked for.
+    pub unbound_tasks: u64,
+    /// Processes with intervals that have no sample while they were alive,
+    /// and those intervals.
+    pub processes_with_gaps: u64,
+    pub missed_intervals: u64,
 }
 
 impl AuditCounts {
@@ -123,6 +129,9 @@ impl AuditCounts {
         self.map_full += o.map_full;
         self.torn_tails += o.torn_tails;
         self.bad_lines += o.bad_lines;
+        self.unbound_tasks += o.unbound_tasks;
+        self.processes_with_gaps += o.processes_with_gaps;
+        self.missed_intervals += o.missed_intervals;
     }
 }
 
@@ -159,6 +168,27 @@ pub struct TilingOffender {
     pub samples: u64,
 }
 
+/// A process with intervals that have no sample while it was alive.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GapOffender {
+    pub pid: u32,
+    /// The task of that pid, when one was recorded.
+    pub trace_id: Option<String>,
+    /// Intervals with no sample, and the intervals its samples cover.
+    pub missed: u64,
+    pub intervals: u64,
+    /// Its longest time without a sample, ms.
+    pub longest_ms: i64,
+}
+
+impl GapOffender {
+    /// More than the odd timer firing a VM skips: more than two intervals
+    /// and more than a tenth of them.
+    pub fn serious(&self) -> bool {
+        self.missed > 2 && self.missed * 10 > self.intervals
+    }
+}
+
 /// A task that exited non-zero or by a signal.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FailedTask {
@@ -187,6 +217,13 @@ pub struct NodeAudit {
     pub cpu_offenders: Vec<CpuOffender>,
     pub tiling_offenders: Vec<TilingOffender>,
     pub failed: Vec<FailedTask>,
+    /// Processes with sampling gaps, most intervals missed first.
+    pub gaps: Vec<GapOffender>,
+    /// What the run was asked to do and did not (a collector fallback,
+    /// tasks run unbound, privileges kept), for the report's first lines.
+    pub not_as_asked: Vec<String>,
+    /// The first reason a task ran unbound.
+    pub unbound_reason: Option<String>,
     pub problems: Vec<String>,
     pub warnings: Vec<String>,
     pub markdown: String,
@@ -288,6 +325,7 @@ pub fn audit_node(node: &NodeDir) -> Result<NodeAudit> {
     let mut inv_pids: HashSet<u32> = HashSet::new();
     let mut reused: HashSet<u32> = HashSet::new();
     let mut failed = Vec::new();
+    let mut unbound_reason: Option<String> = None;
 
     let invocations_read = node.read_invocations(|rec: InvocationRecord, _| {
         c.invocations += 1;
@@ -303,6 +341,10 @@ pub fn audit_node(node: &NodeDir) -> Result<NodeAudit> {
             && !inv_pids.insert(pid)
         {
             reused.insert(pid);
+        }
+        if let Some(why) = &rec.binding_error {
+            c.unbound_tasks += 1;
+            unbound_reason.get_or_insert_with(|| why.clone());
         }
         if rec.failed() {
             c.failed_tasks += 1;
@@ -345,6 +387,9 @@ pub fn audit_node(node: &NodeDir) -> Result<NodeAudit> {
         tasks.len()
     ];
     let mut last_ts: HashMap<u32, i64> = HashMap::new();
+    let interval = node.meta.interval_ms.filter(|&i| i > 0).map(|i| i as i64);
+    // Per pid: intervals without a sample, intervals covered, longest gap.
+    let mut gaps: HashMap<u32, (u64, u64, i64)> = HashMap::new();
     let samples_read = node.read_samples(
         |s: SampleRecord, _| {
             c.samples += 1;
@@ -364,6 +409,18 @@ pub fn audit_node(node: &NodeDir) -> Result<NodeAudit> {
                 && (ts < prev || (ts == prev && dt != 0))
             {
                 c.monotonic_violations += 1;
+            }
+            if let Some(i) = interval
+                && dt > 0
+            {
+                let g = gaps.entry(pid).or_default();
+                g.1 += ((dt + i / 2) / i).max(1) as u64;
+                // A sample covering more than one and a half intervals
+                // stands for the ones with no sample before it.
+                if dt * 2 > i * 3 {
+                    g.0 += ((dt + i / 2) / i - 1) as u64;
+                    g.2 = g.2.max(dt);
+                }
             }
             match index.find(pid, ts, dt) {
                 Some(t) => {
@@ -389,6 +446,25 @@ pub fn audit_node(node: &NodeDir) -> Result<NodeAudit> {
         .collect();
     unmatched_pids.sort_unstable();
     unmatched_pids.truncate(LISTED);
+
+    let trace_of_pid: HashMap<u32, &str> = tasks
+        .iter()
+        .filter_map(|t| Some((t.times.pid, t.trace_id.as_deref()?)))
+        .collect();
+    let mut gap_offenders: Vec<GapOffender> = gaps
+        .into_iter()
+        .filter(|(_, g)| g.0 > 0)
+        .map(|(pid, (missed, intervals, longest_ms))| GapOffender {
+            pid,
+            trace_id: trace_of_pid.get(&pid).map(|s| s.to_string()),
+            missed,
+            intervals,
+            longest_ms,
+        })
+        .collect();
+    c.processes_with_gaps = gap_offenders.len() as u64;
+    c.missed_intervals = gap_offenders.iter().map(|g| g.missed).sum();
+    gap_offenders.sort_by(|a, b| b.missed.cmp(&a.missed).then(a.pid.cmp(&b.pid)));
 
     let mut cpu_offenders = Vec::new();
     let mut tiling_offenders = Vec::new();
@@ -451,6 +527,8 @@ pub fn audit_node(node: &NodeDir) -> Result<NodeAudit> {
         c.events_lost = s.events_lost;
         c.map_full = s.map_full;
     }
+    let meta = &node.meta;
+    let privileges_kept = meta.privileges_dropped == Some(false);
     c.torn_tails = u64::from(invocations_read.torn_tail) + u64::from(samples_read.torn_tail);
     c.bad_lines = invocations_read.bad_count + samples_read.bad_count;
 
@@ -470,10 +548,19 @@ pub fn audit_node(node: &NodeDir) -> Result<NodeAudit> {
         cpu_offenders,
         tiling_offenders,
         failed,
+        gaps: gap_offenders,
+        not_as_asked: Vec::new(),
+        unbound_reason,
         problems: Vec::new(),
         warnings: Vec::new(),
         markdown: String::new(),
     };
+    if privileges_kept {
+        audit.not_as_asked.push(format!(
+            "tasks ran with the agent's privileges (--run-as {})",
+            meta.run_as.as_deref().unwrap_or("root")
+        ));
+    }
     judge(&mut audit);
     audit.markdown = markdown::render(&audit);
     tracing::info!(
@@ -492,6 +579,26 @@ fn judge(a: &mut NodeAudit) {
     let c = &a.counts;
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
+    // What was asked and not done comes first: such a run measured
+    // something else.
+    let mut not_as_asked = Vec::new();
+    if let Some(reason) = &a.fallback_reason {
+        not_as_asked.push(format!(
+            "the eBPF tracer was not used: fell back to /proc polling ({reason})"
+        ));
+    }
+    if c.unbound_tasks > 0 {
+        not_as_asked.push(format!(
+            "{} task(s) ran without the CPU binding they asked for ({})",
+            c.unbound_tasks,
+            a.unbound_reason.as_deref().unwrap_or("no reason recorded")
+        ));
+    }
+    problems.extend(not_as_asked.iter().cloned());
+    // Kept privileges were asked for (--run-as root): worth the first lines,
+    // not a failure.
+    warnings.extend(a.not_as_asked.iter().cloned());
+    not_as_asked.extend(a.not_as_asked.iter().cloned());
     let bad: Vec<&BadLine> = a
         .invocations_read
         .bad_lines
@@ -596,9 +703,37 @@ fn judge(a: &mut NodeAudit) {
             c.failed_tasks
         ));
     }
+    if c.processes_with_gaps > 0 {
+        let serious = a.gaps.iter().filter(|g| g.serious()).count();
+        let msg = format!(
+            "{} process(es) have {} interval(s) with no sample while alive (longest gap {} ms)",
+            c.processes_with_gaps,
+            c.missed_intervals,
+            a.gaps.iter().map(|g| g.longest_ms).max().unwrap_or(0)
+        );
+        if serious > 0 {
+            problems.push(format!(
+                "{msg}; {serious} miss more than a tenth of their intervals"
+            ));
+        } else {
+            warnings.push(msg);
+        }
+    }
+    if let Some(s) = &a.tracer_stats {
+        if s.sampler_stalled {
+            problems.push("sampling had stopped: no online CPU was left to take it".into());
+        }
+        if s.sampler_moves > 0 {
+            warnings.push(format!(
+                "sampling moved to another CPU {} time(s) (its CPU went offline)",
+                s.sampler_moves
+            ));
+        }
+    }
     if c.invocations == 0 {
         warnings.push("no invocations recorded".into());
     }
+    a.not_as_asked = not_as_asked;
     a.problems = problems;
     a.warnings = warnings;
 }

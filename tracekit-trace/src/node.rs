@@ -36,6 +36,10 @@ pub fn detect(id: &NodeIdentity, freq_override: Option<f64>) -> NodeMeta {
         interval_ms: None,
         scope: None,
         proc_match: None,
+        cpu_binding: None,
+        binding_error: None,
+        run_as: None,
+        privileges_dropped: None,
     }
 }
 

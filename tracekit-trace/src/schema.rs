@@ -69,6 +69,20 @@ pub struct NodeMeta {
     /// The `--match` regex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proc_match: Option<String>,
+    /// The worker's `--cpu-binding` (absent in trace-only mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_binding: Option<String>,
+    /// Why the binding asked for is not applied: tasks run unbound
+    /// (`--allow-unbound`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding_error: Option<String>,
+    /// The user tasks run as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<String>,
+    /// Whether tasks run without the agent's privileges (false: they keep
+    /// root's, `--run-as root`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privileges_dropped: Option<bool>,
 }
 
 /// One entry of `CTS/nodes.json`: frequency rounded to 100 MHz, memory to whole
@@ -197,6 +211,16 @@ pub struct TracerStats {
     /// (kept for exec and exit events); the next sample covers the gap.
     #[serde(default)]
     pub samples_dropped: u64,
+    /// The CPU whose timer takes the kernel's samples (eBPF).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampler_cpu: Option<u32>,
+    /// Times sampling moved to another CPU because its CPU went offline.
+    #[serde(default)]
+    pub sampler_moves: u64,
+    /// Sampling had stopped (no CPU left to take it over) when this was
+    /// written: processes got only their exit line meanwhile.
+    #[serde(default)]
+    pub sampler_stalled: bool,
     /// The agent's own CPU time (user + sys) in ms so far.
     pub agent_cpu_ms: f64,
     /// The agent's peak RSS in KiB.
@@ -231,6 +255,10 @@ pub struct InvocationRecord {
     /// adds after the required ones).
     #[serde(default)]
     pub rss_peak_kb: Option<u64>,
+    /// Why the task ran without the CPU binding it asked for (the agent
+    /// adds it only then).
+    #[serde(default)]
+    pub binding_error: Option<String>,
 }
 
 impl InvocationRecord {

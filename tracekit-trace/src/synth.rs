@@ -154,6 +154,10 @@ pub fn write_node(dir: &Path, cfg: &SynthNode) -> Result<Vec<TruthTask>> {
         interval_ms: Some(cfg.interval_ms as u64),
         scope: Some("worker".into()),
         proc_match: Some("^ffmpeg$|^ffprobe$".into()),
+        cpu_binding: Some("shared".into()),
+        binding_error: None,
+        run_as: Some("nobody".into()),
+        privileges_dropped: Some(true),
     };
     let mut w = TraceWriter::create(dir, &meta)?;
     let mut rng = Rng(cfg.seed ^ 0x5EED);
@@ -280,6 +284,7 @@ pub fn write_node(dir: &Path, cfg: &SynthNode) -> Result<Vec<TruthTask>> {
         exits_recovered: 0,
         samples_cut: 0,
         samples_dropped: 0,
+        sampler_cpu: Some(0),
         agent_cpu_ms: 1234.5,
         agent_max_rss_kb: 20480,
         programs: vec![ProgramCost {
@@ -288,6 +293,7 @@ pub fn write_node(dir: &Path, cfg: &SynthNode) -> Result<Vec<TruthTask>> {
             run_time_ns: 180_000_000,
             ns_per_call: 180.0,
         }],
+        ..TracerStats::default()
     })?;
     Ok(truth)
 }

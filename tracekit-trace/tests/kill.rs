@@ -30,6 +30,10 @@ fn meta() -> NodeMeta {
         interval_ms: Some(10),
         scope: None,
         proc_match: None,
+        cpu_binding: None,
+        binding_error: None,
+        run_as: None,
+        privileges_dropped: None,
     }
 }
 

@@ -150,6 +150,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("redis-server", "redis-server"),
     ("ffmpeg", "ffmpeg"),
     ("setpriv", "util-linux"),
+    ("nsenter", "util-linux"),
     ("python3", "python3"),
     ("ip", "iproute2"),
 ];
@@ -361,8 +362,12 @@ pub fn run(args: &DemoArgs) -> Result<()> {
                     h.controller_ip,
                     redis.port()
                 );
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", &h.name]).arg(&agent_bin);
+                // Only the network namespace: `ip netns exec` would also
+                // remount /sys, and the agent would find no cgroups there.
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{}", h.name))
+                    .arg("--")
+                    .arg(&agent_bin);
                 (c, format!("redis://{}:{}/0", h.controller_ip, redis.port()))
             }
             None => (Command::new(&agent_bin), url.clone()),
@@ -546,6 +551,40 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     Ok(())
 }
 
+/// What the run was asked to do and did not: an eBPF fallback, tasks that
+/// ran without their CPU binding, privileges kept. Empty for a clean run.
+fn not_as_asked(logs: &Path, nodes: u32, invs: &[Value]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for i in 1..=nodes {
+        let meta: Value = std::fs::read_to_string(logs.join(format!("node{i}/node_meta.json")))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null);
+        if let Some(why) = meta["fallback_reason"].as_str() {
+            lines.push(format!(
+                "node{i}: eBPF not used, /proc polling instead ({why})"
+            ));
+        }
+        if let Some(why) = meta["binding_error"].as_str() {
+            lines.push(format!("node{i}: tasks run UNBOUND ({why})"));
+        }
+        if meta["privileges_dropped"] == false {
+            lines.push(format!("node{i}: tasks kept the agent's privileges"));
+        }
+    }
+    let unbound = invs
+        .iter()
+        .filter(|inv| !inv["binding_error"].is_null() || inv["cgroup"].is_null())
+        .count();
+    if unbound > 0 {
+        lines.push(format!(
+            "{unbound} of {} task(s) ran without the CPU binding they asked for",
+            invs.len()
+        ));
+    }
+    lines
+}
+
 /// Print the summary; returns how many tasks failed.
 fn summary(
     logs: &Path,
@@ -569,6 +608,9 @@ fn summary(
         invs.len(),
         started.elapsed().as_secs_f64()
     )?;
+    for line in not_as_asked(logs, nodes, &invs) {
+        writeln!(out, "NOT AS ASKED: {line}")?;
+    }
     let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
     let mut per_profile: BTreeMap<String, (usize, f64, f64)> = BTreeMap::new();
     let (mut waits, mut runs) = (Vec::new(), Vec::new());

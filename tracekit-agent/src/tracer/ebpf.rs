@@ -19,7 +19,8 @@ use tokio::io::unix::AsyncFd;
 use tracekit_ebpf::{
     Record, TK_COMM_LEN, TK_EV_EXEC, TK_EV_EXIT, TK_EV_FORK, TK_MAX_WATCHED, TK_PROC_EXITED,
     TK_SCOPE_HOST, TK_SCOPE_WORKER, TK_STAT_PROCS_FULL, TK_STAT_RINGBUF_LOST,
-    TK_STAT_SAMPLE_DROPPED, TK_STAT_SCOPE_FULL, TK_STAT_WALK_CUT, TkProc, c_str, names,
+    TK_STAT_SAMPLE_DROPPED, TK_STAT_SAMPLER_MOVED, TK_STAT_SCOPE_FULL, TK_STAT_WALK_CUT, TkProc,
+    TkSampler, c_str, names,
 };
 use tracekit_trace::ProgramCost;
 
@@ -49,6 +50,8 @@ pub struct EbpfCollector {
     _stats_fd: Option<OwnedFd>,
     recovered: u64,
     last_lost: u64,
+    /// Which CPU samples (see [`SamplerWatch`]).
+    sampler: SamplerWatch,
 }
 
 /// A descriptor owned elsewhere, for registering with tokio.
@@ -69,11 +72,12 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 /// load-ebpf`): parsing the kernel's BTF for CO-RE takes ~40 MB that the
 /// long-running agent should not keep as its peak. It loads, attaches, and
 /// pins every map and link under `pin_dir`; the sampler runs every
-/// `interval`.
+/// `interval`, on `sampler_cpu` (default: the first online CPU).
 pub fn load_and_pin(
     scope: Scope,
     comms: &[String],
     interval: std::time::Duration,
+    sampler_cpu: Option<u32>,
     pin_dir: &Path,
 ) -> Result<()> {
     let btf = Btf::from_sys_fs().context("reading kernel BTF (/sys/kernel/btf/vmlinux)")?;
@@ -89,6 +93,7 @@ pub fn load_and_pin(
             &u32::from(!comms.is_empty()),
             true,
         )
+        .override_global(names::GLOBAL_INTERVAL, &(interval.as_nanos() as u64), true)
         .load(OBJECT)
         .context("loading the eBPF object")?;
     // The filter is filled before the programs are attached.
@@ -114,7 +119,7 @@ pub fn load_and_pin(
             .with_context(|| format!("attaching {prog} to tp_btf/{tracepoint}"))?;
         pin_link(program.take_link(id)?.into(), pin_dir, prog)?;
     }
-    attach_sampler(&mut bpf, interval, pin_dir)?;
+    attach_sampler(&mut bpf, interval, sampler_cpu, pin_dir)?;
     attach_adopter(&mut bpf, &btf, pin_dir)?;
     for name in [
         names::MAP_SCOPE,
@@ -123,6 +128,7 @@ pub fn load_and_pin(
         names::MAP_STATS,
         names::MAP_WATCHED,
         names::MAP_WATCHED_LEN,
+        names::MAP_SAMPLER,
     ] {
         map(&mut bpf, name)?
             .pin(pin_dir.join(name))
@@ -131,28 +137,62 @@ pub fn load_and_pin(
     Ok(())
 }
 
-/// Attach `tk_sample` to a cpu-clock event of the first online CPU whose
-/// period is the interval: the kernel's own timer, counting wall time on that
-/// CPU, busy or idle.
-fn attach_sampler(bpf: &mut Ebpf, interval: std::time::Duration, pin_dir: &Path) -> Result<()> {
-    let cpu = first_online_cpu()?;
-    let sampler: &mut PerfEvent = program(bpf, names::PROG_SAMPLE)?
+/// Attach `tk_sample` to a cpu-clock event on every online CPU, each with
+/// the interval as its period (the kernel's own timer, counting wall time on
+/// that CPU, busy or idle), and name the CPU that samples: the others stand
+/// by to take over if it goes offline.
+fn attach_sampler(
+    bpf: &mut Ebpf,
+    interval: std::time::Duration,
+    sampler_cpu: Option<u32>,
+    pin_dir: &Path,
+) -> Result<()> {
+    let online = online_cpus()?;
+    let elected = match sampler_cpu {
+        Some(cpu) if online.contains(&cpu) => cpu,
+        Some(cpu) => anyhow::bail!("--sampler-cpu {cpu} is not an online CPU ({online:?})"),
+        None => online[0],
+    };
+    let mut sampler: Array<_, TkSampler> = Array::try_from(map(bpf, names::MAP_SAMPLER)?)?;
+    sampler
+        .set(
+            0,
+            TkSampler {
+                cpu: elected,
+                ..TkSampler::default()
+            },
+            0,
+        )
+        .context("naming the sampling CPU")?;
+    let program: &mut PerfEvent = program(bpf, names::PROG_SAMPLE)?
         .try_into()
         .context("tk_sample is not a perf_event program")?;
-    sampler.load().context("loading tk_sample (perf_event)")?;
-    let id = sampler
-        .attach(
-            PerfEventConfig::Software(SoftwareEvent::CpuClock),
-            PerfEventScope::AllProcessesOneCpu { cpu },
-            SamplePolicy::Period(interval.as_nanos() as u64),
-            false,
-        )
-        .with_context(|| format!("attaching tk_sample to a cpu-clock event on CPU {cpu}"))?;
-    let link = sampler
-        .take_link(id)?
-        .try_into()
-        .context("tk_sample's link (perf links need Linux 5.15)")?;
-    pin_link(link, pin_dir, names::PROG_SAMPLE)
+    program.load().context("loading tk_sample (perf_event)")?;
+    for cpu in online {
+        let id = program
+            .attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Period(interval.as_nanos() as u64),
+                false,
+            )
+            .with_context(|| format!("attaching tk_sample to a cpu-clock event on CPU {cpu}"))?;
+        let link = program
+            .take_link(id)?
+            .try_into()
+            .context("tk_sample's link (perf links need Linux 5.15)")?;
+        pin_link(link, pin_dir, &sampler_link(cpu))?;
+    }
+    Ok(())
+}
+
+/// The name under which the sampler's link on `cpu` is pinned.
+fn sampler_link(cpu: u32) -> String {
+    format!("{}{cpu}", sampler_link_prefix())
+}
+
+fn sampler_link_prefix() -> String {
+    format!("{}_cpu", names::PROG_SAMPLE)
 }
 
 /// Make the `tk_adopt` task iterator's link, for the agent to run once.
@@ -180,16 +220,27 @@ fn pin_link(link: FdLink, pin_dir: &Path, prog: &str) -> Result<()> {
     Ok(())
 }
 
-/// The first CPU in /sys/devices/system/cpu/online ("0-1,4" → 0).
-fn first_online_cpu() -> Result<u32> {
-    let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
-        .context("reading /sys/devices/system/cpu/online")?;
-    online
-        .trim()
-        .split([',', '-'])
-        .next()
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("no CPU in /sys/devices/system/cpu/online ({online:?})"))
+/// The online CPUs, in order.
+pub fn online_cpus() -> Result<Vec<u32>> {
+    let path = "/sys/devices/system/cpu/online";
+    let online = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let cpus = parse_cpu_list(&online).with_context(|| format!("{path}: {online:?}"))?;
+    if cpus.is_empty() {
+        anyhow::bail!("no CPU in {path} ({online:?})");
+    }
+    Ok(cpus)
+}
+
+/// A kernel CPU list ("0-2,4" → 0, 1, 2, 4).
+pub fn parse_cpu_list(list: &str) -> Result<Vec<u32>> {
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let lo: u32 = lo.trim().parse().with_context(|| format!("CPU {lo:?}"))?;
+        let hi: u32 = hi.trim().parse().with_context(|| format!("CPU {hi:?}"))?;
+        cpus.extend(lo..=hi);
+    }
+    Ok(cpus)
 }
 
 impl EbpfCollector {
@@ -200,6 +251,7 @@ impl EbpfCollector {
         scope: Scope,
         comms: Option<&[String]>,
         interval: std::time::Duration,
+        sampler_cpu: Option<u32>,
     ) -> Result<Self> {
         mount_bpffs()?;
         remove_stale_pins();
@@ -207,13 +259,19 @@ impl EbpfCollector {
         let _ = std::fs::remove_dir_all(&pin_dir);
         std::fs::create_dir_all(&pin_dir)
             .with_context(|| format!("creating {}", pin_dir.display()))?;
-        let opened = run_loader(scope, comms.unwrap_or_default(), interval, &pin_dir)
-            .and_then(|()| Self::open(scope, &pin_dir));
+        let opened = run_loader(
+            scope,
+            comms.unwrap_or_default(),
+            interval,
+            sampler_cpu,
+            &pin_dir,
+        )
+        .and_then(|()| Self::open(scope, interval, &pin_dir));
         let _ = std::fs::remove_dir_all(&pin_dir);
         opened
     }
 
-    fn open(scope: Scope, pin_dir: &Path) -> Result<Self> {
+    fn open(scope: Scope, interval: std::time::Duration, pin_dir: &Path) -> Result<Self> {
         let open_link = |prog: &str| -> Result<FdLink> {
             let path = link_path(pin_dir, prog);
             let pinned = PinnedLink::from_pin(&path)
@@ -224,7 +282,22 @@ impl EbpfCollector {
         for (prog, _) in names::PROGRAMS {
             links.push(open_link(prog)?);
         }
-        links.push(open_link(names::PROG_SAMPLE)?);
+        // One sampler link per CPU that was online at load.
+        let mut sampler_links = 0;
+        for entry in
+            std::fs::read_dir(pin_dir).with_context(|| format!("listing {}", pin_dir.display()))?
+        {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if let Some(prog) = name.strip_prefix("link_")
+                && prog.starts_with(&sampler_link_prefix())
+            {
+                links.push(open_link(prog)?);
+                sampler_links += 1;
+            }
+        }
+        if sampler_links == 0 {
+            anyhow::bail!("the loader pinned no sampler link");
+        }
         let adopt_link = open_link(names::PROG_ADOPT)?;
         let open_map = |name: &str| -> Result<MapData> {
             let path = pin_dir.join(name);
@@ -268,7 +341,16 @@ impl EbpfCollector {
             page_kb: page_size_kb(),
             recovered: 0,
             last_lost: 0,
+            sampler: SamplerWatch {
+                map: Array::try_from(Map::Array(open_map(names::MAP_SAMPLER)?))?,
+                interval_ns: interval.as_nanos() as u64,
+                since_ns: crate::clock::monotonic_ns(),
+                cpu: None,
+                moves: 0,
+                stalled: false,
+            },
         };
+        collector.check_sampler();
         // aya probes the kernel's features on first use (loading throwaway
         // programs, maps and BTF: ~40 system calls): at start-up, not in the
         // middle of a run at the first stats write.
@@ -393,16 +475,31 @@ impl EbpfCollector {
         Ok(())
     }
 
+    /// At every tick: say so if sampling moved or stopped, and recover what
+    /// lost events left out.
+    pub fn tick(&mut self, known: &[u32], out: &mut Vec<Event>) -> Result<()> {
+        self.check_sampler();
+        if self.events_were_lost() {
+            self.reconcile(known, out);
+        }
+        Ok(())
+    }
+
+    /// Whether events were lost since the last call (one map read).
+    pub fn events_were_lost(&mut self) -> bool {
+        let lost = self.counter(TK_STAT_RINGBUF_LOST);
+        if lost <= self.last_lost {
+            return false;
+        }
+        self.last_lost = lost;
+        true
+    }
+
     /// After lost events, reconcile with the `procs` map (walked only then:
     /// walking a large hash map costs milliseconds): processes user space
     /// never heard of are started, and known ones that ended are finished
-    /// from the map's final record. Called at every tick.
-    pub fn tick(&mut self, known: &[u32], out: &mut Vec<Event>) -> Result<()> {
-        let lost = self.counter(TK_STAT_RINGBUF_LOST);
-        if lost <= self.last_lost {
-            return Ok(());
-        }
-        self.last_lost = lost;
+    /// from the map's final record.
+    pub fn reconcile(&mut self, known: &[u32], out: &mut Vec<Event>) {
         let mut stale = Vec::new();
         for entry in self.procs.iter() {
             let Ok((pid, p)) = entry else { continue };
@@ -412,13 +509,7 @@ impl EbpfCollector {
                     // Its exit event was lost, or is just behind (then the
                     // duplicate is ignored).
                     self.recovered += 1;
-                    out.push(Event::Exit(ProcExit {
-                        pid,
-                        end_ns: p.exit_ns,
-                        cpu_ns: p.cpu_ns,
-                        status: Some(p.exit_code),
-                        rss_kb: (p.rss_pages > 0).then(|| p.rss_pages * self.page_kb),
-                    }));
+                    out.push(self.exit_event(pid, &p));
                 }
             } else if exited {
                 stale.push(pid);
@@ -438,7 +529,27 @@ impl EbpfCollector {
         for pid in stale {
             self.forget(pid);
         }
-        Ok(())
+    }
+
+    /// The exit of `pid` from its `procs` record, if it has ended there: for
+    /// a process whose exit event has not come (lost, or not yet read).
+    pub fn recover_exit(&mut self, pid: u32, out: &mut Vec<Event>) {
+        if let Ok(p) = self.procs.get(&pid, 0)
+            && p.flags & TK_PROC_EXITED != 0
+        {
+            self.recovered += 1;
+            out.push(self.exit_event(pid, &p));
+        }
+    }
+
+    fn exit_event(&self, pid: u32, p: &TkProc) -> Event {
+        Event::Exit(ProcExit {
+            pid,
+            end_ns: p.exit_ns,
+            cpu_ns: p.cpu_ns,
+            status: Some(p.exit_code),
+            rss_kb: (p.rss_pages > 0).then(|| p.rss_pages * self.page_kb),
+        })
     }
 
     pub fn forget_image(&mut self, pid: u32, image: u32) {
@@ -461,6 +572,14 @@ impl EbpfCollector {
         }
         let _ = self.procs.remove(&pid);
         self.adopted_at.remove(&pid);
+    }
+
+    /// Say loudly when the sampling CPU changed (its CPU went offline and
+    /// another took over) or when sampling stopped altogether. Called at
+    /// every tick.
+    pub fn check_sampler(&mut self) {
+        let moves = self.counter(TK_STAT_SAMPLER_MOVED);
+        self.sampler.check(moves, crate::clock::monotonic_ns());
     }
 
     fn counter(&self, index: u32) -> u64 {
@@ -501,10 +620,63 @@ impl EbpfCollector {
             map_full: self.counter(TK_STAT_PROCS_FULL) + self.counter(TK_STAT_SCOPE_FULL),
             samples_cut: self.counter(TK_STAT_WALK_CUT),
             samples_dropped: self.counter(TK_STAT_SAMPLE_DROPPED),
+            sampler_cpu: self.sampler.cpu,
+            sampler_moves: self.sampler.moves,
+            sampler_stalled: self.sampler.stalled,
             exits_recovered: self.recovered,
             programs,
         }
     }
+}
+
+/// Watches the kernel's `sampler` record: which CPU samples, and whether it
+/// still fires.
+struct SamplerWatch {
+    map: Array<MapData, TkSampler>,
+    interval_ns: u64,
+    /// When tracing began (CLOCK_MONOTONIC ns): a sampler that never fired
+    /// counts as silent from then.
+    since_ns: u64,
+    cpu: Option<u32>,
+    moves: u64,
+    stalled: bool,
+}
+
+impl SamplerWatch {
+    fn check(&mut self, moves: u64, now_ns: u64) {
+        let Ok(state) = self.map.get(&0, 0) else {
+            tracing::warn!("the sampler's state cannot be read");
+            return;
+        };
+        if moves > self.moves {
+            tracing::warn!(
+                from = ?self.cpu,
+                to = state.cpu,
+                "the sampling CPU stopped firing (offline?): CPU {} samples now",
+                state.cpu
+            );
+        }
+        self.moves = moves;
+        self.cpu = Some(state.cpu);
+        let stalled = sampler_stalled(now_ns, state.last_ns.max(self.since_ns), self.interval_ns);
+        if stalled && !self.stalled {
+            tracing::error!(
+                cpu = state.cpu,
+                "SAMPLING HAS STOPPED: no sampler fired for {} ms (every CPU it was attached to is offline?); traced processes get only their exit line",
+                now_ns.saturating_sub(state.last_ns.max(self.since_ns)) / 1_000_000
+            );
+        } else if !stalled && self.stalled {
+            tracing::warn!(cpu = state.cpu, "sampling resumed");
+        }
+        self.stalled = stalled;
+    }
+}
+
+/// Whether the sampler has been silent too long: the kernel hands sampling
+/// to another CPU after two and a half silent intervals, so four mean no
+/// CPU is left to take over.
+pub fn sampler_stalled(now_ns: u64, last_ns: u64, interval_ns: u64) -> bool {
+    now_ns.saturating_sub(last_ns) > interval_ns.saturating_mul(4).max(1_000_000_000)
 }
 
 /// The dense list of pids the kernel samples: slots `0..len` of the
@@ -627,6 +799,7 @@ fn run_loader(
     scope: Scope,
     comms: &[String],
     interval: std::time::Duration,
+    sampler_cpu: Option<u32>,
     pin_dir: &Path,
 ) -> Result<()> {
     let exe = std::env::current_exe().context("locating the agent's executable")?;
@@ -639,6 +812,7 @@ fn run_loader(
         .arg("--interval-ms")
         .arg(interval.as_millis().to_string())
         .args(comms.iter().flat_map(|c| ["--comm", c.as_str()]))
+        .args(sampler_cpu.map(|c| format!("--sampler-cpu={c}")))
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null())
         .output()
@@ -710,4 +884,31 @@ pub fn all_pids() -> HashSet<u32> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cpu_lists() {
+        assert_eq!(parse_cpu_list("0-1\n").unwrap(), vec![0, 1]);
+        assert_eq!(parse_cpu_list("0,2-4,7").unwrap(), vec![0, 2, 3, 4, 7]);
+        assert_eq!(parse_cpu_list("3").unwrap(), vec![3]);
+        assert!(parse_cpu_list("0-x").is_err());
+    }
+
+    #[test]
+    fn a_silent_sampler_is_stalled_only_past_the_takeover_window() {
+        let ms = 1_000_000;
+        // At 200 ms: the kernel moves sampling after 500 ms of silence;
+        // the agent calls it stopped only past 1 s (4 intervals, at least 1 s).
+        assert!(!sampler_stalled(10_000 * ms, 9_000 * ms, 200 * ms));
+        assert!(sampler_stalled(10_001 * ms, 9_000 * ms, 200 * ms));
+        // At 1 s: past four intervals.
+        assert!(!sampler_stalled(10_000 * ms, 6_000 * ms, 1_000 * ms));
+        assert!(sampler_stalled(10_000 * ms, 5_999 * ms, 1_000 * ms));
+        // A sample stamped after `now` (clock read order) is not silence.
+        assert!(!sampler_stalled(5 * ms, 6 * ms, 200 * ms));
+    }
 }

@@ -77,6 +77,12 @@ pub struct CollectorStats {
     pub samples_cut: u64,
     /// Samples the kernel did not take: the ring buffer was 3/4 full.
     pub samples_dropped: u64,
+    /// The CPU whose timer samples (eBPF).
+    pub sampler_cpu: Option<u32>,
+    /// Times sampling moved to another CPU (its CPU went offline).
+    pub sampler_moves: u64,
+    /// No CPU samples any more.
+    pub sampler_stalled: bool,
     pub programs: Vec<ProgramCost>,
 }
 
@@ -154,6 +160,28 @@ impl Collector {
         match self {
             Collector::Ebpf(c) => c.tick(known, out),
             Collector::Procfs(c) => c.tick(known, out),
+        }
+    }
+
+    /// After a drain: if the kernel lost events meanwhile, recover what
+    /// they were about from its records at once (eBPF); `known` gives the
+    /// pids the table traces. Nothing to do for procfs.
+    pub fn recover_lost(&mut self, known: impl FnOnce() -> Vec<u32>, out: &mut Vec<Event>) -> bool {
+        let Collector::Ebpf(c) = self else {
+            return false;
+        };
+        if !c.events_were_lost() {
+            return false;
+        }
+        c.reconcile(&known(), out);
+        true
+    }
+
+    /// The exit of traced `pid` if it has ended but its exit event has not
+    /// come (eBPF; procfs sees exits only at its scans).
+    pub fn recover_exit(&mut self, pid: u32, out: &mut Vec<Event>) {
+        if let Collector::Ebpf(c) = self {
+            c.recover_exit(pid, out);
         }
     }
 

@@ -26,12 +26,13 @@ pub struct Selected {
 
 /// `comms`: the exact names `--match` stands for, if it is such a set (the
 /// kernel then filters execs itself).
-/// `interval`: how often the kernel samples (eBPF).
+/// `interval`: how often the kernel samples (eBPF), first on `sampler_cpu`.
 pub fn select(
     choice: CollectorChoice,
     scope: Scope,
     comms: Option<&[String]>,
     interval: std::time::Duration,
+    sampler_cpu: Option<u32>,
 ) -> Result<Selected> {
     if choice == CollectorChoice::Procfs {
         return Ok(Selected {
@@ -39,7 +40,7 @@ pub fn select(
             fallback_reason: None,
         });
     }
-    match preflight().and_then(|()| EbpfCollector::start(scope, comms, interval)) {
+    match preflight().and_then(|()| EbpfCollector::start(scope, comms, interval, sampler_cpu)) {
         Ok(c) => Ok(Selected {
             collector: Collector::Ebpf(Box::new(c)),
             fallback_reason: None,

@@ -39,6 +39,21 @@ pub struct Cgroups {
     cpuset_base: PathBuf,
 }
 
+/// A task group's binding as the kernel holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The group, as `/proc/<pid>/cgroup` names it.
+    pub cgroup: String,
+    /// The task's process is in the group.
+    pub member: bool,
+    /// The CPUs it may run on (`cpuset.cpus.effective`).
+    pub cpus: String,
+    /// CPU weight on the v2 scale (v1 shares converted back).
+    pub weight: Option<u64>,
+    /// Quota and period, µs (`cpu.max`; v1 `cfs_quota_us cfs_period_us`).
+    pub max: String,
+}
+
 /// One task's group.
 #[derive(Debug, Clone)]
 pub struct TaskGroup {
@@ -121,8 +136,8 @@ impl Cgroups {
                     .cpuset_base
                     .parent()
                     .context("cpuset base has a parent")?;
-                inherit_cpuset(parent)?;
-                inherit_cpuset(&self.cpuset_base)
+                refresh_cpuset(parent)?;
+                refresh_cpuset(&self.cpuset_base)
             }
         }
     }
@@ -225,6 +240,57 @@ impl Cgroups {
         Ok(Some(q / p))
     }
 
+    /// What the kernel holds for the group now, read back from its files,
+    /// and whether `pid` is in it (from `/proc/<pid>/cgroup`).
+    pub fn applied(&self, g: &TaskGroup, pid: u32) -> Result<Applied> {
+        let cpus = [
+            "cpuset.cpus.effective",
+            "cpuset.effective_cpus",
+            "cpuset.cpus",
+        ]
+        .iter()
+        .find_map(|f| read(&g.cpuset.join(f)).ok())
+        .with_context(|| format!("reading the CPUs of {}", g.cpuset.display()))?;
+        let (weight, max) = match self.version {
+            Version::V2 => (
+                read(&g.cpu.join("cpu.weight"))?.parse().ok(),
+                read(&g.cpu.join("cpu.max"))?,
+            ),
+            Version::V1 => (
+                read(&g.cpu.join("cpu.shares"))?
+                    .parse::<u64>()
+                    .ok()
+                    .map(|shares| shares * 100 / 1024),
+                format!(
+                    "{} {}",
+                    read(&g.cpu.join("cpu.cfs_quota_us"))?,
+                    read(&g.cpu.join("cpu.cfs_period_us"))?
+                ),
+            ),
+        };
+        let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .with_context(|| format!("reading /proc/{pid}/cgroup"))?;
+        let wanted = self.relative(&g.cpu);
+        let member = membership
+            .lines()
+            .filter_map(|l| l.splitn(3, ':').nth(2))
+            .any(|path| path == wanted);
+        Ok(Applied {
+            cgroup: wanted,
+            member,
+            cpus,
+            weight,
+            max,
+        })
+    }
+
+    /// The group's path as /proc/<pid>/cgroup names it ("/tracekit/…").
+    fn relative(&self, dir: &Path) -> String {
+        let base_depth = self.cpu_base.components().count() - 2;
+        let rel: PathBuf = dir.components().skip(base_depth).collect();
+        format!("/{}", rel.display())
+    }
+
     /// The `cgroup.procs` files the child writes `0` into before exec.
     pub fn procs_files(&self, g: &TaskGroup) -> Vec<PathBuf> {
         match self.version {
@@ -296,6 +362,27 @@ fn inherit_cpuset(dir: &Path) -> Result<()> {
         if cur.is_empty() {
             let v = read(&parent.join(f))?;
             write(&dir.join(f), &v)?;
+        }
+    }
+    Ok(())
+}
+
+/// v1 base groups get their parent's CPUs and memory nodes again: v1 takes
+/// a CPU out of every cpuset when it goes offline and does not give it back
+/// when it returns, so groups made before a hotplug would stay narrowed.
+fn refresh_cpuset(dir: &Path) -> Result<()> {
+    let parent = dir.parent().context("cpuset group has a parent")?;
+    for f in ["cpuset.cpus", "cpuset.mems"] {
+        let want = read(&parent.join(f))?;
+        let have = read(&dir.join(f)).unwrap_or_default();
+        if have != want
+            && let Err(e) = write(&dir.join(f), &want)
+        {
+            // Narrowing fails while a child holds the CPUs: keep what is there.
+            if have.is_empty() {
+                return Err(e);
+            }
+            tracing::warn!("{e:#}");
         }
     }
     Ok(())

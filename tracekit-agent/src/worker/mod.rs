@@ -32,7 +32,7 @@ use crate::cli::{IdentityArgs, TracerArgs};
 use crate::clock;
 use crate::session::Session;
 use crate::table::Annotation;
-use cgroup::{Cgroups, TaskGroup};
+use cgroup::{Applied, Cgroups, TaskGroup};
 use command::{Limits, Plan};
 use cores::{CoreAllocator, cpu_list};
 use fairshare::{Demand, water_fill};
@@ -87,6 +87,12 @@ pub struct WorkerArgs {
     #[arg(long, value_enum, default_value_t = Binding::Shared)]
     pub cpu_binding: Binding,
 
+    /// Run tasks without CPU binding when this host offers no usable cgroup
+    /// hierarchy (otherwise the agent refuses to start). Every task's record,
+    /// the audit and `tracekit-sched status` then say that it ran unbound.
+    #[arg(long)]
+    pub allow_unbound: bool,
+
     /// Shared binding: CPU weight per unit (100 = a normal process).
     #[arg(long, default_value_t = 100)]
     pub cpuweight_per_vcpu: u64,
@@ -127,8 +133,16 @@ pub struct WorkerArgs {
 #[derive(Debug)]
 enum Report {
     Complete(String),
-    Requeue { raw: String, failed: bool },
-    DeadLetter { raw: String, reason: String },
+    Requeue {
+        raw: String,
+        failed: bool,
+        /// Why the attempt failed, kept for the dead letter.
+        reason: Option<String>,
+    },
+    DeadLetter {
+        raw: String,
+        reason: String,
+    },
 }
 
 /// One running task.
@@ -145,6 +159,8 @@ struct Job {
     exited: Option<(std::process::ExitStatus, i64)>,
     invocation: Option<Invocation>,
     bytes_in: u64,
+    /// Its binding as read back from its cgroup while it ran.
+    applied: Option<Applied>,
 }
 
 /// Everything the loop owns.
@@ -166,8 +182,12 @@ struct Worker {
 }
 
 /// How long a finished ffmpeg waits for its exit record from the tracer
-/// before the worker writes its line from its own clock.
+/// before the worker writes its line from its own clock. Meanwhile the
+/// exit is looked up in the kernel's records at every wake-up, so a lost
+/// exit event costs no CPU figure.
 const TRACE_GRACE_MS: i64 = 3000;
+/// The worker's tick while a task that ended awaits its exit record.
+const AWAIT_TRACE_TICK: Duration = Duration::from_millis(250);
 
 pub async fn run(args: WorkerArgs, tracer: TracerArgs, identity: IdentityArgs) -> Result<i32> {
     let id = identity.identity();
@@ -212,15 +232,29 @@ pub async fn run(args: WorkerArgs, tracer: TracerArgs, identity: IdentityArgs) -
             tracing::info!(version = %cg.version(), binding = ?args.cpu_binding, "cgroups ready");
             (Some(cg), None)
         }
-        Err(e) => {
-            let note = format!("CPU binding not applied: {e:#}");
-            tracing::error!("{note}");
+        Err(e) if args.allow_unbound => {
+            let note = format!("CPU binding not applied (--allow-unbound): {e:#}");
+            tracing::error!("{note}; every task runs UNBOUND");
             (None, Some(note))
+        }
+        Err(e) => {
+            return Err(e.context(format!(
+                "--cpu-binding {} cannot be applied on this host; give the agent a cgroup \
+                 hierarchy (run it on the host, or in a network namespace only: `nsenter \
+                 --net=/run/netns/NAME`, not `ip netns exec`, which remounts /sys), or pass \
+                 --allow-unbound to run tasks without CPU binding",
+                binding_name(args.cpu_binding)
+            )));
         }
     };
 
     let node_dir = identity.node_dir(&id);
-    let mut session = Session::start(&tracer, &id, &node_dir, identity.cpu_freq_mhz)?;
+    let mut session = Session::start(&tracer, &id, &node_dir, identity.cpu_freq_mhz, |meta| {
+        meta.cpu_binding = Some(binding_name(args.cpu_binding).to_string());
+        meta.binding_error = binding_note.clone();
+        meta.run_as = Some(args.run_as.clone());
+        meta.privileges_dropped = Some(user.is_some());
+    })?;
     let stderr_dir = node_dir.join("ffmpeg");
     std::fs::create_dir_all(&stderr_dir)
         .with_context(|| format!("creating {}", stderr_dir.display()))?;
@@ -241,6 +275,14 @@ pub async fn run(args: WorkerArgs, tracer: TracerArgs, identity: IdentityArgs) -
         clear_queue: args.clear_queue,
     };
     let reg = queue.register(&registration).await?;
+    let binding = match &binding_note {
+        Some(note) => format!("UNBOUND: {note}"),
+        None => binding_name(args.cpu_binding).to_string(),
+    };
+    queue
+        .set_binding(&id.node, &binding)
+        .await
+        .context("recording this node's CPU binding in Redis")?;
     tracing::info!(
         node = %id.node,
         capacity = reg.cap_total,
@@ -320,14 +362,23 @@ pub async fn run(args: WorkerArgs, tracer: TracerArgs, identity: IdentityArgs) -
                 worker.stop(&stop_tx)?;
             }
         }
-        ticker.set_period(session.tick_every(!worker.jobs.is_empty()))?;
+        let period = session.tick_every(!worker.jobs.is_empty());
+        ticker.set_period(if worker.awaiting_trace().is_empty() {
+            period
+        } else {
+            period.min(AWAIT_TRACE_TICK)
+        })?;
         if stopping && worker.jobs.is_empty() {
             break;
         }
     }
     // Tasks the intake delivered after the stop go straight back.
     while let Ok(raw) = task_rx.try_recv() {
-        let _ = worker.reports.send(Report::Requeue { raw, failed: false });
+        let _ = worker.reports.send(Report::Requeue {
+            raw,
+            failed: false,
+            reason: None,
+        });
     }
     drop(worker);
     let _ = intake_task.await;
@@ -393,9 +444,15 @@ impl Worker {
                 return;
             };
             if let Err(e) = self.spawn(raw.clone(), task, plan, cores.clone(), session) {
-                tracing::error!("starting a task: {e:#}");
+                // Never run unbound instead: the attempt fails, with why.
+                let reason = format!("{e:#}");
+                tracing::error!("starting a task: {reason}");
                 self.allocator.release(&cores);
-                let _ = self.reports.send(Report::Requeue { raw, failed: true });
+                let _ = self.reports.send(Report::Requeue {
+                    raw,
+                    failed: true,
+                    reason: Some(reason),
+                });
             }
         }
     }
@@ -425,20 +482,15 @@ impl Worker {
                 )
             });
         let group = match &self.cgroups {
-            Some(cg) => {
-                let g = cg.create(&group_name(&trace_id))?;
-                match self.args.cpu_binding {
-                    Binding::Exclusive => cg.set_cpus(&g, &cpu_list(&cores))?,
-                    Binding::Shared => {
-                        cg.set_weight(&g, self.args.cpuweight_per_vcpu * u64::from(plan.units))?
-                    }
-                }
-                Some(g)
-            }
+            Some(cg) => Some(
+                self.bind(cg, &trace_id, &plan, &cores)
+                    .context("CPU binding failed")?,
+            ),
             None => None,
         };
         let procs = match (&self.cgroups, &group) {
-            (Some(cg), Some(g)) => runas::open_procs_files(&cg.procs_files(g))?,
+            (Some(cg), Some(g)) => runas::open_procs_files(&cg.procs_files(g))
+                .context("CPU binding failed: opening the group's cgroup.procs")?,
             _ => Vec::new(),
         };
         let mut cmd = std::process::Command::new(&plan.argv[0]);
@@ -449,9 +501,38 @@ impl Worker {
             .current_dir(&self.limits.outputs);
         runas::confine(&mut cmd, &procs, self.user.as_ref());
         let mut cmd = tokio::process::Command::from(cmd);
-        let mut child = cmd.spawn().context("starting ffmpeg")?;
+        let mut child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                let what = match (&self.cgroups, &group) {
+                    // The child joins its group before exec: a failure there
+                    // is a binding that failed.
+                    (Some(cg), Some(g)) => {
+                        let _ = cg.destroy(g);
+                        format!("CPU binding failed: starting ffmpeg in cgroup {}", g.name)
+                    }
+                    _ => "starting ffmpeg".to_string(),
+                };
+                return Err(anyhow::Error::new(e).context(what));
+            }
+        };
         drop(procs);
         let pid = child.id().context("the child has a pid")?;
+        let applied = match (&self.cgroups, &group) {
+            (Some(cg), Some(g)) => match cg.applied(g, pid) {
+                Ok(a) if a.member => Some(a),
+                result => {
+                    let why = match result {
+                        Ok(a) => format!("the task's process is not in {}", a.cgroup),
+                        Err(e) => format!("{e:#}"),
+                    };
+                    let _ = child.start_kill();
+                    let _ = cg.destroy(g);
+                    bail!("CPU binding failed: {why}");
+                }
+            },
+            _ => None,
+        };
         let started_ms = clock::epoch_ms();
         let bytes_in = std::fs::metadata(&plan.input).map(|m| m.len()).unwrap_or(0);
         session.table.annotate(
@@ -491,20 +572,38 @@ impl Worker {
                 exited: None,
                 invocation: None,
                 bytes_in,
+                applied,
             },
         );
         self.rebalance();
         Ok(())
     }
 
-    /// Shared binding: recompute every running task's quota.
+    /// Create the task's group and apply its binding.
+    fn bind(&self, cg: &Cgroups, trace_id: &str, plan: &Plan, cores: &[u32]) -> Result<TaskGroup> {
+        let g = cg.create(&group_name(trace_id))?;
+        let set = match self.args.cpu_binding {
+            Binding::Exclusive => cg.set_cpus(&g, &cpu_list(cores)),
+            Binding::Shared => {
+                cg.set_weight(&g, self.args.cpuweight_per_vcpu * u64::from(plan.units))
+            }
+        };
+        if let Err(e) = set {
+            let _ = cg.destroy(&g);
+            return Err(e);
+        }
+        Ok(g)
+    }
+
+    /// Shared binding: recompute every running task's quota, and read back
+    /// what each group holds then.
     fn rebalance(&mut self) {
         let (Binding::Shared, Some(cg)) = (self.args.cpu_binding, &self.cgroups) else {
             return;
         };
-        let jobs: Vec<&Job> = self
+        let mut jobs: Vec<&mut Job> = self
             .jobs
-            .values()
+            .values_mut()
             .filter(|j| j.exited.is_none() && j.group.is_some())
             .collect();
         let demands: Vec<Demand> = jobs
@@ -515,11 +614,16 @@ impl Worker {
             })
             .collect();
         let grants = water_fill(f64::from(self.cores_total), &demands);
-        for (job, grant) in jobs.iter().zip(grants) {
-            if let Some(g) = &job.group
-                && let Err(e) = cg.set_quota(g, Some(grant))
-            {
+        for (job, grant) in jobs.iter_mut().zip(grants) {
+            let Some(g) = &job.group else { continue };
+            if let Err(e) = cg.set_quota(g, Some(grant)) {
                 tracing::error!(trace_id = %job.trace_id, "CPU quota not applied: {e:#}");
+            }
+            match cg.applied(g, job.pid) {
+                Ok(a) => job.applied = Some(a),
+                Err(e) => {
+                    tracing::warn!(trace_id = %job.trace_id, "reading back the binding: {e:#}")
+                }
             }
         }
     }
@@ -560,9 +664,24 @@ impl Worker {
         }
     }
 
+    /// Tasks whose ffmpeg exited and whose exit record has not come.
+    fn awaiting_trace(&self) -> Vec<u32> {
+        self.jobs
+            .values()
+            .filter(|j| j.exited.is_some() && j.invocation.is_none())
+            .map(|j| j.pid)
+            .collect()
+    }
+
     /// Finish tasks whose ffmpeg exited and whose trace line is written (or
     /// did not come in time: then the worker writes it from its own clock).
     fn finish_ready(&mut self, session: &mut Session) -> Result<()> {
+        let awaiting = self.awaiting_trace();
+        if !awaiting.is_empty() {
+            // An exit event may have been lost: the kernel's record has it.
+            let done = session.recover_exits(&awaiting)?;
+            self.on_traced(done);
+        }
         let now = clock::epoch_ms();
         let ready: Vec<u32> = self
             .jobs
@@ -597,12 +716,17 @@ impl Worker {
         fields.insert("output".into(), basename(&job.plan.output).into());
         fields.insert("cpu_units".into(), job.plan.units.into());
         fields.insert("cpuset".into(), cpu_list(&job.cores).into());
-        fields.insert(
-            "binding".into(),
-            format!("{:?}", self.args.cpu_binding).to_lowercase().into(),
-        );
+        fields.insert("binding".into(), binding_name(self.args.cpu_binding).into());
         if let Some(note) = &self.binding_note {
             fields.insert("binding_error".into(), note.clone().into());
+        }
+        if let Some(a) = &job.applied {
+            fields.insert("cgroup".into(), a.cgroup.clone().into());
+            fields.insert("cpus_allowed".into(), a.cpus.clone().into());
+            if let Some(w) = a.weight {
+                fields.insert("cpu_weight".into(), w.into());
+            }
+            fields.insert("cpu_max".into(), a.max.clone().into());
         }
         fields.insert("bytes_in".into(), job.bytes_in.into());
         fields.insert("bytes_out".into(), bytes_out.into());
@@ -672,6 +796,11 @@ impl Worker {
             Report::Requeue {
                 raw: job.raw,
                 failed: true,
+                reason: Some(match (status.code(), status.signal()) {
+                    (Some(code), _) => format!("ffmpeg exited with {code}"),
+                    (None, Some(sig)) => format!("ffmpeg was killed by signal {sig}"),
+                    _ => "ffmpeg failed".to_string(),
+                }),
             }
         };
         let _ = self.reports.send(report);
@@ -683,7 +812,11 @@ impl Worker {
     fn stop(&mut self, stop: &tokio::sync::watch::Sender<bool>) -> Result<()> {
         let _ = stop.send(true);
         for (raw, _, _) in self.waiting.drain(..) {
-            let _ = self.reports.send(Report::Requeue { raw, failed: false });
+            let _ = self.reports.send(Report::Requeue {
+                raw,
+                failed: false,
+                reason: None,
+            });
         }
         if self.args.drain {
             tracing::info!(
@@ -710,9 +843,18 @@ impl Worker {
             let _ = self.reports.send(Report::Requeue {
                 raw: job.raw,
                 failed: false,
+                reason: None,
             });
         }
         Ok(())
+    }
+}
+
+/// `--cpu-binding`'s value as the command line spells it.
+fn binding_name(b: Binding) -> &'static str {
+    match b {
+        Binding::Exclusive => "exclusive",
+        Binding::Shared => "shared",
     }
 }
 
@@ -833,7 +975,15 @@ async fn reporter(queue: Queue, node: String, mut reports: mpsc::UnboundedReceiv
         loop {
             let result = match &report {
                 Report::Complete(raw) => queue.complete_task(&node, raw).await,
-                Report::Requeue { raw, failed } => queue.requeue_task(&node, raw, *failed).await,
+                Report::Requeue {
+                    raw,
+                    failed,
+                    reason,
+                } => {
+                    queue
+                        .requeue_task(&node, raw, *failed, reason.as_deref())
+                        .await
+                }
                 Report::DeadLetter { raw, reason } => {
                     queue.dead_letter_task(&node, raw, reason).await
                 }

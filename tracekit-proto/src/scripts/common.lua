@@ -9,6 +9,7 @@ local ALIVE = 'nodes:alive'
 local SLOTTED = 'nodes:slotted'
 local DEAD = 'q:dead'
 local ATTEMPTS = 'q:attempts'
+local LAST_ERROR = 'q:last_error'
 
 local function now_ms()
   local t = redis.call('TIME')

@@ -8,4 +8,5 @@ if redis.call('LREM', 'inflight:' .. node, 1, raw) == 0 then
 end
 release(node, raw)
 redis.call('HDEL', ATTEMPTS, raw)
+redis.call('HDEL', LAST_ERROR, raw)
 return 1

@@ -6,5 +6,6 @@ if redis.call('LREM', 'inflight:' .. node, 1, raw) == 0 then
 end
 release(node, raw)
 redis.call('HDEL', ATTEMPTS, raw)
+redis.call('HDEL', LAST_ERROR, raw)
 redis.call('RPUSH', DEAD, dead_entry(raw, reason, node))
 return 1

@@ -93,12 +93,17 @@ while done < batch do
     local a = num(redis.call('HGET', ATTEMPTS, raw))
     if a >= max_attempts then
       reason = 'failed ' .. a .. ' attempts (max ' .. max_attempts .. ')'
+      local last = redis.call('HGET', LAST_ERROR, raw)
+      if last then
+        reason = reason .. ': ' .. last
+      end
     end
   end
   if reason then
     redis.call('RPUSH', DEAD, dead_entry(raw, reason, nil))
     redis.call('LPOP', PENDING)
     redis.call('HDEL', ATTEMPTS, raw)
+    redis.call('HDEL', LAST_ERROR, raw)
     out[#out + 1] = 'dead'
     out[#out + 1] = reason
     out[#out + 1] = raw
@@ -139,6 +144,7 @@ while done < batch do
         redis.call('RPUSH', DEAD, dead_entry(raw, reason, nil))
         redis.call('LPOP', PENDING)
         redis.call('HDEL', ATTEMPTS, raw)
+        redis.call('HDEL', LAST_ERROR, raw)
         out[#out + 1] = 'dead'
         out[#out + 1] = reason
         out[#out + 1] = raw

@@ -1,6 +1,8 @@
--- requeue.lua: ARGV 1 node, 2 raw task, 3 count a failed attempt (1/0). The
--- worker hands an in-flight task back: it returns to the head of pending and
--- its capacity is given back. Returns 1, or 0 when it was not in flight there.
+-- requeue.lua: ARGV 1 node, 2 raw task, 3 count a failed attempt (1/0),
+-- 4 why it failed ('' = not said). The worker hands an in-flight task back:
+-- it returns to the head of pending and its capacity is given back. The
+-- reason of the last failed attempt is kept for the dead letter. Returns 1,
+-- or 0 when it was not in flight there.
 local node, raw = ARGV[1], ARGV[2]
 if redis.call('LREM', 'inflight:' .. node, 1, raw) == 0 then
   return 0
@@ -8,6 +10,9 @@ end
 release(node, raw)
 if ARGV[3] == '1' then
   redis.call('HINCRBY', ATTEMPTS, raw, 1)
+  if ARGV[4] and ARGV[4] ~= '' then
+    redis.call('HSET', LAST_ERROR, raw, ARGV[4])
+  end
 end
 redis.call('LPUSH', PENDING, raw)
 return 1

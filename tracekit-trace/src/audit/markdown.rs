@@ -42,6 +42,13 @@ fn write_report(md: &mut String, a: &NodeAudit) -> std::fmt::Result {
         format!("{} problem(s) found", a.problems.len())
     };
     writeln!(md, "**{verdict}**\n")?;
+    if !a.not_as_asked.is_empty() {
+        writeln!(md, "## Not as asked\n")?;
+        for line in &a.not_as_asked {
+            writeln!(md, "- **{line}**")?;
+        }
+        writeln!(md)?;
+    }
 
     writeln!(md, "## Summary\n")?;
     writeln!(md, "Invocations: {}  ", c.invocations)?;
@@ -158,6 +165,36 @@ fn write_report(md: &mut String, a: &NodeAudit) -> std::fmt::Result {
                         md,
                         "| {} | {} | {} | {:.1} |",
                         p.program, p.run_count, p.run_time_ns, p.ns_per_call
+                    )?;
+                }
+            }
+        }
+    }
+
+    writeln!(md, "\n## Sampling gaps\n")?;
+    match a.interval_ms {
+        None => writeln!(md, "- interval not recorded: gaps not checked")?,
+        Some(ms) => {
+            writeln!(
+                md,
+                "- processes with intervals of {ms} ms that have no sample while alive: {}, \
+                 intervals missed: {}",
+                c.processes_with_gaps, c.missed_intervals
+            )?;
+            if !a.gaps.is_empty() {
+                writeln!(
+                    md,
+                    "\n| pid | task | intervals missed | of | longest gap ms |\n|---:|---|---:|---:|---:|"
+                )?;
+                for g in a.gaps.iter().take(super::LISTED) {
+                    writeln!(
+                        md,
+                        "| {} | {} | {} | {} | {} |",
+                        g.pid,
+                        g.trace_id.as_deref().unwrap_or("-"),
+                        g.missed,
+                        g.intervals,
+                        g.longest_ms
                     )?;
                 }
             }
