@@ -38,6 +38,12 @@ impl Clock {
         clock
     }
 
+    /// A clock with a given realtime − monotonic offset (tests).
+    #[cfg(test)]
+    pub fn with_offset_ns(offset_ns: i128) -> Self {
+        Clock { offset_ns }
+    }
+
     /// Re-measure the offset: keep the pair read closest together.
     pub fn recalibrate(&mut self) {
         let mut best: Option<(i128, i128)> = None;

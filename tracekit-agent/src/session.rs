@@ -10,7 +10,7 @@ use tracekit_trace::{Invocation, NodeMeta, TraceWriter, TracerStats};
 use crate::cli::TracerArgs;
 use crate::clock::{self, Clock};
 use crate::matcher::Matcher;
-use crate::table::ProcessTable;
+use crate::table::{Line, Output, ProcessTable};
 use crate::ticker::Ticker;
 use crate::tracer::select::select;
 use crate::tracer::{Collector, Event, ProcStart, Scope, ebpf};
@@ -193,13 +193,26 @@ impl Session {
         Ok(finished)
     }
 
+    /// Apply the pending events to the table, and carry out its answer.
     fn apply(&mut self) -> Result<Vec<Invocation>> {
-        self.table.apply(
-            &mut self.events,
-            &mut self.collector,
-            &self.clock,
-            &mut self.writer,
-        )
+        let mut out = Output::default();
+        self.table
+            .apply(self.events.drain(..), &self.clock, &mut out);
+        self.carry_out(out)
+    }
+
+    /// Run the table's commands on the collector and write its lines.
+    fn carry_out(&mut self, out: Output) -> Result<Vec<Invocation>> {
+        for command in out.commands {
+            self.collector.run(command);
+        }
+        for line in &out.lines {
+            match line {
+                Line::Sample(s) => self.writer.sample(s)?,
+                Line::Invocation(i) => self.writer.invocation(i)?,
+            }
+        }
+        Ok(out.finished)
     }
 
     /// At each tick: events (with the kernel's samples), the collector's own
@@ -210,8 +223,10 @@ impl Session {
         self.collector.tick(&traced, &mut self.events)?;
         finished.extend(self.apply()?);
         if let Collector::Procfs(c) = &self.collector {
+            let mut out = Output::default();
             self.table
-                .sample(clock::epoch_ms(), |pid| c.cpu(pid), &mut self.writer)?;
+                .sample(clock::epoch_ms(), |pid| c.reading(pid), &mut out);
+            finished.extend(self.carry_out(out)?);
         }
         self.writer.flush()?;
         if self.last_stats.elapsed() >= STATS_EVERY {

@@ -1,5 +1,7 @@
-//! The table of traced processes: turns a collector's events and CPU readings
-//! into trace records.
+//! The table of traced processes: a pure state machine from a collector's
+//! events to trace lines and to commands for the collector. It does no I/O:
+//! the caller ([`crate::session::Session`]) writes the lines and runs the
+//! commands, and the unit tests below drive it with event sequences alone.
 //!
 //! Each process's samples tile its run exactly: the first interval starts at
 //! its exec, every later one at the previous sample, and the last ends at its
@@ -8,12 +10,11 @@
 
 use std::collections::HashMap;
 
-use anyhow::Result;
-use tracekit_trace::{CollectorKind, Invocation, ProcSample, TraceWriter};
+use tracekit_trace::{CollectorKind, Invocation, ProcSample};
 
 use crate::clock::Clock;
 use crate::matcher::Matcher;
-use crate::tracer::{Collector, Event, KernelSample, ProcExit, ProcStart, Statm, decode_status};
+use crate::tracer::{Event, KernelSample, ProcExit, ProcStart, decode_status};
 
 struct Tracked {
     start: ProcStart,
@@ -22,9 +23,6 @@ struct Tracked {
     last_cpu_ns: u64,
     rss_kb: u64,
     peak_rss_kb: u64,
-    /// Kept open for the agent's own sampling (procfs); the kernel reads
-    /// RSS itself for eBPF.
-    statm: Option<Statm>,
 }
 
 impl Tracked {
@@ -40,7 +38,6 @@ impl Tracked {
 pub struct Annotation {
     pub trace_id: String,
     pub ts_enqueue: Option<i64>,
-    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// What the table has done so far.
@@ -49,6 +46,37 @@ pub struct TableCounts {
     pub processes_seen: u64,
     pub exits_recorded: u64,
     pub samples: u64,
+}
+
+/// A line for the trace files, in the order the table produced it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Line {
+    Sample(ProcSample),
+    /// A process the worker did not launch (a task's line is the worker's).
+    Invocation(Invocation),
+}
+
+/// What the table asks of the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// `pid` is traced: sample it.
+    Watch(u32),
+    /// `pid` ended and is recorded: drop what the collector keeps of it.
+    Forget(u32),
+    /// Image `image` of `pid` does not match: stop following it, unless a
+    /// newer exec of the same process (whose event is still queued) replaced
+    /// it.
+    ForgetImage { pid: u32, image: u32 },
+}
+
+/// The table's answer to a batch of events.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub lines: Vec<Line>,
+    pub commands: Vec<Command>,
+    /// Processes that ended, with their invocation (also those annotated by
+    /// the worker, whose line the worker writes).
+    pub finished: Vec<Invocation>,
 }
 
 pub struct ProcessTable {
@@ -100,12 +128,6 @@ impl ProcessTable {
         self.annotations.insert(pid, annotation);
     }
 
-    /// Drop an annotation whose process was never seen (the worker writes
-    /// that task's line itself).
-    pub fn take_annotation(&mut self, pid: u32) -> Option<Annotation> {
-        self.annotations.remove(&pid)
-    }
-
     /// Remember the wait status of a child the agent reaped.
     pub fn note_status(&mut self, pid: u32, status: i32) {
         self.statuses.insert(pid, status);
@@ -116,31 +138,23 @@ impl ProcessTable {
         self.matcher.matches(&start.comm, &start.filename)
     }
 
-    /// Apply the collector's events; finished processes are written and
-    /// returned.
+    /// Apply the collector's events.
     pub fn apply(
         &mut self,
-        events: &mut Vec<Event>,
-        collector: &mut Collector,
+        events: impl IntoIterator<Item = Event>,
         clock: &Clock,
-        writer: &mut TraceWriter,
-    ) -> Result<Vec<Invocation>> {
-        let mut finished = Vec::new();
-        for event in events.drain(..) {
+        out: &mut Output,
+    ) {
+        for event in events {
             match event {
-                Event::Start(start) => self.on_start(start, collector, clock),
-                Event::Exit(exit) => {
-                    if let Some(done) = self.on_exit(exit, collector, clock, writer)? {
-                        finished.push(done);
-                    }
-                }
-                Event::Sample(sample) => self.on_sample(sample, clock, writer)?,
+                Event::Start(start) => self.on_start(start, clock, out),
+                Event::Exit(exit) => self.on_exit(exit, clock, out),
+                Event::Sample(sample) => self.on_sample(sample, clock, out),
             }
         }
-        Ok(finished)
     }
 
-    fn on_start(&mut self, start: ProcStart, collector: &mut Collector, clock: &Clock) {
+    fn on_start(&mut self, start: ProcStart, clock: &Clock, out: &mut Output) {
         if let Some(known) = self.procs.get_mut(&start.pid) {
             // A traced process exec'd again: same process, new image.
             known.start.comm = start.comm;
@@ -153,19 +167,17 @@ impl ProcessTable {
             // A forked child carries its parent's comm: wait for its exec
             // (or exit) before dropping it.
             if !start.forked {
-                collector.forget_image(start.pid, start.image);
+                out.commands.push(Command::ForgetImage {
+                    pid: start.pid,
+                    image: start.image,
+                });
             }
             return;
         }
         let ts_start_ms = clock.epoch_ms_of(start.start_ns);
         tracing::debug!(pid = start.pid, comm = %start.comm, "tracing process");
-        collector.watch(start.pid);
+        out.commands.push(Command::Watch(start.pid));
         self.counts.processes_seen += 1;
-        let statm = match self.collector {
-            CollectorKind::Procfs => Statm::open(start.pid),
-            CollectorKind::Ebpf => None,
-        };
-        let rss = statm.as_ref().and_then(Statm::rss_kb).unwrap_or(0);
         self.procs.insert(
             start.pid,
             Tracked {
@@ -173,24 +185,20 @@ impl ProcessTable {
                 ts_start_ms,
                 last_ts_ms: ts_start_ms,
                 last_cpu_ns: 0,
-                rss_kb: rss,
-                peak_rss_kb: rss,
-                statm,
+                rss_kb: 0,
+                peak_rss_kb: 0,
             },
         );
     }
 
-    fn on_exit(
-        &mut self,
-        exit: ProcExit,
-        collector: &mut Collector,
-        clock: &Clock,
-        writer: &mut TraceWriter,
-    ) -> Result<Option<Invocation>> {
-        collector.forget(exit.pid);
+    fn on_exit(&mut self, exit: ProcExit, clock: &Clock, out: &mut Output) {
         let Some(mut t) = self.procs.remove(&exit.pid) else {
-            return Ok(None);
+            // Not traced (or recorded already: a recovered exit's event
+            // came after all).
+            out.commands.push(Command::Forget(exit.pid));
+            return;
         };
+        out.commands.push(Command::Forget(exit.pid));
         if let Some(rss) = exit.rss_kb {
             t.note_rss(rss);
         }
@@ -204,15 +212,14 @@ impl ProcessTable {
             ts_end_ms = ts_end_ms.max(t.last_ts_ms + 1);
         }
         let cpu_ns = exit.cpu_ns.max(t.last_cpu_ns);
-        writer.sample(&ProcSample {
+        out.lines.push(Line::Sample(ProcSample {
             ts_ms: ts_end_ms,
             pid: exit.pid,
             dt_ms: ts_end_ms - t.last_ts_ms,
             cpu_ms: delta_ms(t.last_cpu_ns, cpu_ns),
             rss_kb: t.rss_kb,
-        })?;
+        }));
         self.counts.samples += 1;
-        t.last_ts_ms = ts_end_ms;
         let status = exit.status.or_else(|| self.statuses.remove(&exit.pid));
         self.statuses.remove(&exit.pid);
         let (exit_code, signal) = match status {
@@ -220,7 +227,6 @@ impl ProcessTable {
             None => (None, None),
         };
         let annotation = self.annotations.remove(&exit.pid);
-        let annotated = annotation.is_some();
         let mut extra = serde_json::Map::new();
         extra.insert("rss_peak_kb".into(), t.peak_rss_kb.into());
         if t.start.pre_existing {
@@ -234,9 +240,6 @@ impl ProcessTable {
                 t.ts_start_ms,
             ),
         };
-        if let Some(a) = annotation {
-            extra.extend(a.extra);
-        }
         let invocation = Invocation {
             trace_id,
             pid: exit.pid,
@@ -255,56 +258,80 @@ impl ProcessTable {
             extra,
         };
         // A task's line is written by the worker, with the task's fields.
-        if !annotated {
-            writer.invocation(&invocation)?;
+        if annotation.is_none() {
+            out.lines.push(Line::Invocation(invocation.clone()));
         }
         self.counts.exits_recorded += 1;
-        Ok(Some(invocation))
+        out.finished.push(invocation);
+    }
+
+    /// The invocation of a task the tracer never saw (procfs misses short
+    /// ones): times from the worker's own clock, and no CPU figure.
+    pub fn untraced(
+        &mut self,
+        pid: u32,
+        started_ms: i64,
+        exited_ms: i64,
+        status: i32,
+    ) -> Invocation {
+        let annotation = self.annotations.remove(&pid).unwrap_or_default();
+        let (exit_code, signal) = decode_status(status);
+        Invocation {
+            trace_id: annotation.trace_id,
+            pid,
+            ts_enqueue: annotation.ts_enqueue.unwrap_or(started_ms),
+            ts_start: started_ms,
+            ts_end: exited_ms,
+            ppid: Some(std::process::id()),
+            comm: Some("ffmpeg".into()),
+            filename: None,
+            cpu_ms: None,
+            exit_code,
+            signal,
+            node: Some(self.node.clone()),
+            stage: Some(self.stage.clone()),
+            collector: None,
+            extra: serde_json::Map::new(),
+        }
     }
 
     /// A sample the kernel took (eBPF); one for a process not traced (yet,
     /// or any more) is dropped.
-    fn on_sample(
-        &mut self,
-        sample: KernelSample,
-        clock: &Clock,
-        writer: &mut TraceWriter,
-    ) -> Result<()> {
+    fn on_sample(&mut self, sample: KernelSample, clock: &Clock, out: &mut Output) {
         let Some(t) = self.procs.get_mut(&sample.pid) else {
-            return Ok(());
+            return;
         };
         if let Some(rss) = sample.rss_kb {
             t.note_rss(rss);
         }
         let ts_ms = clock.epoch_ms_of(sample.ts_ns);
-        if record(t, sample.pid, ts_ms, sample.cpu_ns, writer)? {
+        if record(t, sample.pid, ts_ms, sample.cpu_ns, out) {
             self.counts.samples += 1;
         }
-        Ok(())
     }
 
     /// The agent's own sampling (procfs): one sample per live traced process,
-    /// all stamped `now_ms`. `cpu`: a process's CPU so far, ns.
+    /// all stamped `now_ms`. `reading`: a process's CPU so far (ns) and its
+    /// resident set (KiB) when known.
     pub fn sample(
         &mut self,
         now_ms: i64,
-        cpu: impl Fn(u32) -> Option<u64>,
-        writer: &mut TraceWriter,
-    ) -> Result<()> {
+        reading: impl Fn(u32) -> Option<(u64, Option<u64>)>,
+        out: &mut Output,
+    ) {
         let mut pids: Vec<u32> = self.procs.keys().copied().collect();
         pids.sort_unstable();
         for pid in pids {
-            let (Some(cpu_ns), Some(t)) = (cpu(pid), self.procs.get_mut(&pid)) else {
+            let (Some((cpu_ns, rss)), Some(t)) = (reading(pid), self.procs.get_mut(&pid)) else {
                 continue;
             };
-            if let Some(rss) = t.statm.as_ref().and_then(Statm::rss_kb) {
+            if let Some(rss) = rss {
                 t.note_rss(rss);
             }
-            if record(t, pid, now_ms, cpu_ns, writer)? {
+            if record(t, pid, now_ms, cpu_ns, out) {
                 self.counts.samples += 1;
             }
         }
-        Ok(())
     }
 }
 
@@ -312,28 +339,22 @@ impl ProcessTable {
 /// `cpu_ns`; false (nothing written) if it does not end after the last one.
 /// A reading below the last counts as the last: CPU totals never go back, and
 /// the exit's exact total settles the rest.
-fn record(
-    t: &mut Tracked,
-    pid: u32,
-    ts_ms: i64,
-    cpu_ns: u64,
-    writer: &mut TraceWriter,
-) -> Result<bool> {
+fn record(t: &mut Tracked, pid: u32, ts_ms: i64, cpu_ns: u64, out: &mut Output) -> bool {
     let dt = ts_ms - t.last_ts_ms;
     if dt <= 0 {
-        return Ok(false);
+        return false;
     }
     let cpu_ns = cpu_ns.max(t.last_cpu_ns);
-    writer.sample(&ProcSample {
+    out.lines.push(Line::Sample(ProcSample {
         ts_ms,
         pid,
         dt_ms: dt,
         cpu_ms: delta_ms(t.last_cpu_ns, cpu_ns),
         rss_kb: t.rss_kb,
-    })?;
+    }));
     t.last_ts_ms = ts_ms;
     t.last_cpu_ns = cpu_ns;
-    Ok(true)
+    true
 }
 
 /// ns to ms with µs precision (three decimals), as the trace records it.
@@ -346,3 +367,6 @@ pub fn ns_to_ms(ns: u64) -> f64 {
 fn delta_ms(from_ns: u64, to_ns: u64) -> f64 {
     (to_ns / 1000).saturating_sub(from_ns / 1000) as f64 / 1000.0
 }
+
+#[cfg(test)]
+mod tests;

@@ -120,7 +120,10 @@ fn check_tiling(node_dir: &Path) {
             int(&inv, "ts_end") - int(&inv, "ts_start"),
             "tiling of {inv}"
         );
-        assert_eq!(int(rows.last().unwrap(), "ts_ms"), int(&inv, "ts_end"));
+        assert_eq!(
+            int(rows.last().expect("a sample"), "ts_ms"),
+            int(&inv, "ts_end")
+        );
         let cpu: f64 = rows.iter().map(|s| float(s, "cpu_ms")).sum();
         assert!(
             (cpu - float(&inv, "cpu_ms")).abs() < 0.01,

@@ -1,5 +1,6 @@
 //! The `dispatch` command: counts, names, seed determinism, profiles, pulse
 //! timing, fifo bound and the per-node modes.
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
 
 mod common;
 

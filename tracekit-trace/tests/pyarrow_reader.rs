@@ -4,6 +4,7 @@
 //! The venv is cached under the cargo target directory (`pyarrow-venv`) so it
 //! is built once. Set `TRACEKIT_SKIP_PYARROW=1` to skip where PyPI cannot be
 //! reached (the test says so instead of passing quietly).
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Files → audit → export on generated traces written with `TraceWriter`,
 //! checked against the generator's truth and against numbers computed here
 //! independently from the files.
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
 
 mod common;
 

@@ -15,6 +15,8 @@ use std::time::Duration;
 use anyhow::Result;
 use tracekit_trace::{CollectorKind, ProgramCost};
 
+use crate::table::Command;
+
 /// A process came into view: it exec'd (or was forked by a traced process,
 /// or was found already running).
 #[derive(Debug, Clone)]
@@ -198,27 +200,18 @@ impl Collector {
         }
     }
 
-    /// `pid` is traced: the eBPF collector's kernel side samples it from now.
-    pub fn watch(&mut self, pid: u32) {
-        if let Collector::Ebpf(c) = self {
-            c.watch(pid);
-        }
-    }
-
-    /// Stop tracing `pid` (its exit is recorded).
-    pub fn forget(&mut self, pid: u32) {
-        match self {
-            Collector::Ebpf(c) => c.forget(pid),
-            Collector::Procfs(c) => c.forget(pid),
-        }
-    }
-
-    /// Stop tracing the image `image` of `pid` (it does not match); a newer
-    /// exec of the same process, whose event is still queued, stays traced.
-    pub fn forget_image(&mut self, pid: u32, image: u32) {
-        match self {
-            Collector::Ebpf(c) => c.forget_image(pid, image),
-            Collector::Procfs(c) => c.forget(pid),
+    /// Carry out what the process table asks (see [`Command`]).
+    pub fn run(&mut self, command: Command) {
+        match (self, command) {
+            // The kernel samples a traced process from now on; procfs
+            // samples every process it follows anyway.
+            (Collector::Ebpf(c), Command::Watch(pid)) => c.watch(pid),
+            (Collector::Procfs(_), Command::Watch(_)) => {}
+            (Collector::Ebpf(c), Command::Forget(pid)) => c.forget(pid),
+            (Collector::Ebpf(c), Command::ForgetImage { pid, image }) => c.forget_image(pid, image),
+            (Collector::Procfs(c), Command::Forget(pid) | Command::ForgetImage { pid, .. }) => {
+                c.forget(pid)
+            }
         }
     }
 

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 
-use super::{Event, ProcExit, ProcStart, Scope};
+use super::{Event, ProcExit, ProcStart, Scope, Statm};
 use crate::clock;
 
 struct Stat {
@@ -20,6 +20,8 @@ struct Stat {
 
 struct Seen {
     cpu_ns: u64,
+    /// Kept open: each reading is one `pread`.
+    statm: Option<Statm>,
 }
 
 pub struct ProcfsCollector {
@@ -102,7 +104,13 @@ impl ProcfsCollector {
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default();
             // The table decides on the match and calls forget() if it fails.
-            self.seen.insert(pid, Seen { cpu_ns });
+            self.seen.insert(
+                pid,
+                Seen {
+                    cpu_ns,
+                    statm: Statm::open(pid),
+                },
+            );
             out.push(Event::Start(ProcStart {
                 pid,
                 ppid: stat.ppid,
@@ -119,9 +127,11 @@ impl ProcfsCollector {
         Ok(())
     }
 
-    /// CPU time of `pid` at the last scan, ns.
-    pub fn cpu(&self, pid: u32) -> Option<u64> {
-        self.seen.get(&pid).map(|seen| seen.cpu_ns)
+    /// CPU time of `pid` at the last scan (ns), and its resident set now
+    /// (KiB) when it can be read.
+    pub fn reading(&self, pid: u32) -> Option<(u64, Option<u64>)> {
+        let seen = self.seen.get(&pid)?;
+        Some((seen.cpu_ns, seen.statm.as_ref().and_then(Statm::rss_kb)))
     }
 
     pub fn forget(&mut self, pid: u32) {

@@ -167,7 +167,6 @@ struct Job {
 struct Worker {
     args: WorkerArgs,
     node: String,
-    stage: String,
     cores_total: u32,
     limits: Limits,
     user: Option<RunAs>,
@@ -307,7 +306,6 @@ pub async fn run(args: WorkerArgs, tracer: TracerArgs, identity: IdentityArgs) -
     let mut worker = Worker {
         args: args.clone(),
         node: id.node.clone(),
-        stage: id.stage.clone(),
         cores_total,
         limits,
         user,
@@ -540,7 +538,6 @@ impl Worker {
             Annotation {
                 trace_id: trace_id.clone(),
                 ts_enqueue: task.ts_enqueue,
-                extra: serde_json::Map::new(),
             },
         );
         if let Some(stderr) = child.stderr.take() {
@@ -741,32 +738,10 @@ impl Worker {
         let inv = match job.invocation {
             Some(inv) => inv,
             None => {
-                // The tracer never saw it (procfs misses short tasks): the
-                // worker's own clock, and no CPU figure.
-                session.table.take_annotation(job.pid);
-                let (exit_code, signal) = match status.code() {
-                    Some(c) => (Some(c), None),
-                    None => (None, status.signal()),
-                };
-                let inv = Invocation {
-                    trace_id: job.trace_id.clone(),
-                    pid: job.pid,
-                    ts_enqueue: job.task.ts_enqueue.unwrap_or(job.started_ms),
-                    ts_start: job.started_ms,
-                    ts_end: exited_ms,
-                    ppid: Some(std::process::id()),
-                    comm: Some("ffmpeg".into()),
-                    filename: None,
-                    cpu_ms: None,
-                    exit_code,
-                    signal,
-                    node: Some(self.node.clone()),
-                    stage: Some(self.stage.clone()),
-                    collector: None,
-                    extra: serde_json::Map::new(),
-                };
                 tracing::warn!(trace_id = %job.trace_id, "the tracer did not see this task; times from the worker's clock");
-                inv
+                session
+                    .table
+                    .untraced(job.pid, job.started_ms, exited_ms, status.into_raw())
             }
         };
         let mut record = inv.clone();

@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests: generated runs, parquet read back,
 //! and an independent reference for what the export must produce.
-
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::collections::HashMap;
