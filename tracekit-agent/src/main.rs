@@ -1,15 +1,6 @@
 //! `tracekit-agent`: the eBPF tracer and the worker of a Tracekit node.
 
-mod cli;
-mod clock;
-mod matcher;
-mod session;
-mod signals;
-mod table;
-mod ticker;
-mod trace_cmd;
-mod tracer;
-mod worker;
+use tracekit_agent::{cli, trace_cmd, tracer, worker};
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;

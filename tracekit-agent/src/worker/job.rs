@@ -1,0 +1,289 @@
+//! A task's life on this node: spawned in its cgroup as the run-as user,
+//! traced, and finished into its invocation line and its report.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{Context, Result, bail};
+use tokio::io::AsyncReadExt;
+use tracekit_proto::Task;
+use tracekit_trace::Invocation;
+
+use super::Worker;
+use super::args::binding_name;
+use super::cgroup::{Applied, TaskGroup};
+use super::command::Plan;
+use super::cores::cpu_list;
+use super::link::Report;
+use super::runas;
+use crate::clock;
+use crate::session::Session;
+use crate::table::Annotation;
+
+/// One running task.
+pub struct Job {
+    pub(super) raw: String,
+    pub(super) task: Task,
+    pub(super) plan: Plan,
+    pub(super) trace_id: String,
+    pub(super) child: Option<tokio::process::Child>,
+    pub(super) pid: u32,
+    pub(super) group: Option<TaskGroup>,
+    pub(super) cores: Vec<u32>,
+    pub(super) started_ms: i64,
+    pub(super) exited: Option<(std::process::ExitStatus, i64)>,
+    pub(super) invocation: Option<Invocation>,
+    pub(super) bytes_in: u64,
+    /// Its binding as read back from its cgroup while it ran.
+    pub(super) applied: Option<Applied>,
+}
+
+impl Worker {
+    pub(super) fn spawn(
+        &mut self,
+        raw: String,
+        task: Task,
+        plan: Plan,
+        cores: Vec<u32>,
+        session: &mut Session,
+    ) -> Result<()> {
+        self.seq += 1;
+        let trace_id = task
+            .extra
+            .get("trace_id")
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                format!(
+                    "{}-{}-{}",
+                    self.node,
+                    task.seq
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "x".into()),
+                    self.seq
+                )
+            });
+        let group = match &self.cgroups {
+            Some(cg) => Some(
+                self.bind(cg, &trace_id, &plan, &cores)
+                    .context("CPU binding failed")?,
+            ),
+            None => None,
+        };
+        let procs = match (&self.cgroups, &group) {
+            (Some(cg), Some(g)) => runas::open_procs_files(&cg.procs_files(g))
+                .context("CPU binding failed: opening the group's cgroup.procs")?,
+            _ => Vec::new(),
+        };
+        let mut cmd = std::process::Command::new(&plan.argv[0]);
+        cmd.args(&plan.argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .current_dir(&self.limits.outputs);
+        runas::confine(&mut cmd, &procs, self.user.as_ref());
+        let mut cmd = tokio::process::Command::from(cmd);
+        let mut child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                let what = match (&self.cgroups, &group) {
+                    // The child joins its group before exec: a failure there
+                    // is a binding that failed.
+                    (Some(cg), Some(g)) => {
+                        let _ = cg.destroy(g);
+                        format!("CPU binding failed: starting ffmpeg in cgroup {}", g.name)
+                    }
+                    _ => "starting ffmpeg".to_string(),
+                };
+                return Err(anyhow::Error::new(e).context(what));
+            }
+        };
+        drop(procs);
+        let pid = child.id().context("the child has a pid")?;
+        let applied = match (&self.cgroups, &group) {
+            (Some(cg), Some(g)) => match cg.applied(g, pid) {
+                Ok(a) if a.member => Some(a),
+                result => {
+                    let why = match result {
+                        Ok(a) => format!("the task's process is not in {}", a.cgroup),
+                        Err(e) => format!("{e:#}"),
+                    };
+                    let _ = child.start_kill();
+                    let _ = cg.destroy(g);
+                    bail!("CPU binding failed: {why}");
+                }
+            },
+            _ => None,
+        };
+        let started_ms = clock::epoch_ms();
+        let bytes_in = std::fs::metadata(&plan.input).map(|m| m.len()).unwrap_or(0);
+        session.table.annotate(
+            pid,
+            Annotation {
+                trace_id: trace_id.clone(),
+                ts_enqueue: task.ts_enqueue,
+            },
+        );
+        if let Some(stderr) = child.stderr.take() {
+            let path = self
+                .stderr_dir
+                .join(format!("{}.log", group_name(&trace_id)));
+            tokio::spawn(keep_stderr(stderr, path, self.args.stderr_limit));
+        }
+        tracing::info!(
+            %trace_id,
+            pid,
+            units = plan.units,
+            cores = %cpu_list(&cores),
+            input = %plan.input.display(),
+            "task started"
+        );
+        self.jobs.insert(
+            pid,
+            Job {
+                raw,
+                task,
+                plan,
+                trace_id,
+                child: Some(child),
+                pid,
+                group,
+                cores,
+                started_ms,
+                exited: None,
+                invocation: None,
+                bytes_in,
+                applied,
+            },
+        );
+        self.rebalance();
+        Ok(())
+    }
+
+    pub(super) fn finish(&mut self, job: Job, session: &mut Session) -> Result<()> {
+        let (status, exited_ms) = job.exited.context("finishing a running task")?;
+        let bytes_out = std::fs::metadata(&job.plan.output)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let mut fields = serde_json::Map::new();
+        let basename = |p: &Path| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        fields.insert("input".into(), basename(&job.plan.input).into());
+        fields.insert("output".into(), basename(&job.plan.output).into());
+        fields.insert("cpu_units".into(), job.plan.units.into());
+        fields.insert("cpuset".into(), cpu_list(&job.cores).into());
+        fields.insert("binding".into(), binding_name(self.args.cpu_binding).into());
+        if let Some(note) = &self.binding_note {
+            fields.insert("binding_error".into(), note.clone().into());
+        }
+        if let Some(a) = &job.applied {
+            fields.insert("cgroup".into(), a.cgroup.clone().into());
+            fields.insert("cpus_allowed".into(), a.cpus.clone().into());
+            if let Some(w) = a.weight {
+                fields.insert("cpu_weight".into(), w.into());
+            }
+            fields.insert("cpu_max".into(), a.max.clone().into());
+        }
+        fields.insert("bytes_in".into(), job.bytes_in.into());
+        fields.insert("bytes_out".into(), bytes_out.into());
+        if let Some(seq) = job.task.seq {
+            fields.insert("seq".into(), seq.into());
+        }
+        for key in ["profile"] {
+            if let Some(v) = job.task.extra.get(key) {
+                fields.insert(key.into(), v.clone());
+            }
+        }
+        let inv = match job.invocation {
+            Some(inv) => inv,
+            None => {
+                tracing::warn!(trace_id = %job.trace_id, "the tracer did not see this task; times from the worker's clock");
+                session
+                    .table
+                    .untraced(job.pid, job.started_ms, exited_ms, status.into_raw())
+            }
+        };
+        let mut record = inv.clone();
+        if record.exit_code.is_none() && record.signal.is_none() {
+            // The /proc collector sees no exit status; the worker reaped it.
+            (record.exit_code, record.signal) = crate::tracer::decode_status(status.into_raw());
+        }
+        record.extra.extend(fields);
+        session.writer.invocation(&record)?;
+        // On disk now, not at the next tick: an idle worker ticks rarely.
+        session.writer.flush()?;
+        if let (Some(cg), Some(g)) = (&self.cgroups, &job.group)
+            && let Err(e) = cg.destroy(g)
+        {
+            tracing::warn!("removing cgroup {}: {e:#}", g.name);
+        }
+        self.allocator.release(&job.cores);
+        let ok = status.success();
+        tracing::info!(
+            trace_id = %job.trace_id,
+            pid = job.pid,
+            ok,
+            cpu_ms = inv.cpu_ms.unwrap_or(0.0),
+            run_ms = inv.ts_end - inv.ts_start,
+            "task finished"
+        );
+        let report = if ok {
+            Report::Complete(job.raw)
+        } else {
+            // A failure counts towards the central's --max-attempts.
+            Report::Requeue {
+                raw: job.raw,
+                failed: true,
+                reason: Some(match (status.code(), status.signal()) {
+                    (Some(code), _) => format!("ffmpeg exited with {code}"),
+                    (None, Some(sig)) => format!("ffmpeg was killed by signal {sig}"),
+                    _ => "ffmpeg failed".to_string(),
+                }),
+            }
+        };
+        let _ = self.reports.send(report);
+        Ok(())
+    }
+}
+
+/// A cgroup-safe name for a task.
+pub fn group_name(trace_id: &str) -> String {
+    trace_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Keep up to `limit` bytes of a task's stderr (the head, where ffmpeg says
+/// what it does, and a note of how much was cut).
+async fn keep_stderr(mut stderr: tokio::process::ChildStderr, path: PathBuf, limit: usize) {
+    let mut kept = Vec::new();
+    let mut cut = 0usize;
+    let mut buf = [0u8; 8192];
+    loop {
+        match stderr.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = limit.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+                cut += n - n.min(room);
+            }
+        }
+    }
+    if cut > 0 {
+        kept.extend_from_slice(format!("\n[tracekit: {cut} more bytes not kept]\n").as_bytes());
+    }
+    if let Err(e) = tokio::fs::write(&path, kept).await {
+        tracing::warn!("writing {}: {e}", path.display());
+    }
+}
