@@ -376,18 +376,18 @@ impl Shapes {
     }
 }
 
-/// Which required fields a file's records held at least once.
+/// How many of a file's records lack each field (counted on the rare
+/// incomplete record only, off the hot path).
 #[derive(Default)]
 struct Seen {
     records: u64,
-    present: [u64; 5],
+    missing: [u64; 5],
 }
 
 impl Seen {
-    fn note(&mut self, present: [bool; 5]) {
-        self.records += 1;
-        for (n, p) in self.present.iter_mut().zip(present) {
-            *n += u64::from(p);
+    fn miss(&mut self, present: [bool; 5]) {
+        for (n, p) in self.missing.iter_mut().zip(present) {
+            *n += u64::from(!p);
         }
     }
 
@@ -398,7 +398,7 @@ impl Seen {
             return Ok(());
         }
         for &i in required {
-            if self.present[i] == 0 {
+            if self.missing[i] == self.records {
                 bail!(
                     "{}: no record has the column {:?} ({} record(s) read); the export needs it",
                     path.display(),
@@ -432,8 +432,9 @@ fn read_tasks(
         let mut incomplete = 0u64;
         let mut seen = Seen::default();
         let stats = node.read_invocations(|rec, _| {
-            seen.note(rec.present());
+            seen.records += 1;
             let Some(times) = rec.window() else {
+                seen.miss(rec.present());
                 incomplete += 1;
                 return Ok(());
             };
@@ -579,7 +580,11 @@ fn export_node(
     let stats = node.read_samples(
         |s, _| {
             counts.0 += 1;
-            seen.note(s.present());
+            seen.records += 1;
+            let complete = s.dt_ms.is_some() && s.cpu_ms.is_some();
+            if !complete || s.ts_ms.is_none() || s.pid.is_none() {
+                seen.miss(s.present());
+            }
             let (Some(ts), Some(pid)) = (s.ts_ms, s.pid) else {
                 counts.3 += 1;
                 return Ok(());

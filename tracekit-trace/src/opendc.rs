@@ -319,8 +319,12 @@ pub fn usage_mhz(cores: f64, host: Host) -> f64 {
 /// `(cpu_capacity, cpu_count, CPU ms P95 sizing clips)` of a task's
 /// fragments: capacity per `sizing`, and the fewest cores that carry it.
 pub fn size_task(frags: &[Fragment], host: Host, sizing: CpuSizing) -> (f64, i32, f64) {
-    let peak = frags.iter().map(|f| f.cpu_usage).fold(0.0, f64::max);
-    let mut usages: Vec<f64> = frags.iter().map(|f| f.cpu_usage).collect();
+    let mut usages: Vec<f64> = Vec::with_capacity(frags.len());
+    let mut peak: f64 = 0.0;
+    for f in frags {
+        usages.push(f.cpu_usage);
+        peak = peak.max(f.cpu_usage);
+    }
     // Interpolation can land an ulp above the largest value.
     let p95 = quantile(&mut usages, 0.95).min(peak);
     let p95_clip_ms = frags
