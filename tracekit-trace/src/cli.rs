@@ -110,8 +110,8 @@ pub fn run_export(args: &ExportArgs) -> Result<()> {
             UnmeasuredCpu::Skip => format!("{} left out", r.unmeasured_skipped),
             UnmeasuredCpu::ShapeMedian => format!(
                 "{} given the median rate of their command shape, {} left out (no measured task \
-                 of the same shape)",
-                r.unmeasured_estimated, r.unmeasured_no_peer
+                 of the same shape), {} left out (no command shape recorded)",
+                r.unmeasured_estimated, r.unmeasured_no_peer, r.unmeasured_no_shape
             ),
             UnmeasuredCpu::Original => format!(
                 "{} given the original's quarter of a core",

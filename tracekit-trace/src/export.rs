@@ -108,13 +108,14 @@ pub struct ExportReport {
     /// Tasks whose CPU nothing measured (no exact total, no sample interval
     /// of positive length), and what became of them: skipped, given the
     /// median rate of their command shape, given the original's quarter
-    /// core, or skipped under `shape-median` for want of a measured task of
-    /// the same shape (or of any recorded shape).
+    /// core; under `shape-median`, those skipped for want of a measured
+    /// task of the same shape, or because no command shape was recorded.
     pub tasks_unmeasured: usize,
     pub unmeasured_skipped: usize,
     pub unmeasured_estimated: usize,
     pub unmeasured_original: usize,
     pub unmeasured_no_peer: usize,
+    pub unmeasured_no_shape: usize,
     /// Time no sample covered, summed over measured tasks, ms.
     pub gap_ms: i64,
     /// Largest |fragment CPU − traced CPU| of a measured task, ms.
@@ -169,7 +170,8 @@ impl Names {
     }
 
     fn get(&self, (start, len): (u32, u32)) -> Option<&str> {
-        (start != NONE).then(|| &self.text[start as usize..(start + len) as usize])
+        let (start, len) = (start as usize, len as usize);
+        (start != NONE as usize).then(|| &self.text[start..start + len])
     }
 }
 
@@ -336,7 +338,15 @@ fn host_of(node: &NodeDir) -> Result<NodeHost> {
     let named = node.nodes.iter().find(|i| i.node_id == node.meta.node);
     let entry = match (named, node.nodes.as_slice()) {
         (Some(e), _) => e.clone(),
-        (None, [only]) => only.clone(),
+        (None, [only]) => {
+            tracing::warn!(
+                "{}: its one entry is node {:?}, not {:?} as node_meta.json says; using it",
+                path.display(),
+                only.node_id,
+                node.meta.node
+            );
+            only.clone()
+        }
         (None, []) => NodeInfo::from_meta(&node.meta),
         (None, many) => bail!(
             "{}: {} entries, none for node {:?} of {}",
@@ -745,6 +755,10 @@ fn settle_unmeasured(
         let cores = match opts.unmeasured {
             UnmeasuredCpu::Skip => None,
             UnmeasuredCpu::Original => Some(ORIGINAL_UNMEASURED_CORES),
+            UnmeasuredCpu::ShapeMedian if task.shape == NONE => {
+                report.unmeasured_no_shape += 1;
+                None
+            }
             UnmeasuredCpu::ShapeMedian => {
                 let median = medians.get(task.shape as usize).copied().flatten();
                 if median.is_none() {

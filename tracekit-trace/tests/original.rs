@@ -153,6 +153,7 @@ fn unmeasured_tasks_take_the_median_rate_of_their_command_shape() {
     assert_eq!(report.tasks_unmeasured, 3);
     assert_eq!(report.unmeasured_estimated, 2);
     assert_eq!(report.unmeasured_no_peer, 1);
+    assert_eq!(report.unmeasured_no_shape, 0);
     assert_eq!(report.unmeasured_skipped, 1);
     assert_eq!(report.tasks_exported, 5);
     let frags = read_fragments(&out.join("fragments.parquet"));
@@ -171,6 +172,14 @@ fn unmeasured_tasks_take_the_median_rate_of_their_command_shape() {
     let tasks = read_tasks(&out.join("tasks.parquet"));
     let t2 = tasks.iter().find(|t| t.id == 2).unwrap();
     assert_eq!(t2.cpu_count, 2);
+
+    // Without the wrapper's events file no shape is recorded: nothing to
+    // estimate from, and the summary says so.
+    std::fs::remove_file(node.join("events.jsonl")).unwrap();
+    let report = export_opendc_with(&node, &out, &opts(UnmeasuredCpu::ShapeMedian)).unwrap();
+    assert_eq!(report.unmeasured_no_shape, 3);
+    assert_eq!(report.unmeasured_estimated, 0);
+    assert_eq!(report.tasks_exported, 3);
 }
 
 #[test]
