@@ -435,7 +435,7 @@ fn read_tasks(
         // The original's CTS invocations lack the output name; its event
         // file has it, by trace id.
         let legacy_outputs = if by_shape {
-            legacy_outputs(node)?
+            legacy_outputs(node, report)?
         } else {
             HashMap::new()
         };
@@ -499,15 +499,20 @@ fn read_tasks(
     Ok(tasks)
 }
 
-/// trace_id → output name from the original's event file, if the node has one.
-fn legacy_outputs(node: &NodeDir) -> Result<HashMap<String, String>> {
+/// trace_id → output name from the original's event file, if the node has
+/// one; its damaged lines count with the others in `report`.
+fn legacy_outputs(node: &NodeDir, report: &mut ExportReport) -> Result<HashMap<String, String>> {
     let mut map = HashMap::new();
-    node.read_legacy_events(|rec, _| {
+    let stats = node.read_legacy_events(|rec, _| {
         if let (Some(id), Some(serde_json::Value::String(out))) = (rec.trace_id, rec.output) {
             map.insert(id, out);
         }
         Ok(())
     })?;
+    if let Some(stats) = stats {
+        report.torn_tails += usize::from(stats.torn_tail);
+        report.bad_lines += stats.bad_count;
+    }
     Ok(map)
 }
 
