@@ -89,15 +89,15 @@ pub fn run_export(args: &ExportArgs) -> Result<()> {
     };
     match r.cpu_sizing {
         CpuSizing::Peak => println!(
-            "cpu_capacity: peak (no fragment exceeds it; the replay runs all {:.0} ms of CPU); \
-             P95 sizing would clip {:.0} ms ({:.2} %) in {} task(s)",
+            "cpu_capacity: peak (no fragment exceeds it; the replay runs all {:.1} ms of CPU); \
+             P95 sizing would clip {:.1} ms ({:.3} %) in {} task(s)",
             r.cpu_ms,
             r.p95_clip_ms,
             share(r.p95_clip_ms),
             r.tasks_p95_clipped
         ),
         CpuSizing::P95 => println!(
-            "cpu_capacity: P95 — the replay clips {:.0} ms of {:.0} ms of CPU ({:.2} %) in {} \
+            "cpu_capacity: P95 — the replay clips {:.1} ms of {:.1} ms of CPU ({:.3} %) in {} \
              task(s)",
             r.clipped_cpu_ms,
             r.cpu_ms,
