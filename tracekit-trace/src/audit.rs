@@ -72,6 +72,11 @@ pub struct AuditCounts {
     pub cpu_max_rel_dev: f64,
     /// Tasks without an exact CPU total.
     pub tasks_without_exact_cpu: u64,
+    /// Tasks whose CPU nothing measured: no exact total and no sample with
+    /// `dt_ms > 0` and `cpu_ms` inside the run (the original collector's
+    /// first sample of a process, `dt_ms = 0`, is a baseline, not a
+    /// measurement). Their CPU is unknown, not zero.
+    pub tasks_unmeasured_cpu: u64,
     pub events_lost: u64,
     pub map_full: u64,
     pub torn_tails: u64,
@@ -125,6 +130,7 @@ impl AuditCounts {
         self.cpu_sum_abs_dev_ms += o.cpu_sum_abs_dev_ms;
         self.cpu_max_rel_dev = self.cpu_max_rel_dev.max(o.cpu_max_rel_dev);
         self.tasks_without_exact_cpu += o.tasks_without_exact_cpu;
+        self.tasks_unmeasured_cpu += o.tasks_unmeasured_cpu;
         self.events_lost += o.events_lost;
         self.map_full += o.map_full;
         self.torn_tails += o.torn_tails;
@@ -309,6 +315,8 @@ struct TaskAgg {
     sum_cpu: f64,
     first_from: i64,
     last_ts: i64,
+    /// A sample measured CPU over part of the run.
+    measured: bool,
 }
 
 /// A complete invocation as the audit keeps it.
@@ -430,6 +438,9 @@ pub fn audit_node(node: &NodeDir) -> Result<NodeAudit> {
                     a.sum_cpu += s.cpu_ms.unwrap_or(0.0);
                     a.first_from = a.first_from.min(ts - dt);
                     a.last_ts = a.last_ts.max(ts);
+                    // Its interval overlaps the run by at least 1 ms.
+                    a.measured |=
+                        dt > 0 && ts > tasks[t as usize].times.ts_start && s.cpu_ms.is_some();
                 }
                 None => c.samples_unmatched += 1,
             }
@@ -476,6 +487,9 @@ pub fn audit_node(node: &NodeDir) -> Result<NodeAudit> {
         };
         if t.cpu_ms.is_none() {
             c.tasks_without_exact_cpu += 1;
+            if !a.measured {
+                c.tasks_unmeasured_cpu += 1;
+            }
         }
         if a.samples == 0 {
             continue;
@@ -662,6 +676,14 @@ fn judge(a: &mut NodeAudit) {
         } else {
             warnings.push(msg);
         }
+    }
+    if c.tasks_unmeasured_cpu > 0 {
+        warnings.push(format!(
+            "{} task(s) have no CPU measurement (no exact total, no sample with dt_ms > 0 in \
+             their run): their CPU is unknown, not zero; export-opendc skips them unless \
+             --unmeasured-cpu says otherwise",
+            c.tasks_unmeasured_cpu
+        ));
     }
     if c.samples_unmatched > 0 {
         warnings.push(format!(

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 
 use crate::audit::{AuditSummary, audit};
-use crate::export::{TaskIdMode, export_opendc};
+use crate::export::{ExportOptions, TaskIdMode, export_opendc_with};
+use crate::opendc::{CpuSizing, UnmeasuredCpu};
 
 /// `export-opendc`: write an OpenDC workload from a node or run directory.
 #[derive(Debug, Clone, clap::Args)]
@@ -14,12 +15,33 @@ pub struct ExportArgs {
     /// Node directory (holds node_meta.json) or run directory of node directories.
     #[arg(long)]
     pub input: PathBuf,
-    /// Directory for tasks.parquet, fragments.parquet and small_datacenter.json.
+    /// Directory for tasks.parquet, fragments.parquet, small_datacenter.json
+    /// and experiment.json.
     #[arg(long)]
     pub output: PathBuf,
     /// Task ids: pid when unique across nodes (auto), always pid, or 1..N.
     #[arg(long, value_enum, default_value_t = TaskIdMode::Auto)]
     pub task_id_mode: TaskIdMode,
+    /// cpu_capacity: the task's peak fragment usage (the replay runs all its
+    /// CPU), or the original's P95 (the replay clips what lies above).
+    #[arg(long, value_enum, default_value_t = CpuSizing::Peak)]
+    pub cpu_sizing: CpuSizing,
+    /// Tasks whose CPU nothing measured: leave them out (skip), one fragment
+    /// at the median rate of measured tasks of the same command shape
+    /// (shape-median), or the original export's quarter core (original).
+    #[arg(long, value_enum, default_value_t = UnmeasuredCpu::Skip)]
+    pub unmeasured_cpu: UnmeasuredCpu,
+}
+
+impl ExportArgs {
+    /// The export's options.
+    pub fn options(&self) -> ExportOptions {
+        ExportOptions {
+            id_mode: self.task_id_mode,
+            cpu_sizing: self.cpu_sizing,
+            unmeasured: self.unmeasured_cpu,
+        }
+    }
 }
 
 /// `audit`: check a node or run directory's traces.
@@ -38,25 +60,70 @@ pub struct AuditArgs {
 
 /// Run the export and print its summary.
 pub fn run_export(args: &ExportArgs) -> Result<()> {
-    let r = export_opendc(&args.input, &args.output, args.task_id_mode)?;
+    let r = export_opendc_with(&args.input, &args.output, &args.options())?;
     println!(
-        "exported {} task(s) and {} fragment(s) from {} node(s) in {:.2} s → {}",
+        "exported {} of {} task(s) and {} fragment(s) from {} node(s) in {:.2} s → {}",
+        r.tasks_exported,
         r.tasks,
         r.fragments,
         r.nodes,
         r.seconds,
         args.output.display()
     );
-    println!("task ids: {}", r.id_mode);
+    println!("task ids: {}; experiment name: {}", r.id_mode, r.run_name);
     println!(
-        "samples: {} read, {} joined, {} in no task's run, {} incomplete",
+        "samples: {} read, {} joined, {} in no task's run, {} incomplete (no CPU measurement)",
         r.samples, r.samples_joined, r.samples_unmatched, r.samples_incomplete
     );
     println!(
-        "tasks without samples: {} (without any CPU data: {}); uncovered time filled: {} ms; \
-         max CPU deviation of a task: {:.3} ms",
-        r.tasks_without_samples, r.tasks_without_cpu, r.gap_ms, r.max_cpu_deviation_ms
+        "tasks without samples: {}; uncovered time filled: {} ms; max CPU deviation of a task: \
+         {:.3} ms",
+        r.tasks_without_samples, r.gap_ms, r.max_cpu_deviation_ms
     );
+    let share = |part: f64| {
+        if r.cpu_ms > 0.0 {
+            part * 100.0 / r.cpu_ms
+        } else {
+            0.0
+        }
+    };
+    match r.cpu_sizing {
+        CpuSizing::Peak => println!(
+            "cpu_capacity: peak (no fragment exceeds it; the replay runs all {:.1} ms of CPU); \
+             P95 sizing would clip {:.1} ms ({:.3} %) in {} task(s)",
+            r.cpu_ms,
+            r.p95_clip_ms,
+            share(r.p95_clip_ms),
+            r.tasks_p95_clipped
+        ),
+        CpuSizing::P95 => println!(
+            "cpu_capacity: P95 — the replay clips {:.1} ms of {:.1} ms of CPU ({:.3} %) in {} \
+             task(s)",
+            r.clipped_cpu_ms,
+            r.cpu_ms,
+            share(r.clipped_cpu_ms),
+            r.tasks_p95_clipped
+        ),
+    }
+    if r.tasks_unmeasured > 0 {
+        let what = match r.unmeasured_mode {
+            UnmeasuredCpu::Skip => format!("{} left out", r.unmeasured_skipped),
+            UnmeasuredCpu::ShapeMedian => format!(
+                "{} given the median rate of their command shape, {} left out (no measured task \
+                 of the same shape), {} left out (no command shape recorded)",
+                r.unmeasured_estimated, r.unmeasured_no_peer, r.unmeasured_no_shape
+            ),
+            UnmeasuredCpu::Original => format!(
+                "{} given the original's quarter of a core",
+                r.unmeasured_original
+            ),
+        };
+        println!(
+            "tasks with unknown CPU (no exact total, no sample with dt_ms > 0): {} — \
+             --unmeasured-cpu {}: {what}",
+            r.tasks_unmeasured, r.unmeasured_mode
+        );
+    }
     if r.invocations_incomplete > 0 || r.torn_tails > 0 || r.bad_lines > 0 {
         println!(
             "skipped: {} incomplete invocation(s), {} torn last line(s), {} bad line(s)",

@@ -24,6 +24,6 @@ pub mod writer;
 
 pub use audit::{AuditSummary, NodeAudit, audit};
 #[cfg(feature = "export")]
-pub use export::{ExportReport, TaskIdMode, export_opendc};
+pub use export::{ExportOptions, ExportReport, TaskIdMode, export_opendc, export_opendc_with};
 pub use schema::*;
 pub use writer::TraceWriter;

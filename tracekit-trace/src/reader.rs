@@ -16,8 +16,9 @@ use anyhow::{Context, Result, bail};
 use serde::de::DeserializeOwned;
 
 use crate::schema::{
-    CTS_DIR, INVOCATIONS_FILE, InvocationRecord, LEGACY_CTS_DIR, NODE_META_FILE, NODES_FILE,
-    NodeInfo, NodeMeta, PROC_METRICS_FILE, SampleRecord, TRACER_STATS_FILE, TracerStats,
+    CTS_DIR, INVOCATIONS_FILE, InvocationRecord, LEGACY_CTS_DIR, LEGACY_EVENTS_FILES,
+    NODE_META_FILE, NODES_FILE, NodeInfo, NodeMeta, PROC_METRICS_FILE, SampleRecord,
+    TRACER_STATS_FILE, TracerStats,
 };
 
 /// How many bad lines are kept verbatim per file (all are counted).
@@ -255,6 +256,27 @@ impl NodeDir {
         f: impl FnMut(InvocationRecord, u64) -> Result<()>,
     ) -> Result<ReadStats> {
         read_jsonl(&self.invocations_path(), f, |_, _| {})
+    }
+
+    /// The original's event file of this node, if it has one
+    /// ([`LEGACY_EVENTS_FILES`]).
+    pub fn legacy_events_path(&self) -> Option<PathBuf> {
+        LEGACY_EVENTS_FILES
+            .iter()
+            .map(|f| self.dir.join(f))
+            .find(|p| p.is_file())
+    }
+
+    /// Stream the original's event file (one line per invocation, with its
+    /// output name), when the node has one.
+    pub fn read_legacy_events(
+        &self,
+        f: impl FnMut(InvocationRecord, u64) -> Result<()>,
+    ) -> Result<Option<ReadStats>> {
+        match self.legacy_events_path() {
+            Some(path) => read_jsonl(&path, f, |_, _| {}).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Stream `CTS/proc_metrics.jsonl`; `progress(bytes_read, total)`.

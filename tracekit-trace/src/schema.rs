@@ -22,6 +22,11 @@ pub const TRACER_STATS_FILE: &str = "tracer_stats.json";
 pub const AUDIT_REPORT_FILE: &str = "audit_report.md";
 /// What older traces of the original system called the CTS directory.
 pub const LEGACY_CTS_DIR: &str = "cctf";
+/// The original's event files at the top of a node directory, in the order
+/// they are looked for: `events.jsonl` (merged by its `parse_sys.py`), else
+/// the ffmpeg wrapper's own. Its `CTS/invocations.jsonl` keeps only the five
+/// required fields, so a task's output name is only found here.
+pub const LEGACY_EVENTS_FILES: [&str; 2] = ["events.jsonl", "events.ffmpeg.jsonl"];
 
 /// Which collector produced a trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -259,6 +264,15 @@ pub struct InvocationRecord {
     /// adds it only then).
     #[serde(default)]
     pub binding_error: Option<String>,
+    /// What describes the task's command, when recorded (the export's command
+    /// shape). Any JSON value: a line must not be lost over a field only
+    /// the shape uses.
+    #[serde(default)]
+    pub output: Option<serde_json::Value>,
+    #[serde(default)]
+    pub profile: Option<serde_json::Value>,
+    #[serde(default)]
+    pub cpu_units: Option<serde_json::Value>,
 }
 
 impl InvocationRecord {

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use tracekit_trace::cli::{AuditArgs, ExportArgs, run_audit, run_export};
 use tracekit_trace::export::TaskIdMode;
+use tracekit_trace::opendc::{CpuSizing, UnmeasuredCpu};
 use tracekit_trace::synth::{SynthNode, write_node};
 
 #[derive(Parser)]
@@ -39,6 +40,41 @@ fn arguments_parse() {
         panic!("export")
     };
     assert_eq!(a.task_id_mode, TaskIdMode::Auto);
+    assert_eq!(a.cpu_sizing, CpuSizing::Peak);
+    assert_eq!(a.unmeasured_cpu, UnmeasuredCpu::Skip);
+    let cli = Cli::try_parse_from([
+        "x",
+        "export-opendc",
+        "--input",
+        "i",
+        "--output",
+        "o",
+        "--cpu-sizing",
+        "p95",
+        "--unmeasured-cpu",
+        "shape-median",
+    ])
+    .unwrap();
+    let Cmd::ExportOpendc(a) = cli.cmd else {
+        panic!("export")
+    };
+    assert_eq!(a.cpu_sizing, CpuSizing::P95);
+    assert_eq!(a.unmeasured_cpu, UnmeasuredCpu::ShapeMedian);
+    for (flag, bad) in [("--cpu-sizing", "p50"), ("--unmeasured-cpu", "zero")] {
+        assert!(
+            Cli::try_parse_from([
+                "x",
+                "export-opendc",
+                "--input",
+                "i",
+                "--output",
+                "o",
+                flag,
+                bad
+            ])
+            .is_err()
+        );
+    }
     assert!(
         Cli::try_parse_from([
             "x",
@@ -96,14 +132,17 @@ fn strict_audit_fails_on_problems_and_export_runs() {
         input: node,
         output: out.clone(),
         task_id_mode: TaskIdMode::Auto,
+        cpu_sizing: CpuSizing::Peak,
+        unmeasured_cpu: UnmeasuredCpu::Skip,
     })
     .unwrap();
     for f in [
         "tasks.parquet",
         "fragments.parquet",
         "small_datacenter.json",
+        "experiment.json",
     ] {
         assert!(out.join(f).is_file(), "{f}");
+        assert!(!out.join(format!("{f}.tmp")).exists(), "{f}.tmp");
     }
-    assert!(!out.join("tasks.parquet.tmp").exists());
 }

@@ -1,83 +1,53 @@
 //! Traces of the original (Python) system: `cctf/` directory, only the
-//! required fields, `null`s, integer cpu_ms, a `dt_ms = 0` placeholder as each
-//! PID's first sample, no tracer_stats.json, no exact CPU totals.
+//! required fields, `null`s, integer cpu_ms, a `dt_ms = 0` baseline as each
+//! PID's first sample, no tracer_stats.json, no exact CPU totals. A task the
+//! original collector saw only at its baseline has unknown CPU, never a
+//! measured zero.
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
 mod common;
 
-use std::path::Path;
-
-use common::{read_fragments, read_tasks};
+use common::{original_node, read_fragments, read_tasks};
 use tracekit_trace::audit::audit;
-use tracekit_trace::export::{TaskIdMode, export_opendc};
+use tracekit_trace::export::{ExportOptions, TaskIdMode, export_opendc, export_opendc_with};
+use tracekit_trace::opendc::{CpuSizing, UnmeasuredCpu};
 
-fn write(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
+const MHZ: f64 = 2400.0;
 
-fn original_node(dir: &Path) {
-    write(
-        &dir.join("node_meta.json"),
-        r#"{"run_id": "20250922003", "node": "vm0", "stage": "cloud", "host": "cloud3gxie", "iface": "ens2", "cpu_cores": 4, "mem_mb": 15997, "cpu_model": "QEMU Virtual CPU version 2.5+", "cpu_freq_mhz": 2399}"#,
-    );
-    write(
-        &dir.join("cctf/nodes.json"),
-        r#"[{"node_id": "vm0", "stage": "cloud", "cpu_cores": 4, "mem_mb": 16384, "cpu_model": "QEMU", "cpu_freq_mhz": 2400}]"#,
-    );
-    // Task 100 runs 1000..4500 and has samples; 200 has none (too short for
-    // the poller); 300's trace_id is null.
-    write(
-        &dir.join("cctf/invocations.jsonl"),
-        concat!(
-            r#"{"trace_id": "t1", "pid": 100, "ts_enqueue": 900, "ts_start": 1000, "ts_end": 4500}"#,
-            "\n",
-            r#"{"trace_id": "t2", "pid": 200, "ts_enqueue": 950, "ts_start": 2000, "ts_end": 2040}"#,
-            "\n",
-            r#"{"trace_id": null, "pid": 300, "ts_enqueue": 990, "ts_start": 3000, "ts_end": 5000}"#,
-            "\n",
-        ),
-    );
-    write(
-        &dir.join("cctf/proc_metrics.jsonl"),
-        concat!(
-            r#"{"ts_ms": 1500, "pid": 100, "dt_ms": 0, "cpu_ms": 0, "rss_kb": 30000}"#,
-            "\n",
-            r#"{"ts_ms": 2500, "pid": 100, "dt_ms": 1000, "cpu_ms": 1200, "rss_kb": 52000}"#,
-            "\n",
-            r#"{"ts_ms": 3500, "pid": 100, "dt_ms": 1000, "cpu_ms": 800}"#,
-            "\n",
-            r#"{"ts_ms": 3400, "pid": 300, "dt_ms": 0, "cpu_ms": 0, "rss_kb": 10000}"#,
-            "\n",
-            r#"{"ts_ms": 4400, "pid": 300, "dt_ms": 1000, "cpu_ms": 500, "rss_kb": 12000}"#,
-            "\n",
-        ),
-    );
+fn opts(unmeasured: UnmeasuredCpu) -> ExportOptions {
+    ExportOptions {
+        unmeasured,
+        ..Default::default()
+    }
 }
 
 #[test]
-fn original_traces_are_audited_and_exported() {
+fn original_traces_are_audited_with_unknown_cpu_counted() {
     let tmp = tempfile::tempdir().unwrap();
     let node = tmp.path().join("20250922003");
     original_node(&node);
 
     let summary = audit(&node).unwrap();
     let c = &summary.totals;
-    assert_eq!(c.invocations, 3);
-    assert_eq!(c.samples, 5);
+    assert_eq!(c.invocations, 6);
+    assert_eq!(c.samples, 10);
     assert_eq!(c.missing_invocation_fields, [1, 0, 0, 0, 0]);
     assert_eq!(c.missing_sample_fields, [0, 0, 0, 0, 1]);
-    assert_eq!(c.distinct_pids_invocations, 3);
-    assert_eq!(c.matched_pids, 2);
-    assert_eq!(c.tasks_without_exact_cpu, 3);
+    assert_eq!(c.distinct_pids_invocations, 5);
+    assert_eq!(c.reused_pids, 1);
+    assert_eq!(c.matched_pids, 4);
+    assert_eq!(c.tasks_without_exact_cpu, 6);
+    // t2 (no sample), t4 and t5 (a baseline only).
+    assert_eq!(c.tasks_unmeasured_cpu, 3);
+    assert_eq!(c.tasks_with_samples, 5);
     assert_eq!(c.cpu_reconciled, 0);
-    // The poller's samples start late and end early: neither task tiles.
-    assert_eq!(c.tiling_mismatches, 2);
     assert!(
         summary
             .warnings
             .iter()
-            .any(|w| w.contains("no tracer_stats.json"))
+            .any(|w| w.contains("3 task(s) have no CPU measurement")),
+        "{:?}",
+        summary.warnings
     );
     assert!(
         summary
@@ -87,47 +57,149 @@ fn original_traces_are_audited_and_exported() {
     );
     assert!(summary.warnings.iter().any(|w| w.contains("lack rss_kb")));
     let md = &summary.nodes[0].markdown;
-    assert!(md.contains("PID match rate: 66.67%"), "{md}");
+    assert!(
+        md.contains("- tasks with no CPU measurement at all (no exact total, no sample with dt_ms > 0; CPU unknown): 3"),
+        "{md}"
+    );
     assert!(md.contains("- collector: unknown (not recorded)"));
     assert!(md.contains("sample unmatched PIDs: [200]"));
     summary.write_reports().unwrap();
     assert!(node.join("cctf/audit_report.md").exists());
+}
 
+#[test]
+fn unmeasured_tasks_are_skipped_by_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = tmp.path().join("20250922003");
+    original_node(&node);
     let out = tmp.path().join("opendc");
     let report = export_opendc(&node, &out, TaskIdMode::Auto).unwrap();
-    assert_eq!(report.id_mode, TaskIdMode::Pid);
-    assert_eq!(report.tasks_without_cpu, 1);
+    // PID 100 names two tasks.
+    assert_eq!(report.id_mode, TaskIdMode::Sequential);
+    assert_eq!(report.tasks, 6);
+    assert_eq!(report.tasks_unmeasured, 3);
+    assert_eq!(report.unmeasured_skipped, 3);
+    assert_eq!(report.tasks_exported, 3);
     let tasks = read_tasks(&out.join("tasks.parquet"));
     let frags = read_fragments(&out.join("fragments.parquet"));
+    // Ids are given before skipping: t2, t4 and t5 leave theirs unused.
     assert_eq!(
         tasks.iter().map(|t| t.id).collect::<Vec<_>>(),
-        vec![100, 200, 300]
+        vec![1, 3, 6]
     );
-    let mhz = 2399.0;
-    // Task 100: head gap 1000..1500 at its neighbour's rate (1.2 cores, as the
-    // original did), 1500..2500 at 1.2, 2500..3500 at 0.8, tail 3500..4500 at 0.8.
-    let f100 = &frags[&100];
+    assert_eq!(frags.len(), 3);
+    // t1: head gap 1000..1500 at its neighbour's rate (1.2 cores, as the
+    // original did), 1500..2500 at 1.2, 2500..3500 at 0.8, tail at 0.8.
+    let f1 = &frags[&1];
     assert_eq!(
-        f100.iter().map(|f| f.0).collect::<Vec<_>>(),
+        f1.iter().map(|f| f.0).collect::<Vec<_>>(),
         vec![500, 1000, 1000, 1000]
     );
-    let expect = [1.2 * mhz, 1.2 * mhz, 0.8 * mhz, 0.8 * mhz];
-    for (f, e) in f100.iter().zip(expect) {
-        assert!((f.1 - e).abs() < 1e-9, "{f:?} vs {e}");
+    for (f, e) in f1.iter().zip([1.2, 1.2, 0.8, 0.8]) {
+        assert!((f.1 - e * MHZ).abs() < 1e-9, "{f:?} vs {e}");
     }
     assert_eq!(tasks[0].duration, 3500);
     assert_eq!(tasks[0].mem_capacity, 52000);
-    assert_eq!(tasks[0].cpu_count, 1);
-    // Task 200: no data at all, one fragment at the floor, not an invented 50 %.
-    assert_eq!(frags[&200], vec![(40, 0.1)]);
-    assert_eq!(tasks[1].mem_capacity, 1024);
-    // Task 300: 3000..3400 gap, 3400..4400 at 0.5, tail gap to 5000.
+    // Peak sizing: 1.2 cores → capacity 2880 MHz on 2 cores of 2400.
+    assert!((tasks[0].cpu_capacity - 1.2 * MHZ).abs() < 1e-9);
+    assert_eq!(tasks[0].cpu_count, 2);
+    // The pid-300 task (trace_id null): 3000..3400 gap, 3400..4400 at 0.5.
     assert_eq!(
-        frags[&300].iter().map(|f| f.0).sum::<i64>(),
-        tasks[2].duration
+        frags[&3].iter().map(|f| f.0).sum::<i64>(),
+        tasks[1].duration
     );
-    // The topology comes from the rounded nodes.json.
+    assert!(frags[&3].iter().all(|f| (f.1 - 0.5 * MHZ).abs() < 1e-9));
+    // t6: 2 cores throughout, its baseline no measurement.
+    assert!(frags[&6].iter().all(|f| (f.1 - 2.0 * MHZ).abs() < 1e-9));
+    // The topology comes from the rounded nodes.json, memory with its unit,
+    // and the fragments use the same 2400 MHz.
     let dc = std::fs::read_to_string(out.join("small_datacenter.json")).unwrap();
     assert!(dc.contains(r#""coreSpeed": 2400"#), "{dc}");
-    assert!(dc.contains(r#""memorySize": 17179869184"#), "{dc}");
+    assert!(dc.contains(r#""memorySize": "16384 MiB""#), "{dc}");
+    let exp: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("experiment.json")).unwrap()).unwrap();
+    assert_eq!(exp["name"], "20250922003");
+}
+
+#[test]
+fn unmeasured_tasks_as_the_original_exported_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = tmp.path().join("20250922003");
+    original_node(&node);
+    let out = tmp.path().join("opendc");
+    let report = export_opendc_with(&node, &out, &opts(UnmeasuredCpu::Original)).unwrap();
+    assert_eq!(report.tasks_exported, 6);
+    assert_eq!(report.unmeasured_original, 3);
+    let tasks = read_tasks(&out.join("tasks.parquet"));
+    let frags = read_fragments(&out.join("fragments.parquet"));
+    // t2, t4, t5: one fragment over the run at a quarter of a core.
+    for (id, duration) in [(2, 40), (4, 600), (5, 300)] {
+        assert_eq!(frags[&id], vec![(duration, 0.25 * MHZ)], "task {id}");
+        let row = tasks.iter().find(|t| t.id == id).unwrap();
+        assert_eq!((row.cpu_count, row.cpu_capacity), (1, 0.25 * MHZ));
+    }
+    // RSS from a baseline sample is a measurement of memory.
+    assert_eq!(tasks.iter().find(|t| t.id == 4).unwrap().mem_capacity, 9000);
+}
+
+#[test]
+fn unmeasured_tasks_take_the_median_rate_of_their_command_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = tmp.path().join("20250922003");
+    original_node(&node);
+    let out = tmp.path().join("opendc");
+    let report = export_opendc_with(&node, &out, &opts(UnmeasuredCpu::ShapeMedian)).unwrap();
+    // t2 and t4 share t1's and t6's shape (1920x1080 h264 fast); t5 is the
+    // only hevc task: no measured peer, skipped and counted.
+    assert_eq!(report.tasks_unmeasured, 3);
+    assert_eq!(report.unmeasured_estimated, 2);
+    assert_eq!(report.unmeasured_no_peer, 1);
+    assert_eq!(report.unmeasured_no_shape, 0);
+    assert_eq!(report.unmeasured_skipped, 1);
+    assert_eq!(report.tasks_exported, 5);
+    let frags = read_fragments(&out.join("fragments.parquet"));
+    assert!(!frags.contains_key(&5));
+    // t1 carries 3400 ms over 3500 ms, t6 6000 ms over 3000 ms.
+    let median = (3400.0 / 3500.0 + 2.0) / 2.0;
+    for (id, duration) in [(2, 40), (4, 600)] {
+        assert_eq!(frags[&id].len(), 1);
+        assert_eq!(frags[&id][0].0, duration);
+        assert!(
+            (frags[&id][0].1 - median * MHZ).abs() < 1e-6,
+            "{:?}",
+            frags[&id]
+        );
+    }
+    let tasks = read_tasks(&out.join("tasks.parquet"));
+    let t2 = tasks.iter().find(|t| t.id == 2).unwrap();
+    assert_eq!(t2.cpu_count, 2);
+
+    // Without the wrapper's events file no shape is recorded: nothing to
+    // estimate from, and the summary says so.
+    std::fs::remove_file(node.join("events.jsonl")).unwrap();
+    let report = export_opendc_with(&node, &out, &opts(UnmeasuredCpu::ShapeMedian)).unwrap();
+    assert_eq!(report.unmeasured_no_shape, 3);
+    assert_eq!(report.unmeasured_estimated, 0);
+    assert_eq!(report.tasks_exported, 3);
+}
+
+#[test]
+fn p95_sizing_is_kept_behind_a_flag_and_fits_every_task() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = tmp.path().join("20250922003");
+    original_node(&node);
+    let out = tmp.path().join("opendc");
+    let opts = ExportOptions {
+        cpu_sizing: CpuSizing::P95,
+        ..Default::default()
+    };
+    let report = export_opendc_with(&node, &out, &opts).unwrap();
+    // t1's fragments 1.2, 1.2, 0.8, 0.8 cores: P95 = 1.2 cores, nothing
+    // clipped; the others are flat.
+    assert_eq!(report.clipped_cpu_ms, 0.0);
+    let tasks = read_tasks(&out.join("tasks.parquet"));
+    for t in &tasks {
+        assert!(t.cpu_count as f64 * MHZ >= t.cpu_capacity, "{t:?}");
+        assert!(t.cpu_count <= 4);
+    }
 }

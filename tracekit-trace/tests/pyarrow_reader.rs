@@ -11,7 +11,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use tracekit_trace::export::{TaskIdMode, export_opendc};
+use tracekit_trace::export::{ExportOptions, TaskIdMode, export_opendc, export_opendc_with};
+use tracekit_trace::opendc::{CpuSizing, UnmeasuredCpu};
 
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
@@ -70,18 +71,24 @@ fn pyarrow_venv() -> PathBuf {
 }
 
 fn run_check(venv: &Path, run: &Path, out: &Path) {
-    let (ok, text) = check_output(venv, run, out);
+    run_check_as(venv, run, out, &ExportOptions::default());
+}
+
+fn run_check_as(venv: &Path, run: &Path, out: &Path, opts: &ExportOptions) {
+    let (ok, text) = check_output(venv, run, out, opts);
     assert!(ok, "pyarrow check failed:\n{text}");
     assert!(text.starts_with("ok:"), "{text}");
 }
 
 /// (passed, stdout + stderr) of the Python check.
-fn check_output(venv: &Path, run: &Path, out: &Path) -> (bool, String) {
+fn check_output(venv: &Path, run: &Path, out: &Path, opts: &ExportOptions) -> (bool, String) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pyarrow_check.py");
     let output = Command::new(venv.join("bin/python"))
         .arg(script)
         .arg(run)
         .arg(out)
+        .arg(opts.cpu_sizing.to_string())
+        .arg(opts.unmeasured.to_string())
         .output()
         .expect("running the pyarrow check");
     let text = format!(
@@ -129,7 +136,34 @@ fn pyarrow_reads_the_export_as_opendc_wants_it() {
     export_opendc(&real, &out3, TaskIdMode::Auto).unwrap();
     run_check(&venv, &real, &out3);
 
-    // The check is not vacuous: one node's export against another's trace fails.
-    let (ok, text) = check_output(&venv, &run, &out2);
+    // The original's P95 sizing, behind its flag: every task still fits.
+    let p95 = ExportOptions {
+        cpu_sizing: CpuSizing::P95,
+        ..Default::default()
+    };
+    let out4 = tmp.path().join("opendc4");
+    let report = export_opendc_with(&run, &out4, &p95).unwrap();
+    assert!(report.clipped_cpu_ms > 0.0 && report.clipped_cpu_ms == report.p95_clip_ms);
+    run_check_as(&venv, &run, &out4, &p95);
+
+    // Traces of the original collector: unknown CPU skipped, or given the
+    // original's quarter core.
+    let legacy = tmp.path().join("legacy");
+    common::original_node(&legacy);
+    for unmeasured in [UnmeasuredCpu::Skip, UnmeasuredCpu::Original] {
+        let opts = ExportOptions {
+            unmeasured,
+            ..Default::default()
+        };
+        let out5 = tmp.path().join(format!("opendc-legacy-{unmeasured}"));
+        export_opendc_with(&legacy, &out5, &opts).unwrap();
+        run_check_as(&venv, &legacy, &out5, &opts);
+    }
+
+    // The check is not vacuous: one node's export against another's trace
+    // fails, and so does a P95 export checked as peak.
+    let (ok, text) = check_output(&venv, &run, &out2, &ExportOptions::default());
     assert!(!ok && text.contains("error(s)"), "{text}");
+    let (ok, text) = check_output(&venv, &run, &out4, &ExportOptions::default());
+    assert!(!ok && text.contains("exceeds cpu_capacity"), "{text}");
 }

@@ -37,7 +37,8 @@ fn real_traces_audit_and_export() {
     assert!(report.max_cpu_deviation_ms < 1e-3);
     let tasks = read_tasks(&out.join("tasks.parquet"));
     let frags = read_fragments(&out.join("fragments.parquet"));
-    let mhz = 2599.998;
+    // The node's one frequency: nodes.json's 2600 MHz (node_meta says 2599.998).
+    let mhz = 2600.0;
     // (pid, duration, exact cpu_ms, rss_peak_kb) from the invocations.
     for (pid, duration, cpu, peak) in [
         (12563, 419, 615.394, 114540),

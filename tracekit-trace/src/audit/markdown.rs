@@ -216,6 +216,12 @@ fn write_report(md: &mut String, a: &NodeAudit) -> std::fmt::Result {
     )?;
     writeln!(
         md,
+        "- tasks with no CPU measurement at all (no exact total, no sample with dt_ms > 0; \
+         CPU unknown): {}",
+        c.tasks_unmeasured_cpu
+    )?;
+    writeln!(
+        md,
         "- deviation |sampled − exact|: max {:.3} ms, mean {:.4} ms, max relative {:.4}%",
         c.cpu_max_abs_dev_ms,
         c.cpu_mean_abs_dev_ms(),

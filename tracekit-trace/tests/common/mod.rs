@@ -7,7 +7,10 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
 
-use arrow_array::{Array, Float64Array, Int32Array, Int64Array, RecordBatch};
+use arrow_array::{
+    Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMillisecondArray,
+};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tracekit_trace::synth::{SynthNode, TruthTask, write_node};
 
@@ -44,6 +47,7 @@ pub fn two_node_run(run_dir: &Path, tasks_each: usize) -> Vec<TruthTask> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskRow {
     pub id: i32,
+    pub name: Option<String>,
     pub submission_time: i64,
     pub duration: i64,
     pub cpu_count: i32,
@@ -72,7 +76,8 @@ pub fn read_tasks(path: &Path) -> Vec<TaskRow> {
     let mut rows = Vec::new();
     for b in batches(path) {
         let id = col::<Int32Array>(&b, "id");
-        let sub = col::<Int64Array>(&b, "submission_time");
+        let name = col::<StringArray>(&b, "name");
+        let sub = col::<TimestampMillisecondArray>(&b, "submission_time");
         let dur = col::<Int64Array>(&b, "duration");
         let cnt = col::<Int32Array>(&b, "cpu_count");
         let cap = col::<Float64Array>(&b, "cpu_capacity");
@@ -81,6 +86,7 @@ pub fn read_tasks(path: &Path) -> Vec<TaskRow> {
             assert_eq!(id.null_count() + dur.null_count(), 0);
             rows.push(TaskRow {
                 id: id.value(i),
+                name: (!name.is_null(i)).then(|| name.value(i).to_string()),
                 submission_time: sub.value(i),
                 duration: dur.value(i),
                 cpu_count: cnt.value(i),
@@ -166,4 +172,79 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), target).unwrap();
         }
     }
+}
+
+fn write_file(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().expect("a parent directory")).expect("mkdir");
+    std::fs::write(path, text).expect("writing a test file");
+}
+
+/// A node directory in the original (Python) system's format: `cctf/`, only
+/// the five required invocation fields (one trace_id null), integer cpu_ms,
+/// `rss_kb` sometimes missing, no exact CPU totals, no tracer_stats.json,
+/// and its collector's baseline (`dt_ms: 0, cpu_ms: 0`) as each PID's first
+/// sample. The wrapper's `events.jsonl` beside it holds the output names.
+///
+/// | task | pid | run | samples | output shape |
+/// |---|---|---|---|---|
+/// | t1 | 100 | 1000..4500 | baseline, 1.2 cores, 0.8 cores | h264 fast |
+/// | t2 | 200 | 2000..2040 | none | h264 fast |
+/// | (null) | 300 | 3000..5000 | baseline, 0.5 cores | none recorded |
+/// | t4 | 400 | 5000..5600 | baseline only | h264 fast |
+/// | t5 | 100 (reused) | 6000..6300 | baseline only | hevc medium |
+/// | t6 | 500 | 7000..10000 | baseline, 2 cores, 2 cores | h264 fast |
+///
+/// t2, t4 and t5 have no CPU measurement: 3 of 6 tasks.
+pub fn original_node(dir: &Path) {
+    write_file(
+        &dir.join("node_meta.json"),
+        r#"{"run_id": "20250922003", "node": "vm0", "stage": "cloud", "host": "cloud3gxie", "iface": "ens2", "cpu_cores": 4, "mem_mb": 15997, "cpu_model": "QEMU Virtual CPU version 2.5+", "cpu_freq_mhz": 2399}"#,
+    );
+    write_file(
+        &dir.join("cctf/nodes.json"),
+        r#"[{"node_id": "vm0", "stage": "cloud", "cpu_cores": 4, "mem_mb": 16384, "cpu_model": "QEMU", "cpu_freq_mhz": 2400}]"#,
+    );
+    let invocations = [
+        r#"{"trace_id": "t1", "pid": 100, "ts_enqueue": 900, "ts_start": 1000, "ts_end": 4500}"#,
+        r#"{"trace_id": "t2", "pid": 200, "ts_enqueue": 950, "ts_start": 2000, "ts_end": 2040}"#,
+        r#"{"trace_id": null, "pid": 300, "ts_enqueue": 990, "ts_start": 3000, "ts_end": 5000}"#,
+        r#"{"trace_id": "t4", "pid": 400, "ts_enqueue": 4900, "ts_start": 5000, "ts_end": 5600}"#,
+        r#"{"trace_id": "t5", "pid": 100, "ts_enqueue": 5900, "ts_start": 6000, "ts_end": 6300}"#,
+        r#"{"trace_id": "t6", "pid": 500, "ts_enqueue": 6900, "ts_start": 7000, "ts_end": 10000}"#,
+    ];
+    write_file(
+        &dir.join("cctf/invocations.jsonl"),
+        &(invocations.join("\n") + "\n"),
+    );
+    let samples = [
+        r#"{"ts_ms": 1500, "pid": 100, "dt_ms": 0, "cpu_ms": 0, "rss_kb": 30000}"#,
+        r#"{"ts_ms": 2500, "pid": 100, "dt_ms": 1000, "cpu_ms": 1200, "rss_kb": 52000}"#,
+        r#"{"ts_ms": 3400, "pid": 300, "dt_ms": 0, "cpu_ms": 0, "rss_kb": 10000}"#,
+        r#"{"ts_ms": 3500, "pid": 100, "dt_ms": 1000, "cpu_ms": 800}"#,
+        r#"{"ts_ms": 4400, "pid": 300, "dt_ms": 1000, "cpu_ms": 500, "rss_kb": 12000}"#,
+        r#"{"ts_ms": 5300, "pid": 400, "dt_ms": 0, "cpu_ms": 0, "rss_kb": 9000}"#,
+        r#"{"ts_ms": 6100, "pid": 100, "dt_ms": 0, "cpu_ms": 0, "rss_kb": 7000}"#,
+        r#"{"ts_ms": 7200, "pid": 500, "dt_ms": 0, "cpu_ms": 0, "rss_kb": 20000}"#,
+        r#"{"ts_ms": 8200, "pid": 500, "dt_ms": 1000, "cpu_ms": 2000, "rss_kb": 60000}"#,
+        r#"{"ts_ms": 9200, "pid": 500, "dt_ms": 1000, "cpu_ms": 2000, "rss_kb": 61000}"#,
+    ];
+    write_file(
+        &dir.join("cctf/proc_metrics.jsonl"),
+        &(samples.join("\n") + "\n"),
+    );
+    let events: Vec<String> = [
+        ("t1", 100, "h264_fast_n0000"),
+        ("t2", 200, "h264_fast_n0001"),
+        ("t4", 400, "h264_fast_n0003"),
+        ("t5", 100, "hevc_medium_n0004"),
+        ("t6", 500, "h264_fast_n0005"),
+    ]
+    .iter()
+    .map(|(id, pid, tail)| {
+        format!(
+            r#"{{"trace_id": "{id}", "module_id": "ffmpeg", "pid": {pid}, "input": "gen_854x480_10s.mp4", "output": "gen_854x480_10s_1920x1080_{tail}.mp4", "status": 0}}"#
+        )
+    })
+    .collect();
+    write_file(&dir.join("events.jsonl"), &(events.join("\n") + "\n"));
 }
