@@ -87,19 +87,6 @@ impl IdentityArgs {
 }
 
 fn default_run_id() -> String {
-    // SAFETY: time(NULL) and gmtime_r on our own struct.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    unsafe {
-        let now = libc::time(std::ptr::null_mut());
-        libc::gmtime_r(&now, &mut tm);
-    }
-    format!(
-        "run-{:04}{:02}{:02}-{:02}{:02}{:02}",
-        tm.tm_year + 1900,
-        tm.tm_mon + 1,
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec
-    )
+    let (y, mo, d, h, mi, se) = crate::sys::utc_now();
+    format!("run-{y:04}{mo:02}{d:02}-{h:02}{mi:02}{se:02}")
 }

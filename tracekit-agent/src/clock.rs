@@ -4,24 +4,14 @@
 //! tightest of a few back-to-back readings and re-measured at every interval,
 //! so a clock step is followed while kernel timestamps never drift.
 
-fn read(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec we pass; both clocks always exist.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
-}
-
 /// CLOCK_MONOTONIC now, in ns (the clock of `bpf_ktime_get_ns`).
 pub fn monotonic_ns() -> u64 {
-    read(libc::CLOCK_MONOTONIC) as u64
+    crate::sys::monotonic_ns() as u64
 }
 
 /// CLOCK_REALTIME now, in epoch ms.
 pub fn epoch_ms() -> i64 {
-    (read(libc::CLOCK_REALTIME) / 1_000_000) as i64
+    (crate::sys::realtime_ns() / 1_000_000) as i64
 }
 
 /// Converts monotonic ns to epoch ms.
@@ -54,9 +44,9 @@ impl Clock {
     pub fn recalibrate(&mut self) {
         let mut best: Option<(i128, i128)> = None;
         for _ in 0..5 {
-            let m0 = read(libc::CLOCK_MONOTONIC);
-            let r = read(libc::CLOCK_REALTIME);
-            let m1 = read(libc::CLOCK_MONOTONIC);
+            let m0 = crate::sys::monotonic_ns();
+            let r = crate::sys::realtime_ns();
+            let m1 = crate::sys::monotonic_ns();
             let gap = m1 - m0;
             if best.is_none_or(|(g, _)| gap < g) {
                 best = Some((gap, r - (m0 + gap / 2)));

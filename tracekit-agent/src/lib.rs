@@ -12,6 +12,7 @@ pub mod clock;
 pub mod matcher;
 pub mod session;
 pub mod signals;
+pub mod sys;
 pub mod table;
 pub mod ticker;
 pub mod trace_cmd;

@@ -308,10 +308,6 @@ impl Session {
 
 /// This process's CPU time (ms) and peak RSS (KiB).
 fn self_usage() -> (f64, u64) {
-    // SAFETY: getrusage writes the struct we pass.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let ms = |tv: libc::timeval| tv.tv_sec as f64 * 1000.0 + tv.tv_usec as f64 / 1000.0;
     // The peak of this process's own memory: ru_maxrss would also carry the
     // parent's size at fork across exec.
     let peak_kb = std::fs::read_to_string("/proc/self/status")
@@ -321,6 +317,6 @@ fn self_usage() -> (f64, u64) {
                 .find_map(|l| l.strip_prefix("VmHWM:"))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
-        .unwrap_or(ru.ru_maxrss as u64);
-    (ms(ru.ru_utime) + ms(ru.ru_stime), peak_kb)
+        .unwrap_or(0);
+    (crate::sys::self_cpu_ms(), peak_kb)
 }

@@ -4,17 +4,19 @@
 //! trace-only loop, awaited through tokio by the worker.
 //!
 //! tokio's timer wheel wakes the thread at every wheel-level boundary on the
-//! way to a deadline: strace showed three to four wake-ups per tick at a 1 s
-//! interval. On a VM each wake-up from idle costs about half a millisecond of
-//! CPU, so those wake-ups were most of the agent's own cost.
+//! way to a deadline (several wake-ups per tick, seen in strace). On a VM
+//! each wake-up from idle costs CPU, so those wake-ups were most of the
+//! agent's own cost.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
+
+use crate::sys;
 
 pub struct Ticker {
     fd: OwnedFd,
@@ -25,18 +27,7 @@ impl Ticker {
     /// Ticks every `period`, the first one `period` from now (a sample at
     /// t=0 says nothing).
     pub fn new(period: Duration) -> Result<Ticker> {
-        // SAFETY: timerfd_create has no memory preconditions.
-        let raw = unsafe {
-            libc::timerfd_create(
-                libc::CLOCK_MONOTONIC,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error()).context("creating a timerfd");
-        }
-        // SAFETY: `raw` is a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = sys::timerfd().context("creating a timerfd")?;
         let ticker = Ticker { fd, period };
         ticker.arm(period)?;
         Ok(ticker)
@@ -58,13 +49,7 @@ impl Ticker {
 
     /// Time to the next tick, `None` if one is already due.
     fn remaining(&self) -> Result<Option<Duration>> {
-        // SAFETY: timerfd_gettime writes the itimerspec we pass.
-        let mut cur: libc::itimerspec = unsafe { std::mem::zeroed() };
-        if unsafe { libc::timerfd_gettime(self.fd.as_raw_fd(), &mut cur) } != 0 {
-            return Err(io::Error::last_os_error()).context("reading the timerfd");
-        }
-        let left = Duration::new(cur.it_value.tv_sec as u64, cur.it_value.tv_nsec as u32);
-        Ok((!left.is_zero()).then_some(left))
+        sys::timerfd_remaining(self.fd.as_fd()).context("reading the timerfd")
     }
 
     /// Tick every `interval` from now on, the next one `interval` from now.
@@ -75,44 +60,13 @@ impl Ticker {
     /// Tick in `first`, then every `interval`.
     fn arm_at(&self, first: Duration, interval: Duration) -> Result<()> {
         anyhow::ensure!(!interval.is_zero(), "the interval must be positive");
-        let spec_of = |d: Duration| libc::timespec {
-            tv_sec: d.as_secs() as libc::time_t,
-            tv_nsec: d.subsec_nanos() as libc::c_long,
-        };
-        // A zero it_value would disarm the timer: a due tick fires at once.
-        let first = first.max(Duration::from_nanos(1));
-        let spec = libc::itimerspec {
-            it_interval: spec_of(interval),
-            it_value: spec_of(first),
-        };
-        // SAFETY: `spec` is a valid itimerspec; the old value is not wanted.
-        if unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) }
-            != 0
-        {
-            return Err(io::Error::last_os_error()).context("arming the timerfd");
-        }
-        Ok(())
+        sys::timerfd_arm(self.fd.as_fd(), first, interval).context("arming the timerfd")
     }
 
     /// Take the tick if one is due, without blocking. Ticks missed while
     /// the caller was busy count as one, and the next keeps the phase.
     pub fn take(&self) -> io::Result<bool> {
-        let mut expirations = [0u8; 8];
-        // SAFETY: reading 8 bytes into an 8-byte buffer we own.
-        let n = unsafe {
-            libc::read(
-                self.fd.as_raw_fd(),
-                expirations.as_mut_ptr().cast(),
-                expirations.len(),
-            )
-        };
-        if n >= 0 {
-            return Ok(true);
-        }
-        match io::Error::last_os_error() {
-            e if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-            e => Err(e),
-        }
+        sys::timerfd_take(self.fd.as_fd())
     }
 
     /// For tokio: the same clock, awaited.

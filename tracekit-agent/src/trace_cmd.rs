@@ -5,11 +5,10 @@
 //! Its loop waits with poll(2) on four descriptors (the sampling timerfd,
 //! the event ring buffer, a signalfd and the command's pidfd) rather than in
 //! an async runtime: on a VM every wake-up costs CPU in proportion to the
-//! memory it touches, and a tokio wake-up measured 1.1-2.7 ms against
-//! 0.3-0.7 ms for a bare poll loop.
+//! memory it touches, and a tokio wake-up costs several times a bare poll
+//! loop's (docs/benchmarks.md).
 
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
@@ -19,6 +18,7 @@ use clap::Args;
 use crate::cli::{IdentityArgs, TracerArgs};
 use crate::session::Session;
 use crate::signals::StopSignals;
+use crate::sys;
 
 #[derive(Debug, Args)]
 pub struct TraceArgs {
@@ -52,7 +52,7 @@ pub fn run(args: TraceArgs) -> Result<i32> {
                 .args(rest)
                 .spawn()
                 .with_context(|| format!("starting {program}"))?;
-            let pidfd = pidfd_open(child.id()).context("opening a pidfd for the command")?;
+            let pidfd = sys::pidfd_open(child.id()).context("opening a pidfd for the command")?;
             Some((child, pidfd))
         }
         None => None,
@@ -63,38 +63,24 @@ pub fn run(args: TraceArgs) -> Result<i32> {
 
     loop {
         let events = session.event_fd();
-        let mut fds = vec![pollin(ticker.as_raw_fd()), pollin(signals.as_raw_fd())];
+        let mut fds = vec![ticker.as_raw_fd(), signals.as_raw_fd()];
         if let Some(fd) = events {
-            fds.push(pollin(fd));
+            fds.push(fd);
         }
         let waiting_child = match &child {
             Some((_, pidfd)) if grace.is_none() => {
-                fds.push(pollin(pidfd.as_raw_fd()));
+                fds.push(pidfd.as_raw_fd());
                 true
             }
             _ => false,
         };
-        let timeout_ms = match grace {
-            Some(deadline) => deadline
-                .saturating_duration_since(Instant::now())
-                .as_millis()
-                .min(i32::MAX as u128) as i32,
-            None => -1,
-        };
-        // SAFETY: `fds` is a valid array of pollfd of the length given.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e).context("waiting in poll(2)");
-        }
-        let ready = |i: usize| fds.get(i).is_some_and(|f| f.revents != 0);
+        let timeout = grace.map(|deadline| deadline.saturating_duration_since(Instant::now()));
+        let readable = sys::poll_readable(&fds, timeout).context("waiting in poll(2)")?;
+        let ready = |i: usize| readable.get(i).copied().unwrap_or(false);
         if ready(1)
             && let Some(signal) = signals.take()?
         {
-            let name = if signal == libc::SIGINT {
+            let name = if signal == sys::SIGINT {
                 "SIGINT"
             } else {
                 "SIGTERM"
@@ -136,25 +122,6 @@ pub fn run(args: TraceArgs) -> Result<i32> {
     }
     session.finish()?;
     Ok(exit_code)
-}
-
-fn pollin(fd: RawFd) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    }
-}
-
-/// A descriptor that becomes readable when process `pid` ends.
-fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags; no memory is passed.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
 }
 
 fn log_finished(done: &[tracekit_trace::Invocation]) {

@@ -6,14 +6,13 @@
  * summed per process in the `procs` map. Nothing per switch reaches user
  * space, and a switch that is not a thread's last costs one load and a
  * compare: looking up every switching thread in a map costs several cold
- * cache lines on a VM whose CPUs idle between switches (0.5-0.9 us measured
- * here).
+ * cache lines on a VM whose CPUs idle between switches (figures in
+ * docs/benchmarks.md).
  *
  * Samples are taken here too: tk_sample runs every interval (a cpu-clock
  * perf event) and writes each live traced process's CPU clock and RSS to
  * the ring buffer without waking user space, which drains them every few
- * seconds. On a VM, waking a process costs 0.3-1.2 ms of CPU whatever it
- * then does; this way the agent wakes every few seconds, not every interval.
+ * seconds. On a VM, waking a process costs CPU whatever it then does; this way the agent wakes every few seconds, not every interval.
  * Every lost event or full map is counted in `stats`.
  */
 #include "kernel.h"
@@ -60,7 +59,7 @@ struct {
 
 /* The processes user space traces, which the sampler samples: a dense list
  * (the first `watched_len[0]` slots), kept by user space. Walking the
- * `procs` hash itself would visit all its buckets every tick (~200 us). */
+ * `procs` hash itself would visit all its buckets every tick. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, TK_MAX_WATCHED);

@@ -74,6 +74,14 @@ pub struct Task {
     pub cpu_quota: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_weight: Option<i64>,
+    /// The task's id in traces (`invocations.jsonl`'s trace_id); the worker
+    /// makes one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// The dispatcher's profile name (e.g. `fast1080p`), recorded with the
+    /// task's invocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }

@@ -165,7 +165,9 @@ fn profile_task(input: &Path, output: PathBuf, name: &str, prof: &Profile, seq: 
         cpuset: None,
         cpu_quota: None,
         cpu_weight: None,
-        extra: serde_json::Map::from_iter([("profile".to_string(), name.into())]),
+        trace_id: None,
+        profile: Some(name.to_string()),
+        extra: serde_json::Map::new(),
     }
 }
 
@@ -237,6 +239,8 @@ fn policy_task(a: &DispatchArgs, input: &Path, seq: u64) -> Task {
         cpuset: None,
         cpu_quota: None,
         cpu_weight: None,
+        trace_id: None,
+        profile: None,
         extra: Default::default(),
     }
 }

@@ -112,6 +112,8 @@ fn validate(name: &str, p: &Profile) -> anyhow::Result<()> {
         cpuset: None,
         cpu_quota: None,
         cpu_weight: None,
+        trace_id: None,
+        profile: None,
         extra: Default::default(),
     };
     t.validate().map_err(|e| anyhow::anyhow!("{name}: {e}"))

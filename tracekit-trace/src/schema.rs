@@ -346,3 +346,49 @@ impl SampleRecord {
         ]
     }
 }
+
+/// What the worker adds to a task's invocation line, after the process's
+/// own fields: the one typed list of a task's fields in a trace.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskFields {
+    /// Input and output file names (base names).
+    pub input: String,
+    pub output: String,
+    pub cpu_units: u32,
+    /// Cores held (exclusive binding), as a CPU list; empty otherwise.
+    pub cpuset: String,
+    /// `--cpu-binding`.
+    pub binding: String,
+    /// Why the task ran without its binding (`--allow-unbound`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding_error: Option<String>,
+    /// The binding read back from the task's cgroup while it ran: the group,
+    /// its CPUs, its weight and its quota (`cpu.max`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus_allowed: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_weight: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_max: Option<String>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// The dispatcher's submission number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// The dispatcher's profile name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+}
+
+impl TaskFields {
+    /// As JSON fields to append to an [`Invocation`]'s `extra`.
+    pub fn into_extra(self) -> serde_json::Map<String, serde_json::Value> {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(map)) => map,
+            // A struct of strings and integers serializes to an object.
+            _ => serde_json::Map::new(),
+        }
+    }
+}

@@ -90,7 +90,7 @@ pub struct CollectorStats {
 
 /// How often the agent drains the kernel's samples while it traces (eBPF):
 /// a sample line reaches the file at most this late. On a VM every wake-up
-/// costs 1-5 ms of CPU, whatever it does.
+/// costs CPU, whatever it does.
 pub const DRAIN_EVERY: Duration = Duration::from_secs(10);
 
 /// The agent's tick while it traces nothing (eBPF): it keeps the stats file
@@ -257,9 +257,7 @@ impl Statm {
 }
 
 pub(crate) fn page_size_kb() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 { size as u64 / 1024 } else { 4 }
+    crate::sys::page_size_kb()
 }
 
 #[cfg(test)]

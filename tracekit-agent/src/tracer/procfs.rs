@@ -35,12 +35,10 @@ pub struct ProcfsCollector {
 
 impl ProcfsCollector {
     pub fn new(scope: Scope) -> Self {
-        // SAFETY: sysconf has no preconditions.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         ProcfsCollector {
             scope,
             agent: std::process::id(),
-            ticks_per_s: if ticks > 0 { ticks as u64 } else { 100 },
+            ticks_per_s: crate::sys::clock_ticks_per_s(),
             seen: HashMap::new(),
             ignored: HashMap::new(),
         }

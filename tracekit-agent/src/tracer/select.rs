@@ -74,12 +74,7 @@ fn preflight() -> Result<()> {
             btf.display()
         );
     }
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: setrlimit reads the struct we pass.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+    if crate::sys::unlimit_memlock().is_err() {
         tracing::debug!("could not raise RLIMIT_MEMLOCK (only older kernels need it)");
     }
     Ok(())

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use anyhow::{Context, Result, bail};
 use tokio::io::AsyncReadExt;
 use tracekit_proto::Task;
-use tracekit_trace::Invocation;
+use tracekit_trace::{Invocation, TaskFields};
 
 use super::Worker;
 use super::args::binding_name;
@@ -49,21 +49,16 @@ impl Worker {
         session: &mut Session,
     ) -> Result<()> {
         self.seq += 1;
-        let trace_id = task
-            .extra
-            .get("trace_id")
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-            .unwrap_or_else(|| {
-                format!(
-                    "{}-{}-{}",
-                    self.node,
-                    task.seq
-                        .map(|s| s.to_string())
-                        .unwrap_or_else(|| "x".into()),
-                    self.seq
-                )
-            });
+        let trace_id = task.trace_id.clone().unwrap_or_else(|| {
+            format!(
+                "{}-{}-{}",
+                self.node,
+                task.seq
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "x".into()),
+                self.seq
+            )
+        });
         let group = match &self.cgroups {
             Some(cg) => Some(
                 self.bind(cg, &trace_id, &plan, &cores)
@@ -166,38 +161,28 @@ impl Worker {
         let bytes_out = std::fs::metadata(&job.plan.output)
             .map(|m| m.len())
             .unwrap_or(0);
-        let mut fields = serde_json::Map::new();
         let basename = |p: &Path| {
             p.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
         };
-        fields.insert("input".into(), basename(&job.plan.input).into());
-        fields.insert("output".into(), basename(&job.plan.output).into());
-        fields.insert("cpu_units".into(), job.plan.units.into());
-        fields.insert("cpuset".into(), cpu_list(&job.cores).into());
-        fields.insert("binding".into(), binding_name(self.args.cpu_binding).into());
-        if let Some(note) = &self.binding_note {
-            fields.insert("binding_error".into(), note.clone().into());
-        }
-        if let Some(a) = &job.applied {
-            fields.insert("cgroup".into(), a.cgroup.clone().into());
-            fields.insert("cpus_allowed".into(), a.cpus.clone().into());
-            if let Some(w) = a.weight {
-                fields.insert("cpu_weight".into(), w.into());
-            }
-            fields.insert("cpu_max".into(), a.max.clone().into());
-        }
-        fields.insert("bytes_in".into(), job.bytes_in.into());
-        fields.insert("bytes_out".into(), bytes_out.into());
-        if let Some(seq) = job.task.seq {
-            fields.insert("seq".into(), seq.into());
-        }
-        for key in ["profile"] {
-            if let Some(v) = job.task.extra.get(key) {
-                fields.insert(key.into(), v.clone());
-            }
-        }
+        let applied = job.applied.as_ref();
+        let fields = TaskFields {
+            input: basename(&job.plan.input),
+            output: basename(&job.plan.output),
+            cpu_units: job.plan.units,
+            cpuset: cpu_list(&job.cores),
+            binding: binding_name(self.args.cpu_binding).to_string(),
+            binding_error: self.binding_note.clone(),
+            cgroup: applied.map(|a| a.cgroup.clone()),
+            cpus_allowed: applied.map(|a| a.cpus.clone()),
+            cpu_weight: applied.and_then(|a| a.weight),
+            cpu_max: applied.map(|a| a.max.clone()),
+            bytes_in: job.bytes_in,
+            bytes_out,
+            seq: job.task.seq,
+            profile: job.task.profile.clone(),
+        };
         let inv = match job.invocation {
             Some(inv) => inv,
             None => {
@@ -212,7 +197,7 @@ impl Worker {
             // The /proc collector sees no exit status; the worker reaped it.
             (record.exit_code, record.signal) = crate::tracer::decode_status(status.into_raw());
         }
-        record.extra.extend(fields);
+        record.extra.extend(fields.into_extra());
         session.writer.invocation(&record)?;
         // On disk now, not at the next tick: an idle worker ticks rarely.
         session.writer.flush()?;

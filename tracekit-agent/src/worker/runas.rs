@@ -9,47 +9,49 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use nix::unistd::{User, getgrouplist};
 
-/// A resolved user.
+use crate::sys::Confinement;
+
+/// A resolved user, with the groups it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunAs {
     pub name: String,
     pub uid: u32,
     pub gid: u32,
+    /// Its supplementary groups (`initgroups(3)`'s list), resolved before
+    /// fork: the child must not read the group database.
+    pub groups: Vec<u32>,
 }
 
 impl RunAs {
-    /// Look `name` up in the user database (a number is taken as a uid).
+    /// Look `name` up in the user database (a number is taken as a uid with
+    /// the same gid and no other group).
     pub fn lookup(name: &str) -> Result<RunAs> {
-        let cname = CString::new(name).context("user name contains NUL")?;
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut buf = vec![0u8; 16 * 1024];
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: getpwnam_r fills `pwd` using `buf`, both ours and sized.
-        let rc = unsafe {
-            libc::getpwnam_r(
-                cname.as_ptr(),
-                &mut pwd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc == 0 && !result.is_null() {
-            return Ok(RunAs {
-                name: name.to_string(),
-                uid: pwd.pw_uid,
-                gid: pwd.pw_gid,
-            });
+        let user = User::from_name(name)
+            .with_context(|| format!("--run-as {name}: reading the user database"))?;
+        match user {
+            Some(u) => {
+                let cname = CString::new(u.name.as_str()).context("user name contains NUL")?;
+                let groups = getgrouplist(&cname, u.gid)
+                    .with_context(|| format!("--run-as {name}: listing its groups"))?;
+                Ok(RunAs {
+                    name: name.to_string(),
+                    uid: u.uid.as_raw(),
+                    gid: u.gid.as_raw(),
+                    groups: groups.iter().map(|g| g.as_raw()).collect(),
+                })
+            }
+            None => match name.parse::<u32>() {
+                Ok(uid) => Ok(RunAs {
+                    name: name.to_string(),
+                    uid,
+                    gid: uid,
+                    groups: vec![uid],
+                }),
+                Err(_) => bail!("--run-as {name}: no such user"),
+            },
         }
-        if let Ok(uid) = name.parse::<u32>() {
-            return Ok(RunAs {
-                name: name.to_string(),
-                uid,
-                gid: uid,
-            });
-        }
-        bail!("--run-as {name}: no such user")
     }
 
     pub fn is_root(&self) -> bool {
@@ -74,41 +76,14 @@ pub fn open_procs_files(files: &[std::path::PathBuf]) -> Result<Vec<OwnedFd>> {
 /// Arrange for `cmd`'s child to join the cgroups behind `procs` and drop to
 /// `user` before exec. `procs` must outlive the spawn.
 pub fn confine(cmd: &mut std::process::Command, procs: &[OwnedFd], user: Option<&RunAs>) {
-    let fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
-    let user = user.cloned();
-    // SAFETY: the closure only makes async-signal-safe system calls on
-    // values prepared before fork (no allocation, no locks).
+    let confinement = Confinement {
+        procs: procs.iter().map(|f| f.as_raw_fd()).collect(),
+        user: user.map(|u| (u.uid, u.gid, u.groups.clone())),
+    };
+    // SAFETY: `apply_in_child` makes only async-signal-safe system calls on
+    // values prepared here, before the fork.
     unsafe {
-        cmd.pre_exec(move || {
-            let fail = || Err(std::io::Error::last_os_error());
-            // "0" moves the writing process into the group.
-            for &fd in &fds {
-                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return fail();
-                }
-            }
-            if let Some(u) = &user {
-                let groups = [u.gid];
-                if libc::setgroups(1, groups.as_ptr()) != 0
-                    || libc::setresgid(u.gid, u.gid, u.gid) != 0
-                    || libc::setresuid(u.uid, u.uid, u.uid) != 0
-                {
-                    return fail();
-                }
-            }
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                return fail();
-            }
-            // After the uid change, which clears it: if the agent dies, so
-            // does the task (a restarted agent also kills leftovers).
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return fail();
-            }
-            if libc::getppid() == 1 {
-                libc::_exit(137);
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || confinement.apply_in_child());
     }
 }
 

@@ -16,6 +16,7 @@ use tracekit_ebpf::{TK_COMM_LEN, TK_SCOPE_HOST, TK_SCOPE_WORKER, TkSampler, name
 use super::super::Scope;
 
 use super::SAMPLER_LINK_PREFIX;
+use crate::sys;
 
 /// The object compiled by the build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracekit.bpf.o"));
@@ -26,7 +27,7 @@ pub(super) const PIN_ROOT: &str = "/sys/fs/bpf/tracekit";
 pub(super) const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 /// The loader, run in a short-lived child process (`tracekit-agent
-/// load-ebpf`): parsing the kernel's BTF for CO-RE takes ~40 MB that the
+/// load-ebpf`): parsing the kernel's BTF for CO-RE takes tens of MB that the
 /// long-running agent should not keep as its peak. It loads, attaches, and
 /// pins every map and link under `pin_dir`; the sampler runs every
 /// `interval`, on `sampler_cpu` (default: the first online CPU).
@@ -244,27 +245,12 @@ pub(super) fn run_loader(
 /// Mount bpffs at /sys/fs/bpf unless it is there.
 pub(super) fn mount_bpffs() -> Result<()> {
     let root = Path::new("/sys/fs/bpf");
-    // SAFETY: statfs writes the struct we pass; the path is NUL-terminated.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    let is_bpffs = unsafe { libc::statfs(c"/sys/fs/bpf".as_ptr(), &mut st) } == 0
-        && st.f_type as i64 == BPF_FS_MAGIC;
+    let is_bpffs = sys::fs_type(c"/sys/fs/bpf").is_ok_and(|t| t == BPF_FS_MAGIC);
     if is_bpffs {
         return Ok(());
     }
     std::fs::create_dir_all(root).context("creating /sys/fs/bpf")?;
-    // SAFETY: mount with constant NUL-terminated strings.
-    let r = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            c"/sys/fs/bpf".as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error()).context("mounting bpffs at /sys/fs/bpf");
-    }
+    sys::mount(c"bpf", c"/sys/fs/bpf", c"bpf").context("mounting bpffs at /sys/fs/bpf")?;
     tracing::info!("mounted bpffs at /sys/fs/bpf");
     Ok(())
 }
@@ -284,6 +270,51 @@ pub(super) fn remove_stale_pins() {
         if !alive {
             tracing::warn!(dir = %entry.path().display(), "removing stale tracer pins");
             let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every name the loader and the agent look up (maps, programs, the
+    /// globals it sets) is in the object the build compiled: the names are
+    /// defined once in `tracekit_ebpf::names`, and this holds them to the C.
+    #[test]
+    fn every_name_the_agent_opens_is_in_the_object() {
+        let obj = aya_obj::Object::parse(OBJECT).expect("parsing the BPF object");
+        let mut programs: Vec<&str> = names::PROGRAMS.iter().map(|(p, _)| *p).collect();
+        programs.extend([names::PROG_SAMPLE, names::PROG_ADOPT]);
+        for p in programs {
+            assert!(
+                obj.programs.contains_key(p),
+                "program {p} is not in the object"
+            );
+        }
+        for m in [
+            names::MAP_SCOPE,
+            names::MAP_PROCS,
+            names::MAP_EVENTS,
+            names::MAP_STATS,
+            names::MAP_COMMS,
+            names::MAP_WATCHED,
+            names::MAP_WATCHED_LEN,
+            names::MAP_SAMPLER,
+        ] {
+            assert!(obj.maps.contains_key(m), "map {m} is not in the object");
+        }
+        // Globals are symbols of .rodata: their names are in the string table.
+        for g in [
+            names::GLOBAL_SCOPE,
+            names::GLOBAL_COMM_FILTER,
+            names::GLOBAL_INTERVAL,
+        ] {
+            let needle = format!("\0{g}\0");
+            assert!(
+                OBJECT.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "global {g} is not in the object"
+            );
         }
     }
 }

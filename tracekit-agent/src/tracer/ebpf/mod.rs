@@ -396,19 +396,7 @@ impl EbpfCollector {
 /// call, plus that of those already gone. The kernel's own accounting, the
 /// same that wait(2) reports; `None` once the process is reaped.
 pub fn process_cpu_ns(pid: u32) -> Option<u64> {
-    // MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED) of the kernel's posix-timers
-    // ABI, as glibc builds it; computed here to spare clock_getcpuclockid's
-    // extra system call.
-    let clock: libc::clockid_t = (!(pid as libc::clockid_t) << 3) | 2;
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid place for the result.
-    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
-        return None;
-    }
-    Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+    crate::sys::process_cpu_ns(pid)
 }
 
 /// Processes already running whose threads should be adopted: tid and its
@@ -429,17 +417,9 @@ pub fn running_threads(pid: u32) -> Vec<(u32, u64)> {
 
 /// Whether `fd` is readable now (poll(2) without waiting).
 fn poll_readable(fd: RawFd) -> Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, no wait.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error()).context("polling the ring buffer");
-    }
-    Ok(n > 0 && pfd.revents & libc::POLLIN != 0)
+    let ready = crate::sys::poll_readable(&[fd], Some(std::time::Duration::ZERO))
+        .context("polling the ring buffer")?;
+    Ok(ready.first().copied().unwrap_or(false))
 }
 
 /// Pids of every process on the host (for adopting running ones).
