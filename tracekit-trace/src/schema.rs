@@ -231,6 +231,10 @@ pub struct InvocationRecord {
     /// adds after the required ones).
     #[serde(default)]
     pub rss_peak_kb: Option<u64>,
+    /// The dispatcher's profile name, which the worker copies from the task
+    /// (absent for processes it did not launch and in the original's traces).
+    #[serde(default)]
+    pub profile: Option<String>,
 }
 
 impl InvocationRecord {
