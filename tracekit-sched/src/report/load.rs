@@ -200,6 +200,7 @@ fn read_node(dir: &NodeDir, tasks: &mut [RunTask]) -> Result<RunNode> {
     let mut sampled_cpu = vec![(0u64, 0.0f64, 0u64); tasks.len()];
     let mut samples = Vec::new();
     let label = dir.samples_path();
+    let mut next_pct = 10;
     dir.read_samples(
         |s, _| {
             let (Some(ts), Some(pid)) = (s.ts_ms, s.pid) else {
@@ -223,7 +224,13 @@ fn read_node(dir: &NodeDir, tasks: &mut [RunTask]) -> Result<RunNode> {
             Ok(())
         },
         |read, total| {
-            tracing::debug!("{}: {read} of {total} bytes", label.display());
+            // Large runs take a while: say how far the read is every 10 %.
+            if total > 0 && read * 100 >= total * next_pct {
+                tracing::info!("{}: {}% read", label.display(), read * 100 / total);
+                while read * 100 >= total * next_pct {
+                    next_pct += 10;
+                }
+            }
         },
     )?;
     for (t, (count, cpu, rss)) in tasks.iter_mut().zip(sampled_cpu) {
