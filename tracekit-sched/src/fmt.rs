@@ -38,6 +38,15 @@ pub fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or_else(|| "—".into(), |v| v.to_string())
 }
 
+/// This process's peak resident set size in MB (`VmHWM`), when the kernel
+/// says.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +64,10 @@ mod tests {
         assert_eq!(num(f64::NAN, 2), "—");
         assert_eq!(num(1.234, 1), "1.2");
         assert_eq!(opt::<u32>(None), "—");
+    }
+
+    #[test]
+    fn peak_rss_is_read() {
+        assert!(peak_rss_mb().is_some_and(|mb| mb > 0.0));
     }
 }

@@ -515,7 +515,6 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         bail!("the OpenDC export failed");
     }
 
-    let failed = report(&sched_bin, &logs, &dead, &dir, &opendc)?;
     let audit_text = std::fs::read_to_string(dir.join("audit.log")).unwrap_or_default();
     println!(
         "\nAudit ({}):",
@@ -528,6 +527,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     for line in audit_text.lines().take(12) {
         println!("  {line}");
     }
+    let failed = report(&sched_bin, &logs, &dead, &dir, &opendc)?;
     if failed > 0 || !dead.is_empty() {
         bail!("{failed} task(s) failed and {} dead-lettered", dead.len());
     }
@@ -537,9 +537,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     Ok(())
 }
 
-/// The run's report, written and summarised by `tracekit-sched report` (the
-/// summary printed here is the report's own), then where the files are;
-/// returns how many tasks failed.
+/// Where the files are, then the run's report, written and summarised by
+/// `tracekit-sched report` (the summary is the report's own, and the demo
+/// ends with the report's path); returns how many tasks failed.
 fn report(
     sched_bin: &Path,
     logs: &Path,
@@ -556,23 +556,6 @@ fn report(
     std::fs::write(&dead_file, lines)
         .with_context(|| format!("writing {}", dead_file.display()))?;
     let out = dir.join("report");
-    println!();
-    let status = Command::new(sched_bin)
-        .args(["report", "--input"])
-        .arg(logs)
-        .arg("--output")
-        .arg(&out)
-        .arg("--dead-letters")
-        .arg(&dead_file)
-        .status()
-        .context("running the report")?;
-    if !status.success() {
-        bail!("the report failed ({status})");
-    }
-    let json: Value = serde_json::from_slice(
-        &std::fs::read(out.join("report.json")).context("reading report.json")?,
-    )
-    .context("parsing report.json")?;
     println!("\nFiles:");
     println!(
         "  report    {}/ (report.html, report.md, report.json, tasks.csv, …)",
@@ -591,5 +574,24 @@ fn report(
         "  logs      {}/*.log (agents, central, dispatch, audit)",
         dir.display()
     );
-    Ok(json["counts"]["failed"].as_u64().unwrap_or(0))
+    println!();
+    let status = Command::new(sched_bin)
+        .args(["report", "--input"])
+        .arg(logs)
+        .arg("--output")
+        .arg(&out)
+        .arg("--dead-letters")
+        .arg(&dead_file)
+        .status()
+        .context("running the report")?;
+    if !status.success() {
+        bail!("the report failed ({status})");
+    }
+    let json: Value = serde_json::from_slice(
+        &std::fs::read(out.join("report.json")).context("reading report.json")?,
+    )
+    .context("parsing report.json")?;
+    json["counts"]["failed"]
+        .as_u64()
+        .context("report.json has no counts.failed")
 }

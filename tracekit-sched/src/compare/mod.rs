@@ -201,9 +201,10 @@ pub fn run(args: &CompareArgs) -> Result<Comparison> {
     let (c, files) = build(args)?;
     files.commit(&args.output)?;
     tracing::info!(
-        "compared {} task(s) in {:.2} s",
+        "compared {} task(s) in {:.3} s, peak RSS {} MB",
         c.matched,
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        crate::fmt::opt(crate::fmt::peak_rss_mb().map(|mb| format!("{mb:.1}")))
     );
     println!(
         "{} task(s) matched ({} only real, {} only simulated)\n",

@@ -74,10 +74,11 @@ pub fn run(args: &ReportArgs) -> Result<Report> {
     let bytes = files.bytes();
     files.commit(&args.output)?;
     tracing::info!(
-        "report of {} task(s) in {:.2} s, {} bytes",
+        "report of {} task(s) in {:.3} s, {} bytes, peak RSS {} MB",
         report.counts.tasks,
         started.elapsed().as_secs_f64(),
-        bytes
+        bytes,
+        crate::fmt::opt(crate::fmt::peak_rss_mb().map(|mb| format!("{mb:.1}")))
     );
     print!("{}", summary::render(&report));
     println!("\nReport: {}", args.output.join(FILES[0]).display());

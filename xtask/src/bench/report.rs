@@ -4,6 +4,8 @@
 //! as a user runs it. The inputs are synthetic (tracekit-trace's synth);
 //! the OpenDC output reproduces the run, with a row every 30 s per task.
 
+use std::ffi::OsStr;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -28,33 +30,42 @@ struct Measure {
     max_rss_mb: f64,
 }
 
-fn measure(bin: &Path, args: &[&str], paths: &[&Path]) -> Result<Measure> {
-    let mut cmd = Command::new(bin);
-    cmd.args(args);
-    // Paths go in order after their flag (flag, path, flag, path, …).
-    for p in paths {
-        cmd.arg(p);
-    }
+fn measure(bin: &Path, args: &[&OsStr]) -> Result<Measure> {
     let started = Instant::now();
-    let child = cmd
+    let mut child = Command::new(bin)
+        .args(args)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
         .spawn()
         .with_context(|| format!("running {}", bin.display()))?;
+    let mut log = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        err.read_to_string(&mut log)
+            .with_context(|| format!("reading the log of {}", bin.display()))?;
+    }
     let usage = wait4(child.id())?;
     let wall_s = started.elapsed().as_secs_f64();
     if usage.status != 0 {
         bail!(
-            "{} {args:?} failed (status {})",
+            "{} {args:?} failed (status {}): {log}",
             bin.display(),
             usage.status
         );
     }
+    // The child's own VmHWM, from its log: rusage's maxrss would include
+    // what this process had resident when it forked the child.
+    let max_rss_mb = log
+        .lines()
+        .filter_map(|l| l.split("peak RSS ").nth(1))
+        .filter_map(|rest| rest.split(' ').next()?.parse::<f64>().ok())
+        .next_back()
+        .with_context(|| format!("no peak RSS in the log of {}: {log}", bin.display()))?;
     Ok(Measure {
         wall_s,
         cpu_s: usage.cpu_s,
-        max_rss_mb: usage.max_rss_kb as f64 / 1024.0,
+        max_rss_mb,
     })
 }
 
@@ -115,20 +126,27 @@ pub fn run() -> Result<()> {
         let (mut rep, mut cmp) = (Vec::new(), Vec::new());
         for round in 0..ROUNDS {
             println!("  round {}/{ROUNDS}", round + 1);
+            let os = OsStr::new;
             rep.push(measure(
                 &bin,
-                &["report", "--input"],
-                &[&run, Path::new("--output"), &out],
+                &[
+                    os("report"),
+                    os("--input"),
+                    run.as_os_str(),
+                    os("--output"),
+                    out.as_os_str(),
+                ],
             )?);
             cmp.push(measure(
                 &bin,
-                &["compare", "--run"],
                 &[
-                    &run,
-                    Path::new("--opendc"),
-                    &sim,
-                    Path::new("--output"),
-                    &out,
+                    os("compare"),
+                    os("--run"),
+                    run.as_os_str(),
+                    os("--opendc"),
+                    sim.as_os_str(),
+                    os("--output"),
+                    out.as_os_str(),
                 ],
             )?);
         }
