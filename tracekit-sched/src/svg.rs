@@ -335,10 +335,10 @@ pub struct Gantt<'a> {
     pub x_max: f64,
 }
 
-/// Render a Gantt chart; a lane is at least 1 px and at most 14 px high.
+/// Render a Gantt chart; a lane is at least 1 px and at most 24 px high.
 pub fn gantt(g: &Gantt) -> String {
     let lanes: usize = g.groups.iter().map(|(_, n)| n).sum::<usize>().max(1);
-    let lane_h = (900.0 / lanes as f64).clamp(1.0, 14.0);
+    let lane_h = (900.0 / lanes as f64).clamp(1.0, 24.0);
     let height = TOP + BOTTOM + lanes as f64 * lane_h;
     let frame = Frame::new(0.0, g.x_max, 0.0, lanes as f64, height);
     let mut out = String::with_capacity(256 + g.bars.len() * 200);

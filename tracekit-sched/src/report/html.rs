@@ -106,7 +106,8 @@ fn numbers(out: &mut String, r: &Report) {
     out.push_str("</table>");
     let _ = write!(
         out,
-        "<p>Makespan {} s · throughput {} tasks/min on average, {} at most in one minute.</p>",
+        "<p>Makespan {} s · throughput {} tasks/min over the makespan; at most {} ended \
+         in one minute.</p>",
         num(r.makespan_s, 1),
         num(r.throughput.mean_per_minute, 2),
         r.throughput.max_per_minute

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
-use tracekit_trace::audit::audit_node;
+use tracekit_trace::audit::audit;
 use tracekit_trace::join::TaskIndex;
 use tracekit_trace::reader::{NodeDir, discover};
 use tracekit_trace::{CollectorKind, InvocationRecord};
@@ -99,34 +99,31 @@ pub fn load(input: &Path, dead: Option<&Path>) -> Result<RunData> {
             input.display()
         );
     }
-    let mut data = RunData {
-        input: input.to_path_buf(),
-        run_ids: Vec::new(),
-        nodes: Vec::with_capacity(dirs.len()),
-        tasks: Vec::new(),
-        incomplete,
-        dead: None,
-        audit_ok: true,
-        audit_problems: Vec::new(),
-        audit_warnings: Vec::new(),
-    };
+    // The audit's own findings, as `tracekit-sched audit` reports them.
+    let audit = audit(input).with_context(|| format!("auditing {}", input.display()))?;
+    let mut run_ids: Vec<String> = Vec::new();
+    let mut nodes = Vec::with_capacity(dirs.len());
     let mut first = 0;
     for (n, dir) in dirs.iter().enumerate() {
-        let audit = audit_node(dir).with_context(|| format!("auditing {}", dir.dir.display()))?;
-        data.audit_ok &= audit.ok();
-        let name = dir.name().to_string();
-        data.audit_problems
-            .extend(audit.problems.iter().map(|p| format!("{name}: {p}")));
-        data.audit_warnings
-            .extend(audit.warnings.iter().map(|w| format!("{name}: {w}")));
-        if !data.run_ids.contains(&dir.meta.run_id) {
-            data.run_ids.push(dir.meta.run_id.clone());
+        if !run_ids.contains(&dir.meta.run_id) {
+            run_ids.push(dir.meta.run_id.clone());
         }
         // Tasks come node by node (read_tasks).
         let end = first + tasks[first..].iter().take_while(|t| t.node == n).count();
-        data.nodes.push(read_node(dir, &mut tasks[first..end])?);
+        nodes.push(read_node(dir, &mut tasks[first..end])?);
         first = end;
     }
+    let mut data = RunData {
+        input: input.to_path_buf(),
+        run_ids,
+        nodes,
+        tasks: Vec::new(),
+        incomplete,
+        dead: None,
+        audit_ok: audit.ok,
+        audit_problems: audit.problems,
+        audit_warnings: audit.warnings,
+    };
     data.tasks = tasks;
     if let Some(path) = dead {
         data.dead = Some(read_dead(path)?);

@@ -45,8 +45,8 @@ pub fn render(r: &Report) -> String {
     }
     let _ = writeln!(
         o,
-        "\nThroughput: {} tasks/min on average, at most {} in one minute \
-         (per minute: {}).\n",
+        "\nThroughput: {} tasks/min over the makespan; at most {} ended in one \
+         minute (per minute since the first submission: {}).\n",
         num(r.throughput.mean_per_minute, 2),
         r.throughput.max_per_minute,
         if r.throughput.per_minute.len() <= 60 {

@@ -76,6 +76,8 @@ pub struct ProfileRow {
 pub struct Throughput {
     /// Tasks that ended in minute i (the last one may be partial).
     pub per_minute: Vec<u64>,
+    /// Tasks over the makespan, per minute (more than any one minute's
+    /// count when the run is shorter than a minute).
     pub mean_per_minute: f64,
     pub max_per_minute: u64,
 }

@@ -61,7 +61,7 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         o,
-        "Throughput: {} tasks/min on average, {} at most",
+        "Throughput: {} tasks/min over the makespan; at most {} ended in one minute",
         num(r.throughput.mean_per_minute, 2),
         r.throughput.max_per_minute
     );
