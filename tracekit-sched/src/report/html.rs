@@ -4,7 +4,8 @@
 use std::fmt::Write;
 
 use super::model::Report;
-use crate::fmt::{num, opt, utc};
+use super::numbers::tables;
+use crate::fmt::{num, utc};
 use crate::svg::{self, Gantt, GanttBar, LineChart, Series, TimeUnit, esc};
 
 /// The page's stylesheet, shared with `compare.html`.
@@ -44,159 +45,26 @@ pub fn render(r: &Report) -> String {
     out
 }
 
-fn row(out: &mut String, cells: &[String]) {
-    out.push_str("<tr>");
-    for c in cells {
-        let _ = write!(out, "<td>{}</td>", esc(c));
-    }
-    out.push_str("</tr>");
-}
-
-fn head(out: &mut String, cells: &[&str]) {
-    out.push_str("<table><tr>");
-    for c in cells {
-        let _ = write!(out, "<th>{}</th>", esc(c));
-    }
-    out.push_str("</tr>");
-}
-
 fn numbers(out: &mut String, r: &Report) {
-    let c = &r.counts;
-    out.push_str("<section id=\"numbers\"><h2>Tasks</h2>");
-    head(
-        out,
-        &[
-            "tasks",
-            "done",
-            "failed",
-            "dead-lettered",
-            "left out (incomplete)",
-        ],
-    );
-    row(
-        out,
-        &[
-            c.tasks.to_string(),
-            c.done.to_string(),
-            c.failed.to_string(),
-            opt(c.dead),
-            c.incomplete.to_string(),
-        ],
-    );
-    out.push_str("</table>");
-
-    out.push_str("<h2>Wait and run times (s)</h2>");
-    head(out, &["", "mean", "p50", "p95", "p99", "max"]);
-    for (name, d) in [
-        ("wait (start − submission)", &r.wait_s),
-        ("run (end − start)", &r.run_s),
-    ] {
-        row(
-            out,
-            &[
-                name.into(),
-                num(d.mean, 2),
-                num(d.p50, 2),
-                num(d.p95, 2),
-                num(d.p99, 2),
-                num(d.max, 2),
-            ],
-        );
+    out.push_str("<section id=\"numbers\">");
+    for t in tables(r) {
+        let _ = write!(out, "<h2>{}</h2><table><tr>", esc(t.title));
+        for h in &t.headers {
+            let _ = write!(out, "<th>{}</th>", esc(h));
+        }
+        out.push_str("</tr>");
+        for row in &t.rows {
+            out.push_str("<tr>");
+            for c in row {
+                let _ = write!(out, "<td>{}</td>", esc(c));
+            }
+            out.push_str("</tr>");
+        }
+        out.push_str("</table>");
+        if let Some(note) = &t.note {
+            let _ = write!(out, "<p>{}</p>", esc(note));
+        }
     }
-    out.push_str("</table>");
-    let _ = write!(
-        out,
-        "<p>Makespan {} s · throughput {} tasks/min over the makespan; at most {} ended \
-         in one minute.</p>",
-        num(r.makespan_s, 1),
-        num(r.throughput.mean_per_minute, 2),
-        r.throughput.max_per_minute
-    );
-
-    out.push_str("<h2>Per profile</h2>");
-    head(
-        out,
-        &[
-            "profile",
-            "tasks",
-            "done",
-            "failed",
-            "wait p50 s",
-            "wait p95 s",
-            "run mean s",
-            "run p50 s",
-            "run p95 s",
-            "run max s",
-            "CPU s",
-            "cores",
-        ],
-    );
-    for p in &r.profiles {
-        row(
-            out,
-            &[
-                p.name.clone(),
-                p.tasks.to_string(),
-                p.done.to_string(),
-                p.failed.to_string(),
-                num(p.wait_s.p50, 2),
-                num(p.wait_s.p95, 2),
-                num(p.run_s.mean, 2),
-                num(p.run_s.p50, 2),
-                num(p.run_s.p95, 2),
-                num(p.run_s.max, 2),
-                num(p.cpu_s, 1),
-                num(p.mean_cores, 2),
-            ],
-        );
-    }
-    out.push_str("</table>");
-
-    out.push_str("<h2>Per node</h2>");
-    head(
-        out,
-        &[
-            "node",
-            "cores",
-            "tasks",
-            "done",
-            "failed",
-            "CPU s",
-            "mean cores busy",
-            "peak RSS MB",
-            "collector",
-            "interval ms",
-            "events lost",
-        ],
-    );
-    for n in &r.nodes {
-        row(
-            out,
-            &[
-                n.name.clone(),
-                n.cores.to_string(),
-                n.tasks.to_string(),
-                n.done.to_string(),
-                n.failed.to_string(),
-                num(n.cpu_s, 1),
-                num(n.mean_cores, 2),
-                num(n.peak_rss_mb, 1),
-                n.collector.clone().unwrap_or_else(|| "unknown".into()),
-                opt(n.interval_ms),
-                n.events_lost.to_string(),
-            ],
-        );
-    }
-    out.push_str("</table>");
-    for n in r.nodes.iter().filter(|n| n.fallback_reason.is_some()) {
-        let _ = write!(
-            out,
-            "<p>{}: eBPF not used: {}</p>",
-            esc(&n.name),
-            esc(n.fallback_reason.as_deref().unwrap_or(""))
-        );
-    }
-
     out.push_str("<h2>Audit</h2>");
     if r.audit_ok {
         out.push_str("<p class=\"ok\">No problems.</p>");
@@ -217,14 +85,6 @@ fn numbers(out: &mut String, r: &Report) {
             let _ = write!(out, "<li>{}</li>", esc(w));
         }
         out.push_str("</ul>");
-    }
-    if !r.dead.is_empty() {
-        out.push_str("<h2>Dead-lettered tasks</h2>");
-        head(out, &["reason", "node", "when"]);
-        for d in &r.dead {
-            row(out, &[d.reason.clone(), opt(d.node.as_deref()), utc(d.ts)]);
-        }
-        out.push_str("</table>");
     }
     out.push_str("</section>");
 }

@@ -1,13 +1,15 @@
 //! `tracekit-sched report`: the numbers, tables and charts of a run.
 //!
 //! [`load`] reads the run with tracekit-trace's reader, join and audit;
-//! [`model`] computes the report (pure); [`html`], [`markdown`], [`tables`]
-//! and [`summary`] render it; the files are written all or nothing.
+//! [`model`] computes the report (pure); [`numbers`] lays its numbers out as
+//! tables; [`html`], [`markdown`], [`tables`] (CSV) and [`summary`] render
+//! it; the files are written all or nothing.
 
 pub mod html;
 pub mod load;
 pub mod markdown;
 pub mod model;
+pub mod numbers;
 pub mod summary;
 pub mod tables;
 
