@@ -430,6 +430,7 @@ fn cumulative(mut real_ends: Vec<i64>, mut sim_ends: Vec<i64>) -> CumulativeComp
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compare::opendc_output::replay;
 
     fn real(n: usize) -> Vec<RealTask> {
         (0..n)
@@ -446,27 +447,10 @@ mod tests {
             .collect()
     }
 
-    /// The simulation of `real` with every start and end `shift_ms` later
-    /// and every run `scale` times as long.
-    fn sim(real: &[RealTask], names: bool, shift_ms: i64, scale: f64) -> Vec<SimTask> {
-        real.iter()
-            .map(|r| {
-                let start = r.ts_start - 1_000_000 + shift_ms;
-                SimTask {
-                    id: r.id.unwrap(),
-                    name: names.then(|| r.trace_id.clone()),
-                    submission_ms: r.ts_enqueue - 1_000_000,
-                    schedule_ms: start,
-                    finish_ms: start + ((r.ts_end - r.ts_start) as f64 * scale) as i64,
-                }
-            })
-            .collect()
-    }
-
     #[test]
     fn identical_runs_have_no_error_and_pass() {
         let r = real(300);
-        let j = join(&r, &sim(&r, true, 0, 1.0)).unwrap();
+        let j = join(&r, &replay(&r, true, 0, 1.0)).unwrap();
         assert_eq!(j.key, JoinKey::TaskName);
         let c = compare(&j, Thresholds::default());
         assert_eq!(c.matched, 300);
@@ -482,7 +466,7 @@ mod tests {
     #[test]
     fn a_shift_shows_as_lag_and_makespan_error() {
         let r = real(300);
-        let j = join(&r, &sim(&r, false, 20_000, 1.0)).unwrap();
+        let j = join(&r, &replay(&r, false, 20_000, 1.0)).unwrap();
         assert_eq!(j.key, JoinKey::TaskId);
         let c = compare(&j, Thresholds::default());
         assert_eq!(c.makespan.error_s, 20.0);
@@ -509,7 +493,7 @@ mod tests {
     fn longer_runs_show_as_run_time_error() {
         let r = real(100);
         let c = compare(
-            &join(&r, &sim(&r, true, 0, 1.1)).unwrap(),
+            &join(&r, &replay(&r, true, 0, 1.1)).unwrap(),
             Thresholds::default(),
         );
         assert!((c.run_error.abs_error_pct.p50 - 10.0).abs() < 0.1);
@@ -519,7 +503,7 @@ mod tests {
     #[test]
     fn no_shared_task_is_none() {
         let r = real(3);
-        let mut s = sim(&r, true, 0, 1.0);
+        let mut s = replay(&r, true, 0, 1.0);
         for t in &mut s {
             t.name = Some("other".into());
             t.id += 100;

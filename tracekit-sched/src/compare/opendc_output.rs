@@ -19,6 +19,8 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+use super::model::RealTask;
+
 /// The file name OpenDC gives its task output.
 pub const TASK_FILE: &str = "task.parquet";
 /// The state of a task that ran to its end.
@@ -324,6 +326,27 @@ pub fn write(path: &Path, rows: &[SimRow]) -> Result<()> {
     w.close()
         .with_context(|| format!("closing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+/// The tasks a simulation that reproduced `real` exactly would complete
+/// (time zero at the first submission), with every schedule and finish
+/// `shift_ms` later and every run `scale` times as long; with `names`,
+/// `task_name` holds the trace id, else the export's id alone joins them
+/// (for tests and benchmarks).
+pub fn replay(real: &[RealTask], names: bool, shift_ms: i64, scale: f64) -> Vec<SimTask> {
+    let origin = real.iter().map(|t| t.ts_enqueue).min().unwrap_or(0);
+    real.iter()
+        .filter_map(|t| {
+            let schedule = t.ts_start - origin + shift_ms;
+            Some(SimTask {
+                id: t.id?,
+                name: names.then(|| t.trace_id.clone()),
+                submission_ms: t.ts_enqueue - origin,
+                schedule_ms: schedule,
+                finish_ms: schedule + ((t.ts_end - t.ts_start) as f64 * scale).round() as i64,
+            })
+        })
+        .collect()
 }
 
 /// Rows a simulation would write for a task that completed: one per

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use tracekit_sched::compare::model::RealTask;
-use tracekit_sched::compare::opendc_output::{self, SimTask};
+use tracekit_sched::compare::opendc_output;
 use tracekit_sched::compare::real_tasks;
 use tracekit_trace::TaskIdMode;
 use tracekit_trace::synth::{SynthNode, TruthTask, write_node};
@@ -41,19 +41,10 @@ pub fn synth_run(
 /// `names` puts the trace ids in task_name, else it is empty.
 pub fn opendc_of(run: &Path, out: &Path, names: bool, shift_ms: i64, scale: f64) -> Vec<RealTask> {
     let real = real_tasks(run, TaskIdMode::Auto).unwrap();
-    let origin = real.iter().map(|t| t.ts_enqueue).min().unwrap();
-    let mut rows = Vec::new();
-    for t in &real {
-        let schedule = t.ts_start - origin + shift_ms;
-        let sim = SimTask {
-            id: t.id.unwrap(),
-            name: names.then(|| t.trace_id.clone()),
-            submission_ms: t.ts_enqueue - origin,
-            schedule_ms: schedule,
-            finish_ms: schedule + ((t.ts_end - t.ts_start) as f64 * scale).round() as i64,
-        };
-        rows.extend(opendc_output::rows_of(&sim, 30_000));
-    }
+    let rows: Vec<_> = opendc_output::replay(&real, names, shift_ms, scale)
+        .iter()
+        .flat_map(|t| opendc_output::rows_of(t, 30_000))
+        .collect();
     let dir = out.join("raw-output/0/seed=0");
     std::fs::create_dir_all(&dir).unwrap();
     opendc_output::write(&dir.join(opendc_output::TASK_FILE), &rows).unwrap();

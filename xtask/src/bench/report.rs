@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use tracekit_sched::compare::opendc_output::{self, SimTask};
+use tracekit_sched::compare::opendc_output;
 use tracekit_sched::compare::real_tasks;
 use tracekit_trace::TaskIdMode;
 use tracekit_trace::synth::{SynthNode, write_node};
@@ -80,18 +80,10 @@ fn inputs(dir: &Path, tasks: usize) -> Result<(PathBuf, PathBuf, u64)> {
     }
     let bytes = dir_bytes(&run)?;
     let real = real_tasks(&run, TaskIdMode::Auto)?;
-    let origin = real.iter().map(|t| t.ts_enqueue).min().unwrap_or(0);
-    let mut rows = Vec::new();
-    for t in &real {
-        let sim = SimTask {
-            id: t.id.context("a task without an export id")?,
-            name: Some(t.trace_id.clone()),
-            submission_ms: t.ts_enqueue - origin,
-            schedule_ms: t.ts_start - origin,
-            finish_ms: t.ts_end - origin,
-        };
-        rows.extend(opendc_output::rows_of(&sim, 30_000));
-    }
+    let rows: Vec<_> = opendc_output::replay(&real, true, 0, 1.0)
+        .iter()
+        .flat_map(|t| opendc_output::rows_of(t, 30_000))
+        .collect();
     let sim = dir.join(format!("opendc-{tasks}.parquet"));
     opendc_output::write(&sim, &rows)?;
     Ok((run, sim, bytes))
