@@ -225,11 +225,23 @@ impl Frame {
     }
 }
 
-/// A legend row under the title: a swatch and a name per entry.
+/// A legend row under the title: a swatch and a name per entry, and how
+/// many did not fit.
 fn legend(out: &mut String, entries: &[(String, String)]) {
     let mut x = LEFT;
     out.push_str(r#"<g class="legend">"#);
-    for (name, color) in entries {
+    for (i, (name, color)) in entries.iter().enumerate() {
+        // Text width estimated from its length (no font metrics here).
+        let width = 16.0 + 7.0 * name.chars().count() as f64 + 18.0;
+        // Room is kept for the "+N more" that says what did not fit.
+        if x + width > WIDTH - RIGHT - 70.0 {
+            let _ = write!(
+                out,
+                r#"<text x="{x:.1}" y="37">+{} more</text>"#,
+                entries.len() - i
+            );
+            break;
+        }
         let _ = write!(
             out,
             r#"<rect x="{x:.1}" y="27" width="12" height="12" fill="{}"/><text x="{:.1}" y="37">{}</text>"#,
@@ -237,11 +249,7 @@ fn legend(out: &mut String, entries: &[(String, String)]) {
             x + 16.0,
             esc(name)
         );
-        // Text width estimated from its length (no font metrics here).
-        x += 16.0 + 7.0 * name.chars().count() as f64 + 18.0;
-        if x > WIDTH - 120.0 {
-            break;
-        }
+        x += width;
     }
     out.push_str("</g>");
 }
@@ -441,6 +449,18 @@ mod tests {
         assert_eq!(nice_ticks(0.0, 0.9, 4), vec![0.0, 0.5]);
         assert_eq!(tick_label(0.6000000000000001, 0.2), "0.6");
         assert_eq!(nice_ticks(5.0, 5.0, 4), vec![5.0]);
+    }
+
+    #[test]
+    fn a_long_legend_says_what_did_not_fit() {
+        let entries: Vec<(String, String)> = (0..30)
+            .map(|i| (format!("node-{i:02}"), color(i).to_string()))
+            .collect();
+        let mut out = String::new();
+        legend(&mut out, &entries);
+        let shown = out.matches("<rect").count();
+        assert!(shown > 5 && shown < 30, "{shown}");
+        assert!(out.contains(&format!("+{} more", 30 - shown)), "{out}");
     }
 
     #[test]
