@@ -176,7 +176,12 @@ fn compare_html_draws_both_curves_in_chromium() {
         &browser,
         &out.join("compare.html"),
         "compare",
-        &["chart-cumulative", "chart-throughput", "chart-wait-cdf"],
+        &[
+            "chart-cumulative",
+            "chart-throughput",
+            "chart-wait-cdf",
+            "chart-run-error",
+        ],
         &["#4e79a7", "#f28e2b"],
     );
     assert!(dom.contains("FAIL"));

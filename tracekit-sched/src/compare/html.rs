@@ -176,6 +176,29 @@ pub fn render(c: &Comparison, ctx: &Context) -> String {
         num(c.wait.ks.statistic, 4),
         num(c.wait.ks.p_value, 4)
     );
+    let _ = write!(
+        o,
+        "<figure>{}<figcaption>p50 {} s, p95 {} s, max {} s; |error| p95 {} % of the real run \
+         (at least 1 s).</figcaption></figure>",
+        svg::line_chart(&LineChart {
+            id: "chart-run-error".into(),
+            title: "Per-task run time, simulated − real, cumulative distribution".into(),
+            x_label: "run-time error (s)".into(),
+            y_label: "fraction of tasks".into(),
+            series: vec![series(
+                "simulated − real",
+                2,
+                crate::report::model::cdf(&c.run_errors),
+                true,
+                false
+            )],
+            height: 320.0,
+        }),
+        num(c.run_error.error_s.p50, 3),
+        num(c.run_error.error_s.p95, 3),
+        num(c.run_error.error_s.max, 3),
+        num(c.run_error.abs_error_pct.p95, 2)
+    );
     o.push_str("</section></body></html>\n");
     o
 }

@@ -228,6 +228,9 @@ pub struct Comparison {
     pub real_waits: Vec<f64>,
     #[serde(skip)]
     pub sim_waits: Vec<f64>,
+    /// Sorted per-task run-time errors (sim − real), s, for the CDF chart.
+    #[serde(skip)]
+    pub run_errors: Vec<f64>,
 }
 
 /// Compare the matched tasks of `j`.
@@ -358,6 +361,7 @@ pub fn compare(j: &Joined, th: Thresholds) -> Comparison {
         verdicts,
         real_waits,
         sim_waits,
+        run_errors: errors,
     }
 }
 
