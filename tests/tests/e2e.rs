@@ -61,6 +61,15 @@ fn demo_runs_every_task_once_and_exports_a_valid_trace() {
     eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the demo failed");
     assert!(stdout.contains("Tasks per node:"), "no summary printed");
+    // The demo ends with the report it wrote.
+    let report = dir.join("report/report.html");
+    assert!(
+        stdout
+            .trim_end()
+            .ends_with(&format!("Report: {}", report.display())),
+        "the demo does not end with the report's path"
+    );
+    assert!(report.exists(), "{} not written", report.display());
     assert!(
         stdout.contains("network namespace"),
         "the nodes did not run on simulated hosts"

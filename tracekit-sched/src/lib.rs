@@ -1,11 +1,18 @@
-//! Tracekit's controller: the central scheduler, the dispatcher and status.
-//! The binary (`main.rs`) is a thin clap front end over these modules.
+//! Tracekit's controller: the central scheduler, the dispatcher and status,
+//! and the run's report and its comparison with an OpenDC simulation. The
+//! binary (`main.rs`) is a thin clap front end over these modules.
 
 pub mod central;
+pub mod compare;
 pub mod dispatch;
+pub mod fmt;
 pub mod gather;
 pub mod mix;
+pub mod output;
 pub mod placement;
 pub mod profiles;
 pub mod redis_conn;
+pub mod report;
+pub mod stats;
 pub mod status;
+pub mod svg;

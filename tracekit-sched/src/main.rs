@@ -1,11 +1,11 @@
 //! `tracekit-sched`: the controller's commands.
 
 use clap::{Parser, Subcommand};
-use tracekit_sched::{central, dispatch, gather, status};
+use tracekit_sched::{central, compare, dispatch, gather, report, status};
 use tracing_subscriber::EnvFilter;
 
-/// Tracekit's controller: central scheduler, dispatcher, status, audit and
-/// OpenDC export.
+/// Tracekit's controller: central scheduler, dispatcher, status, audit,
+/// OpenDC export, report, and comparison with a simulation.
 #[derive(Parser, Debug)]
 #[command(name = "tracekit-sched", version)]
 struct Cli {
@@ -29,6 +29,12 @@ enum Command {
     /// Export traces as an OpenDC workload (tasks.parquet, fragments.parquet,
     /// small_datacenter.json).
     ExportOpendc(tracekit_trace::cli::ExportArgs),
+    /// Write a run's report: report.html (charts), report.md, report.json and
+    /// CSV tables (tasks, nodes, profiles, throughput).
+    Report(report::ReportArgs),
+    /// Compare a real run with OpenDC's simulation of it (task.parquet) and
+    /// judge each metric: compare.json, compare.md, compare.html.
+    Compare(compare::CompareArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,10 +46,12 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    // Audit and export are plain file work: no runtime.
+    // Audit, export, report and compare are plain file work: no runtime.
     match &cli.command {
         Command::Audit(a) => return tracekit_trace::cli::run_audit(a).map(|_| ()),
         Command::ExportOpendc(a) => return tracekit_trace::cli::run_export(a),
+        Command::Report(a) => return report::run(a).map(|_| ()),
+        Command::Compare(a) => return compare::run(a).map(|_| ()),
         _ => {}
     }
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -55,7 +63,10 @@ fn main() -> anyhow::Result<()> {
             Command::Dispatch(a) => dispatch::run(a).await,
             Command::Status(a) => status::run(a).await,
             Command::Gather(a) => gather::run(a).await,
-            Command::Audit(_) | Command::ExportOpendc(_) => Ok(()),
+            Command::Audit(_)
+            | Command::ExportOpendc(_)
+            | Command::Report(_)
+            | Command::Compare(_) => Ok(()),
         }
     })
 }

@@ -516,6 +516,41 @@ fn legacy_outputs(node: &NodeDir, report: &mut ExportReport) -> Result<HashMap<S
     Ok(map)
 }
 
+/// A task and the id the export gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskId {
+    /// Index of the task's node in `nodes`.
+    pub node: usize,
+    pub times: TaskTimes,
+    pub id: i32,
+}
+
+/// The ids an export of `nodes` under `mode` writes, with the mode actually
+/// used, so that other tools (`compare`) match OpenDC's task ids to the
+/// traces exactly as the export assigned them.
+pub fn task_ids(nodes: &[NodeDir], mode: TaskIdMode) -> Result<(TaskIdMode, Vec<TaskId>)> {
+    // Ids do not depend on the sizing or on unmeasured tasks (those skipped
+    // keep theirs unused), so the default options give the export's ids.
+    let mut tasks = read_tasks(
+        nodes,
+        &ExportOptions::default(),
+        &mut Names::default(),
+        &mut Shapes::default(),
+        &mut ExportReport::default(),
+    )?;
+    order_tasks(&mut tasks);
+    let used = assign_ids(&mut tasks, mode)?;
+    let ids = tasks
+        .iter()
+        .map(|t| TaskId {
+            node: t.node as usize,
+            times: t.times,
+            id: t.id,
+        })
+        .collect();
+    Ok((used, ids))
+}
+
 /// Task order of both files: by submission, then start, node and pid.
 fn order_tasks(tasks: &mut [Task]) {
     tasks.sort_by_key(|t| {

@@ -44,6 +44,9 @@ pub struct SynthNode {
     pub start_ms: i64,
     pub seed: u64,
     pub events_lost: u64,
+    /// Profile names given to the tasks in turn (the worker records the
+    /// dispatcher's profile); empty = none.
+    pub profiles: Vec<String>,
 }
 
 impl SynthNode {
@@ -67,6 +70,9 @@ impl SynthNode {
             start_ms: 1_760_000_000_000,
             seed: 1,
             events_lost: 0,
+            profiles: ["medium480p", "fast1080p", "hevc1080p", "light1c"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }
@@ -88,6 +94,7 @@ pub struct TruthTask {
     pub samples: usize,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
+    pub profile: Option<String>,
 }
 
 /// splitmix64: small, seedable, good enough for test data.
@@ -264,6 +271,8 @@ pub fn write_node(dir: &Path, cfg: &SynthNode) -> Result<Vec<TruthTask>> {
                         samples: 0,
                         exit_code,
                         signal,
+                        profile: (!cfg.profiles.is_empty())
+                            .then(|| cfg.profiles[i % cfg.profiles.len()].clone()),
                     },
                     last_ts: start,
                     cum_ns: 0,
@@ -346,7 +355,11 @@ fn invocation(t: &TruthTask, cfg: &SynthNode) -> Invocation {
         node: Some(cfg.node.clone()),
         stage: Some("cloud".into()),
         collector: Some(CollectorKind::Ebpf),
-        extra: serde_json::Map::new(),
+        extra: t
+            .profile
+            .iter()
+            .map(|p| ("profile".to_string(), p.clone().into()))
+            .collect(),
     }
 }
 

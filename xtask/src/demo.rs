@@ -3,11 +3,10 @@
 //! free loopback port, worker agents with distinct node ids (each tracing
 //! only its own tasks), the central scheduler with a weigher, the seed's
 //! task mix dispatched in pulses; then everything is stopped cleanly, the
-//! run is audited and exported to OpenDC, and a summary is printed. Exits
-//! non-zero if a task failed or the audit found a problem.
+//! run is audited and exported to OpenDC, and the run's report is written
+//! and its summary printed. Exits non-zero if a task failed or the audit
+//! found a problem.
 
-use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,7 +16,7 @@ use clap::Args;
 use serde_json::{Value, json};
 use tracekit_proto::testing::RedisServer;
 
-use crate::util::{self, median};
+use crate::util;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -249,14 +248,6 @@ fn count_lines(path: &Path) -> usize {
     std::fs::read_to_string(path)
         .map(|s| s.lines().filter(|l| !l.trim().is_empty()).count())
         .unwrap_or(0)
-}
-
-fn read_jsonl(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 pub fn run(args: &DemoArgs) -> Result<()> {
@@ -529,7 +520,6 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         bail!("the OpenDC export failed");
     }
 
-    let failed = summary(&logs, args.nodes, total, &dead, &dir, &opendc, started)?;
     let audit_text = std::fs::read_to_string(dir.join("audit.log")).unwrap_or_default();
     println!(
         "\nAudit ({}):",
@@ -542,6 +532,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     for line in audit_text.lines().take(12) {
         println!("  {line}");
     }
+    let failed = report(&sched_bin, &logs, &dead, &dir, &opendc)?;
     if failed > 0 || !dead.is_empty() {
         bail!("{failed} task(s) failed and {} dead-lettered", dead.len());
     }
@@ -551,163 +542,61 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     Ok(())
 }
 
-/// What the run was asked to do and did not: an eBPF fallback, tasks that
-/// ran without their CPU binding, privileges kept. Empty for a clean run.
-fn not_as_asked(logs: &Path, nodes: u32, invs: &[Value]) -> Vec<String> {
-    let mut lines = Vec::new();
-    for i in 1..=nodes {
-        let meta: Value = std::fs::read_to_string(logs.join(format!("node{i}/node_meta.json")))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or(Value::Null);
-        if let Some(why) = meta["fallback_reason"].as_str() {
-            lines.push(format!(
-                "node{i}: eBPF not used, /proc polling instead ({why})"
-            ));
-        }
-        if let Some(why) = meta["binding_error"].as_str() {
-            lines.push(format!("node{i}: tasks run UNBOUND ({why})"));
-        }
-        if meta["privileges_dropped"] == false {
-            lines.push(format!("node{i}: tasks kept the agent's privileges"));
-        }
-    }
-    let unbound = invs
-        .iter()
-        .filter(|inv| !inv["binding_error"].is_null() || inv["cgroup"].is_null())
-        .count();
-    if unbound > 0 {
-        lines.push(format!(
-            "{unbound} of {} task(s) ran without the CPU binding they asked for",
-            invs.len()
-        ));
-    }
-    lines
-}
-
-/// Print the summary; returns how many tasks failed.
-fn summary(
+/// Where the files are, then the run's report, written and summarised by
+/// `tracekit-sched report` (the summary is the report's own, and the demo
+/// ends with the report's path); returns how many tasks failed.
+fn report(
+    sched_bin: &Path,
     logs: &Path,
-    nodes: u32,
-    total: usize,
     dead: &[tracekit_proto::DeadLetter],
     dir: &Path,
     opendc: &Path,
-    started: Instant,
-) -> Result<usize> {
-    let mut invs = Vec::new();
-    for i in 1..=nodes {
-        invs.extend(read_jsonl(
-            &logs.join(format!("node{i}/CTS/invocations.jsonl")),
-        ));
-    }
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "\n== Tracekit demo: {} of {total} tasks traced in {:.0} s ==",
-        invs.len(),
-        started.elapsed().as_secs_f64()
-    )?;
-    for line in not_as_asked(logs, nodes, &invs) {
-        writeln!(out, "NOT AS ASKED: {line}")?;
-    }
-    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
-    let mut per_profile: BTreeMap<String, (usize, f64, f64)> = BTreeMap::new();
-    let (mut waits, mut runs) = (Vec::new(), Vec::new());
-    let mut failed = 0;
-    for inv in &invs {
-        *per_node
-            .entry(inv["node"].as_str().unwrap_or("?").to_string())
-            .or_default() += 1;
-        let (enq, start, end) = (
-            inv["ts_enqueue"].as_f64().unwrap_or(0.0),
-            inv["ts_start"].as_f64().unwrap_or(0.0),
-            inv["ts_end"].as_f64().unwrap_or(0.0),
-        );
-        waits.push((start - enq) / 1000.0);
-        runs.push((end - start) / 1000.0);
-        let profile = inv["profile"]
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| {
-                format!(
-                    "{} {}",
-                    inv["output"]
-                        .as_str()
-                        .unwrap_or("?")
-                        .split('_')
-                        .nth(1)
-                        .unwrap_or("?"),
-                    inv["cpu_units"]
-                )
-            });
-        let e = per_profile.entry(profile).or_default();
-        e.0 += 1;
-        e.1 += inv["cpu_ms"].as_f64().unwrap_or(0.0) / 1000.0;
-        e.2 += (end - start) / 1000.0;
-        if inv["exit_code"] != 0 {
-            failed += 1;
-        }
-    }
-    writeln!(out, "\nTasks per node:")?;
-    for (n, c) in &per_node {
-        writeln!(out, "  {n:<8} {c}")?;
-    }
-    let max = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
-    writeln!(
-        out,
-        "\nWait (submitted → started): median {:.2} s, max {:.2} s",
-        median(&waits),
-        max(&waits)
-    )?;
-    writeln!(
-        out,
-        "Run  (started → ended):     median {:.2} s, max {:.2} s",
-        median(&runs),
-        max(&runs)
-    )?;
-    writeln!(out, "\nCPU per profile:")?;
-    writeln!(
-        out,
-        "  {:<14} {:>5} {:>10} {:>10} {:>9}",
-        "profile", "tasks", "CPU s", "run s", "cores"
-    )?;
-    for (p, (n, cpu, run)) in &per_profile {
-        writeln!(
-            out,
-            "  {p:<14} {n:>5} {cpu:>10.2} {run:>10.2} {:>9.2}",
-            cpu / run.max(1e-9)
-        )?;
-    }
-    writeln!(
-        out,
-        "\nFailed tasks: {failed}; dead-lettered: {}",
-        dead.len()
-    )?;
+) -> Result<u64> {
+    let dead_file = dir.join("dead_letters.jsonl");
+    let mut lines = String::new();
     for d in dead {
-        writeln!(
-            out,
-            "  dead: {} ({})",
-            d.reason,
-            d.task.chars().take(80).collect::<String>()
-        )?;
+        let line = json!({"task": d.task, "reason": d.reason, "node": d.node, "ts": d.ts});
+        lines.push_str(&format!("{line}\n"));
     }
-    writeln!(out, "\nFiles:")?;
-    writeln!(
-        out,
+    std::fs::write(&dead_file, lines)
+        .with_context(|| format!("writing {}", dead_file.display()))?;
+    let out = dir.join("report");
+    println!("\nFiles:");
+    println!(
+        "  report    {}/ (report.html, report.md, report.json, tasks.csv, …)",
+        out.display()
+    );
+    println!(
         "  traces    {}/<node>/ (gathered through Redis: node_meta.json, CTS/*.jsonl, CTS/audit_report.md, ffmpeg/)",
         logs.display()
-    )?;
-    writeln!(
-        out,
+    );
+    println!(
         "  OpenDC    {}/ (tasks.parquet, fragments.parquet, small_datacenter.json)",
         opendc.display()
-    )?;
-    writeln!(out, "  outputs   {}/outputs/", dir.display())?;
-    writeln!(
-        out,
+    );
+    println!("  outputs   {}/outputs/", dir.display());
+    println!(
         "  logs      {}/*.log (agents, central, dispatch, audit)",
         dir.display()
-    )?;
-    Ok(failed)
+    );
+    println!();
+    let status = Command::new(sched_bin)
+        .args(["report", "--input"])
+        .arg(logs)
+        .arg("--output")
+        .arg(&out)
+        .arg("--dead-letters")
+        .arg(&dead_file)
+        .status()
+        .context("running the report")?;
+    if !status.success() {
+        bail!("the report failed ({status})");
+    }
+    let json: Value = serde_json::from_slice(
+        &std::fs::read(out.join("report.json")).context("reading report.json")?,
+    )
+    .context("parsing report.json")?;
+    json["counts"]["failed"]
+        .as_u64()
+        .context("report.json has no counts.failed")
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask bench …`: each benchmark measures its variants side by side
 //! in one run and prints a comparison table.
 
+pub mod report;
 pub mod tracer;
 
 use anyhow::Result;
@@ -16,6 +17,8 @@ pub enum Which {
     Sched,
     /// OpenDC export time and memory for 1k..100k tasks.
     Export,
+    /// `report` and `compare` on 1k and 10k tasks × 60 samples.
+    Report,
     /// All of them.
     All,
 }
@@ -37,6 +40,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     if matches!(args.which, Which::Export | Which::All) {
         util::cargo(&["bench", "-p", "tracekit-trace", "--bench", "export"])?;
+    }
+    if matches!(args.which, Which::Report | Which::All) {
+        report::run()?;
     }
     Ok(())
 }
