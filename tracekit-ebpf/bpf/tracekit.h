@@ -2,9 +2,10 @@
 /*
  * The kernel/user ABI of Tracekit's tracer, defined once.
  *
- * Included by the eBPF program (tracekit.bpf.c) and mirrored by
- * tracekit-ebpf/src/abi.rs; the test `abi_matches_c` compiles this header with
- * the host compiler and checks every size and offset against the Rust mirror.
+ * Included by the eBPF program (tracekit.bpf.c); the Rust types and
+ * constants are generated from it at build time (bindgen, tracekit-ebpf's
+ * build.rs), and the test `abi_matches_c` checks them against what the host
+ * compiler makes of this header.
  */
 #ifndef TRACEKIT_H
 #define TRACEKIT_H
@@ -79,8 +80,8 @@ struct tk_event {
 	__u64 rss_pages; /* resident pages at exit (TK_EV_EXIT), 0 if unknown */
 	__u32 image;      /* tk_proc.image when emitted */
 	__u32 _pad;
-	char comm[TK_COMM_LEN];
-	char filename[TK_FILENAME_LEN];
+	__u8 comm[TK_COMM_LEN];         /* NUL-terminated */
+	__u8 filename[TK_FILENAME_LEN]; /* NUL-terminated */
 };
 
 /* One sample record, written by the tk_sample program every interval for

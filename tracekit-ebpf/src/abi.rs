@@ -1,51 +1,29 @@
-//! Rust mirror of `bpf/tracekit.h`. Keep both in step: `abi_matches_c` fails
-//! otherwise.
+//! The kernel/user ABI: the constants and `#[repr(C)]` records of
+//! `bpf/tracekit.h`, generated from it at build time (bindgen, see
+//! `build.rs`), under Rust names; the names of the object's maps, programs
+//! and globals; and the decoding of ring-buffer records. `abi_matches_c`
+//! checks the generated layout against the host compiler's.
 
-/// Length of `comm` in the kernel (TASK_COMM_LEN).
-pub const TK_COMM_LEN: usize = 16;
-/// Bytes of the exec filename carried by an event.
-pub const TK_FILENAME_LEN: usize = 128;
-/// Entries of the `comms` filter map.
-pub const TK_MAX_COMMS: u32 = 64;
-/// Entries of the `watched` map: processes sampled at once.
-pub const TK_MAX_WATCHED: u32 = 16384;
+mod generated {
+    #![allow(non_camel_case_types, non_upper_case_globals, clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/abi.rs"));
+}
 
-/// `cfg_scope`: the agent's descendants only.
-pub const TK_SCOPE_WORKER: u32 = 0;
-/// `cfg_scope`: every process on the host.
-pub const TK_SCOPE_HOST: u32 = 1;
+pub use generated::{
+    TK_COMM_LEN, TK_EV_EXEC, TK_EV_EXIT, TK_EV_FORK, TK_EV_SAMPLE, TK_FILENAME_LEN, TK_MAX_COMMS,
+    TK_MAX_THREADS, TK_MAX_WATCHED, TK_PROC_EXITED, TK_PROC_GROUP_DEAD, TK_SCOPE_HOST,
+    TK_SCOPE_WORKER, TK_STAT_MAX, TK_STAT_PROCS_FULL, TK_STAT_RINGBUF_LOST, TK_STAT_SAMPLE_DROPPED,
+    TK_STAT_SAMPLER_MOVED, TK_STAT_SCOPE_FULL, TK_STAT_WALK_CUT,
+};
 
-/// A process in scope called exec.
-pub const TK_EV_EXEC: u32 = 1;
-/// A traced process forked a child process.
-pub const TK_EV_FORK: u32 = 2;
-/// The last thread of a traced process is gone; `cpu_ns` is final.
-pub const TK_EV_EXIT: u32 = 3;
-/// A live process's CPU clock and RSS at a tick ([`TkSample`]).
-pub const TK_EV_SAMPLE: u32 = 4;
-
-/// Threads the sampler walks per process.
-pub const TK_MAX_THREADS: u32 = 512;
-
-/// Every thread called exit: `exit_code` is set.
-pub const TK_PROC_GROUP_DEAD: u32 = 1;
-/// The last thread switched out for good: `cpu_ns` and `exit_ns` are final.
-pub const TK_PROC_EXITED: u32 = 2;
-
-/// Ring buffer full: an event was dropped.
-pub const TK_STAT_RINGBUF_LOST: u32 = 0;
-/// `procs` map full: a process was not traced.
-pub const TK_STAT_PROCS_FULL: u32 = 1;
-/// `scope` map full: a descendant left the scope.
-pub const TK_STAT_SCOPE_FULL: u32 = 2;
-/// A sample walked [`TK_MAX_THREADS`] threads and stopped short.
-pub const TK_STAT_WALK_CUT: u32 = 3;
-/// A sample not taken: the ring buffer was 3/4 full.
-pub const TK_STAT_SAMPLE_DROPPED: u32 = 4;
-/// The sampling CPU stopped firing (offline): another took over.
-pub const TK_STAT_SAMPLER_MOVED: u32 = 5;
-/// Number of counters in `stats`.
-pub const TK_STAT_MAX: u32 = 6;
+/// Per traced process (key: tgid), map `procs` (`struct tk_proc`).
+pub type TkProc = generated::tk_proc;
+/// An exec/fork/exit ring-buffer record (`struct tk_event`).
+pub type TkEvent = generated::tk_event;
+/// A sample ring-buffer record, kind [`TK_EV_SAMPLE`] (`struct tk_sample`).
+pub type TkSample = generated::tk_sample;
+/// Which CPU samples, map `sampler` (`struct tk_sampler`).
+pub type TkSampler = generated::tk_sampler;
 
 /// Names of the maps and programs in the object.
 pub mod names {
@@ -71,69 +49,6 @@ pub mod names {
         ("tk_exit", "sched_process_exit"),
         ("tk_switch", "sched_switch"),
     ];
-}
-
-/// Per traced process (key: tgid), map `procs`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TkProc {
-    /// CPU of its threads that have ended (see `tracekit.h`); the total once
-    /// [`TK_PROC_EXITED`] is set.
-    pub cpu_ns: u64,
-    pub start_ns: u64,
-    pub exit_ns: u64,
-    pub threads: u32,
-    pub ppid: u32,
-    pub exit_code: i32,
-    pub flags: u32,
-    /// Execs since tracing began: which image an event is about.
-    pub image: u32,
-    pub _pad: u32,
-    /// The process's `signal_struct` (kernel address), 0 until known.
-    pub signal: u64,
-    /// Resident pages when the last thread called exit.
-    pub rss_pages: u64,
-}
-
-/// One ring-buffer record.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TkEvent {
-    pub kind: u32,
-    pub pid: u32,
-    pub ppid: u32,
-    pub exit_code: i32,
-    pub ts_ns: u64,
-    pub start_ns: u64,
-    pub cpu_ns: u64,
-    pub rss_pages: u64,
-    pub image: u32,
-    pub _pad: u32,
-    pub comm: [u8; TK_COMM_LEN],
-    pub filename: [u8; TK_FILENAME_LEN],
-}
-
-/// One sample record (`kind` [`TK_EV_SAMPLE`]).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TkSample {
-    pub kind: u32,
-    pub pid: u32,
-    pub ts_ns: u64,
-    /// The process's CPU clock, ns.
-    pub cpu_ns: u64,
-    pub rss_pages: u64,
-}
-
-/// Which CPU samples, map `sampler` (one entry).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TkSampler {
-    /// The CPU that samples.
-    pub cpu: u32,
-    pub _pad: u32,
-    /// Its last firing (`bpf_ktime_get_ns`), 0 before the first.
-    pub last_ns: u64,
 }
 
 /// A ring-buffer record, told apart by its first field.
