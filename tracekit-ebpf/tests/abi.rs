@@ -1,6 +1,8 @@
 //! The kernel/user ABI: every shared struct's size and field offsets in
-//! `bpf/tracekit.h`, as the host C compiler lays them out, must equal the Rust
-//! mirror's. (BPF and x86-64/arm64 share the C layout rules for these types.)
+//! `bpf/tracekit.h`, as the host C compiler lays them out, must equal those
+//! of the Rust types generated from it (bindgen can misread a header; the C
+//! compiler is the reference). BPF and x86-64/arm64 share the C layout rules
+//! for these types.
 
 use std::collections::HashMap;
 use std::mem::{offset_of, size_of};
@@ -180,7 +182,7 @@ fn abi_matches_c() {
     assert_eq!(
         c.len(),
         rust.len(),
-        "the probe and the mirror list different items"
+        "the probe and the Rust side list different items"
     );
     for (name, value) in rust {
         assert_eq!(
