@@ -131,3 +131,25 @@ pub fn wait_for_file(path: &Path, timeout: std::time::Duration) -> Result<()> {
     }
     Ok(())
 }
+
+/// A CPU taken offline for a test, back online when dropped, however the
+/// test ends.
+pub struct Offline(u32);
+
+impl Offline {
+    /// Take `cpu` offline (CPU hotplug); `None` if the machine refuses.
+    pub fn take(cpu: u32) -> Option<Offline> {
+        let path = format!("/sys/devices/system/cpu/cpu{cpu}/online");
+        std::fs::write(&path, "0").ok()?;
+        Some(Offline(cpu))
+    }
+}
+
+impl Drop for Offline {
+    fn drop(&mut self) {
+        let path = format!("/sys/devices/system/cpu/cpu{}/online", self.0);
+        if let Err(e) = std::fs::write(&path, "1") {
+            eprintln!("bringing CPU {} back online: {e}", self.0);
+        }
+    }
+}

@@ -71,7 +71,15 @@ fn main() -> std::process::ExitCode {
     {
         // A short-lived child: no async runtime needed.
         let interval = std::time::Duration::from_millis(*interval_ms);
-        return match tracer::ebpf::load_and_pin(*scope, comms, interval, *sampler_cpu, pin_dir) {
+        return match tracer::ebpf::load_and_pin(
+            &tracer::ebpf::LoadConfig {
+                scope: *scope,
+                comms: comms.clone(),
+                interval,
+                sampler_cpu: *sampler_cpu,
+            },
+            pin_dir,
+        ) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("{e:#}");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tracekit_tests::{
-    epoch_ms, read_json, read_jsonl, require_root, require_tool, test_video, wait_for_file,
+    Offline, epoch_ms, read_json, read_jsonl, require_root, require_tool, test_video, wait_for_file,
 };
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -999,26 +999,6 @@ fn recovers_lost_events_at_once() {
         first - resumed
     );
     assert!(rows.len() >= 10, "{} samples in 2 s", rows.len());
-}
-
-/// Takes a CPU offline and back; online again however the test ends.
-struct Offline(u32);
-
-impl Offline {
-    fn take(cpu: u32) -> Option<Offline> {
-        let path = format!("/sys/devices/system/cpu/cpu{cpu}/online");
-        std::fs::write(&path, "0").ok()?;
-        Some(Offline(cpu))
-    }
-}
-
-impl Drop for Offline {
-    fn drop(&mut self) {
-        let path = format!("/sys/devices/system/cpu/cpu{}/online", self.0);
-        if let Err(e) = std::fs::write(&path, "1") {
-            eprintln!("bringing CPU {} back online: {e}", self.0);
-        }
-    }
 }
 
 #[test]

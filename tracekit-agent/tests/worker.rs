@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tracekit_proto::testing::RedisServer;
 use tracekit_proto::{PlaceOptions, Queue, Snapshot, SubmitTarget};
-use tracekit_tests::{read_jsonl, require_root, require_tool, test_video};
+use tracekit_tests::{Offline, read_jsonl, require_root, require_tool, test_video};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 const AGENT: &str = env!("CARGO_BIN_EXE_tracekit-agent");
@@ -705,18 +705,6 @@ fn refuses_to_run_unbound_unless_allowed() {
     env.assert_books_balanced();
 }
 
-/// Takes a CPU offline; back online however the test ends.
-struct Offline(u32);
-
-impl Drop for Offline {
-    fn drop(&mut self) {
-        let path = format!("/sys/devices/system/cpu/cpu{}/online", self.0);
-        if let Err(e) = std::fs::write(&path, "1") {
-            eprintln!("bringing CPU {} back online: {e}", self.0);
-        }
-    }
-}
-
 #[test]
 fn a_binding_that_fails_fails_the_task_with_its_reason() {
     let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -742,8 +730,7 @@ fn a_binding_that_fails_fails_the_task_with_its_reason() {
     });
     // The agent counted two cores; with one gone, binding a task to both
     // fails (the kernel refuses an offline CPU in a cpuset).
-    std::fs::write(hotplug, "0").expect("taking CPU 1 offline");
-    let online = Offline(1);
+    let online = Offline::take(1).expect("taking CPU 1 offline");
     let task = env.task("short.mp4", 2, |_| {});
     env.submit(&[task]);
     env.wait("the dead letter", Duration::from_secs(60), |e| {

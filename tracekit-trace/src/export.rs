@@ -623,8 +623,6 @@ fn export_node(
     let mut joined: Vec<Vec<Compact>> = vec![Vec::new(); mine.len()];
     let mut peak_rss = vec![0u64; mine.len()];
 
-    let label = node.samples_path();
-    let mut next_pct = 10;
     let mut counts = (0u64, 0u64, 0u64, 0u64); // read, joined, unmatched, incomplete
     let mut seen = Seen::default();
     let stats = node.read_samples(
@@ -663,14 +661,7 @@ fn export_node(
             });
             Ok(())
         },
-        |read, total| {
-            if total > 0 && read * 100 >= total * next_pct {
-                tracing::info!("{}: {}% read", label.display(), read * 100 / total);
-                while read * 100 >= total * next_pct {
-                    next_pct += 10;
-                }
-            }
-        },
+        crate::reader::log_progress(&node.samples_path()),
     )?;
     // rss_kb is optional (the original wrote it only when it had it).
     seen.require(&node.samples_path(), &SampleRecord::FIELDS, &[0, 1, 2, 3])?;

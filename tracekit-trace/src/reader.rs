@@ -289,6 +289,21 @@ impl NodeDir {
     }
 }
 
+/// A progress callback for [`NodeDir::read_samples`] that logs how far the
+/// read of `path` is every 10 %: large runs take a while.
+pub fn log_progress(path: &Path) -> impl FnMut(u64, u64) + use<> {
+    let label = path.display().to_string();
+    let mut next_pct = 10;
+    move |read, total| {
+        if total > 0 && read * 100 >= total * next_pct {
+            tracing::info!("{label}: {}% read", read * 100 / total);
+            while read * 100 >= total * next_pct {
+                next_pct += 10;
+            }
+        }
+    }
+}
+
 /// `nodes.json` is a list; the original sometimes wrote a single object.
 fn read_nodes_json(path: &Path) -> Result<Vec<NodeInfo>> {
     #[derive(serde::Deserialize)]

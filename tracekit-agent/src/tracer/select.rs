@@ -4,7 +4,8 @@
 use anyhow::Result;
 use caps::{CapSet, Capability};
 
-use super::{Collector, Scope, ebpf::EbpfCollector, procfs::ProcfsCollector};
+use super::ebpf::{EbpfCollector, LoadConfig};
+use super::{Collector, Scope, procfs::ProcfsCollector};
 
 /// `--collector`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -40,7 +41,14 @@ pub fn select(
             fallback_reason: None,
         });
     }
-    match preflight().and_then(|()| EbpfCollector::start(scope, comms, interval, sampler_cpu)) {
+    match preflight().and_then(|()| {
+        EbpfCollector::start(&LoadConfig {
+            scope,
+            comms: comms.map(<[String]>::to_vec).unwrap_or_default(),
+            interval,
+            sampler_cpu,
+        })
+    }) {
         Ok(c) => Ok(Selected {
             collector: Collector::Ebpf(Box::new(c)),
             fallback_reason: None,

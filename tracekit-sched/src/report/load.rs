@@ -213,8 +213,6 @@ fn read_node(dir: &NodeDir, tasks: &mut [RunTask]) -> Result<RunNode> {
     let index = TaskIndex::new(tasks.iter().map(|t| (t.pid, t.ts_start, t.ts_end)));
     let mut sampled_cpu = vec![(0u64, 0.0f64, 0u64); tasks.len()];
     let mut samples = Vec::new();
-    let label = dir.samples_path();
-    let mut next_pct = 10;
     dir.read_samples(
         |s, _| {
             let (Some(ts), Some(pid)) = (s.ts_ms, s.pid) else {
@@ -237,15 +235,7 @@ fn read_node(dir: &NodeDir, tasks: &mut [RunTask]) -> Result<RunNode> {
             }
             Ok(())
         },
-        |read, total| {
-            // Large runs take a while: say how far the read is every 10 %.
-            if total > 0 && read * 100 >= total * next_pct {
-                tracing::info!("{}: {}% read", label.display(), read * 100 / total);
-                while read * 100 >= total * next_pct {
-                    next_pct += 10;
-                }
-            }
-        },
+        tracekit_trace::reader::log_progress(&dir.samples_path()),
     )?;
     for (t, (count, cpu, rss)) in tasks.iter_mut().zip(sampled_cpu) {
         if count > 0 {

@@ -26,18 +26,29 @@ pub(super) const PIN_ROOT: &str = "/sys/fs/bpf/tracekit";
 /// bpffs's magic number (statfs f_type).
 pub(super) const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
+/// What the kernel side is loaded with.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    pub scope: Scope,
+    /// Exact comms the kernel lets start tracing (empty: every exec).
+    pub comms: Vec<String>,
+    /// How often the sampler runs.
+    pub interval: std::time::Duration,
+    /// The CPU that samples first (default: the first online CPU).
+    pub sampler_cpu: Option<u32>,
+}
+
 /// The loader, run in a short-lived child process (`tracekit-agent
 /// load-ebpf`): parsing the kernel's BTF for CO-RE takes tens of MB that the
 /// long-running agent should not keep as its peak. It loads, attaches, and
-/// pins every map and link under `pin_dir`; the sampler runs every
-/// `interval`, on `sampler_cpu` (default: the first online CPU).
-pub fn load_and_pin(
-    scope: Scope,
-    comms: &[String],
-    interval: std::time::Duration,
-    sampler_cpu: Option<u32>,
-    pin_dir: &Path,
-) -> Result<()> {
+/// pins every map and link under `pin_dir`.
+pub fn load_and_pin(cfg: &LoadConfig, pin_dir: &Path) -> Result<()> {
+    let LoadConfig {
+        scope,
+        comms,
+        interval,
+        sampler_cpu,
+    } = cfg.clone();
     let btf = Btf::from_sys_fs().context("reading kernel BTF (/sys/kernel/btf/vmlinux)")?;
     let cfg_scope: u32 = match scope {
         Scope::Worker => TK_SCOPE_WORKER,
@@ -208,13 +219,13 @@ pub(super) fn map<'a>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps
 }
 
 /// Run `tracekit-agent load-ebpf` and wait for it.
-pub(super) fn run_loader(
-    scope: Scope,
-    comms: &[String],
-    interval: std::time::Duration,
-    sampler_cpu: Option<u32>,
-    pin_dir: &Path,
-) -> Result<()> {
+pub(super) fn run_loader(cfg: &LoadConfig, pin_dir: &Path) -> Result<()> {
+    let LoadConfig {
+        scope,
+        comms,
+        interval,
+        sampler_cpu,
+    } = cfg;
     let exe = std::env::current_exe().context("locating the agent's executable")?;
     let out = std::process::Command::new(&exe)
         .arg("load-ebpf")

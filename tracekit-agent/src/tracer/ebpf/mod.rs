@@ -9,7 +9,7 @@ mod recover;
 mod sampler;
 mod watched;
 
-pub use loader::{load_and_pin, online_cpus, parse_cpu_list};
+pub use loader::{LoadConfig, load_and_pin, online_cpus, parse_cpu_list};
 pub use sampler::sampler_stalled;
 
 use std::collections::{HashMap, HashSet};
@@ -76,26 +76,15 @@ impl EbpfCollector {
     /// Load and attach the tracer (through the loader process) and open what
     /// it pinned; the pins are removed at once, so everything is released
     /// when the agent exits, however it exits.
-    pub fn start(
-        scope: Scope,
-        comms: Option<&[String]>,
-        interval: std::time::Duration,
-        sampler_cpu: Option<u32>,
-    ) -> Result<Self> {
+    pub fn start(cfg: &LoadConfig) -> Result<Self> {
         mount_bpffs()?;
         remove_stale_pins();
         let pin_dir = PathBuf::from(PIN_ROOT).join(std::process::id().to_string());
         let _ = std::fs::remove_dir_all(&pin_dir);
         std::fs::create_dir_all(&pin_dir)
             .with_context(|| format!("creating {}", pin_dir.display()))?;
-        let opened = run_loader(
-            scope,
-            comms.unwrap_or_default(),
-            interval,
-            sampler_cpu,
-            &pin_dir,
-        )
-        .and_then(|()| Self::open(scope, interval, &pin_dir));
+        let opened =
+            run_loader(cfg, &pin_dir).and_then(|()| Self::open(cfg.scope, cfg.interval, &pin_dir));
         let _ = std::fs::remove_dir_all(&pin_dir);
         opened
     }
