@@ -100,6 +100,21 @@ fn demo_runs_every_task_once_and_exports_a_valid_trace() {
         let samples: Vec<Value> =
             read_jsonl(&node.join("CTS/proc_metrics.jsonl")).expect("samples");
         assert_eq!(meta["cpu_binding"], "shared", "{meta}");
+        // Provenance: which Tracekit, kernel and ffmpeg made the trace.
+        assert!(
+            meta["tracekit"].as_str().is_some_and(|v| v.contains('(')),
+            "{meta}"
+        );
+        assert!(
+            meta["kernel"].as_str().is_some_and(|k| !k.is_empty()),
+            "{meta}"
+        );
+        assert!(
+            meta["ffmpeg"]
+                .as_str()
+                .is_some_and(|f| f.starts_with("ffmpeg version")),
+            "{meta}"
+        );
         assert!(meta["binding_error"].is_null(), "{meta}");
         for inv in &invs {
             assert_eq!(inv["exit_code"], 0, "{inv}");

@@ -7,6 +7,14 @@
 //! collector, the table and the writer, driven by a loop), then the two
 //! loops: [`trace_cmd`] (trace only) and [`worker`].
 
+/// This agent's version and the commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("TRACEKIT_COMMIT"),
+    ")"
+);
+
 pub mod cli;
 pub mod clock;
 pub mod matcher;

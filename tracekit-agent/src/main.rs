@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 /// Without a command it runs the worker: `sudo tracekit-agent --redis URL
 /// --cpu-binding exclusive …`.
 #[derive(Debug, Parser)]
-#[command(version, about, args_conflicts_with_subcommands = true)]
+#[command(version = tracekit_agent::VERSION, about, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

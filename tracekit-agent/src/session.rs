@@ -43,6 +43,9 @@ impl Session {
     ) -> Result<Self> {
         let matcher = Matcher::new(&args.proc_match)?;
         let interval = Duration::from_millis(args.interval_ms);
+        // Before the tracer starts: detecting runs `ffmpeg -version`, which
+        // must not be traced as a process of this node.
+        let mut meta = node::detect(id, freq);
         let selected = select(
             args.collector,
             args.scope,
@@ -50,12 +53,12 @@ impl Session {
             interval,
             args.sampler_cpu,
         )?;
-        let mut meta = node::detect(id, freq);
         meta.collector = Some(selected.collector.kind());
         meta.fallback_reason = selected.fallback_reason;
         meta.interval_ms = Some(args.interval_ms);
         meta.scope = Some(args.scope.to_string());
         meta.proc_match = Some(args.proc_match.clone());
+        meta.tracekit = Some(crate::VERSION.to_string());
         describe(&mut meta);
         let writer = TraceWriter::create(dir, &meta)?;
         let table = ProcessTable::new(

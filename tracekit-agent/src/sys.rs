@@ -147,12 +147,15 @@ pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
 }
 
 /// What the child does between fork and exec to confine itself: join the
-/// cgroups behind `procs`, take `groups`, `gid` and `uid` (which clears
-/// every capability), set no_new_privs, and die with its parent.
+/// cgroups behind `procs`, empty its capability bounding set (so not even a
+/// task run as root gets a capability back at exec), take `groups`, `gid`
+/// and `uid`, set no_new_privs, and die with its parent.
 pub struct Confinement {
     pub procs: Vec<RawFd>,
     /// (uid, gid, supplementary groups); `None` keeps the agent's user.
     pub user: Option<(u32, u32, Vec<libc::gid_t>)>,
+    /// The capabilities in the bounding set now (indexes), to drop.
+    pub bounding: Vec<u8>,
 }
 
 impl Confinement {
@@ -167,6 +170,22 @@ impl Confinement {
                 if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
                     return fail();
                 }
+            }
+            // Before the uid change: dropping needs CAP_SETPCAP.
+            for &cap in &self.bounding {
+                if libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) != 0 {
+                    return fail();
+                }
+            }
+            if libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return fail();
             }
             if let Some((uid, gid, groups)) = &self.user
                 && (libc::setgroups(groups.len(), groups.as_ptr()) != 0

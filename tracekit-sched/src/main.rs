@@ -7,7 +7,7 @@ use tracing_subscriber::EnvFilter;
 /// Tracekit's controller: central scheduler, dispatcher, status, audit,
 /// OpenDC export, report, and comparison with a simulation.
 #[derive(Parser, Debug)]
-#[command(name = "tracekit-sched", version)]
+#[command(name = "tracekit-sched", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("TRACEKIT_COMMIT"), ")"))]
 struct Cli {
     #[command(subcommand)]
     command: Command,

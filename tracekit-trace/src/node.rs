@@ -40,7 +40,23 @@ pub fn detect(id: &NodeIdentity, freq_override: Option<f64>) -> NodeMeta {
         binding_error: None,
         run_as: None,
         privileges_dropped: None,
+        tracekit: None,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .ok()
+            .map(|s| s.trim().to_string()),
+        ffmpeg: ffmpeg_version(),
     }
+}
+
+/// The first line of `ffmpeg -version`, if ffmpeg runs here.
+fn ffmpeg_version() -> Option<String> {
+    let out = std::process::Command::new("ffmpeg")
+        .arg("-version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().next().map(|l| l.trim().to_string())
 }
 
 /// The kernel's host name.

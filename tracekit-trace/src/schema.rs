@@ -88,6 +88,15 @@ pub struct NodeMeta {
     /// root's, `--run-as root`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privileges_dropped: Option<bool>,
+    /// Which Tracekit wrote the trace: version and commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracekit: Option<String>,
+    /// The kernel release (`uname -r`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// The first line of `ffmpeg -version`, when ffmpeg is installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ffmpeg: Option<String>,
 }
 
 /// One entry of `CTS/nodes.json`: frequency rounded to 100 MHz, memory to whole

@@ -165,6 +165,9 @@ pub fn write_node(dir: &Path, cfg: &SynthNode) -> Result<Vec<TruthTask>> {
         binding_error: None,
         run_as: Some("nobody".into()),
         privileges_dropped: Some(true),
+        tracekit: None,
+        kernel: None,
+        ffmpeg: None,
     };
     let mut w = TraceWriter::create(dir, &meta)?;
     let mut rng = Rng(cfg.seed ^ 0x5EED);

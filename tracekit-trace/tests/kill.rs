@@ -34,6 +34,9 @@ fn meta() -> NodeMeta {
         binding_error: None,
         run_as: None,
         privileges_dropped: None,
+        tracekit: None,
+        kernel: None,
+        ffmpeg: None,
     }
 }
 

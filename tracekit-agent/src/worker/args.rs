@@ -45,7 +45,8 @@ pub struct WorkerArgs {
     #[arg(long, default_value = "q:pending")]
     pub pending_key: String,
 
-    /// Capacity units (default: max(1, floor(ratio × logical cores))).
+    /// Capacity units (absent or 0, as in the original: max(1, floor(ratio ×
+    /// logical cores))).
     #[arg(long)]
     pub capacity_units: Option<u32>,
 
@@ -114,9 +115,6 @@ pub fn check(args: &WorkerArgs) -> Result<()> {
             "--allocation-ratio {} is not in (0, 64]",
             args.allocation_ratio
         );
-    }
-    if args.capacity_units == Some(0) {
-        bail!("--capacity-units must be at least 1");
     }
     if args.cpuweight_per_vcpu == 0 || args.cpuweight_per_vcpu > 10_000 {
         bail!(

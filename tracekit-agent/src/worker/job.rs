@@ -49,13 +49,16 @@ impl Worker {
         session: &mut Session,
     ) -> Result<()> {
         self.seq += 1;
+        // Unique within a run: the agent's start time tells its restarts
+        // apart, the counter its tasks (a dispatcher's seq can repeat).
         let trace_id = task.trace_id.clone().unwrap_or_else(|| {
             format!(
-                "{}-{}-{}",
+                "{}-{}-{}-{}",
                 self.node,
                 task.seq
                     .map(|s| s.to_string())
                     .unwrap_or_else(|| "x".into()),
+                self.started_ms,
                 self.seq
             )
         });
@@ -268,7 +271,53 @@ async fn keep_stderr(mut stderr: tokio::process::ChildStderr, path: PathBuf, lim
     if cut > 0 {
         kept.extend_from_slice(format!("\n[tracekit: {cut} more bytes not kept]\n").as_bytes());
     }
-    if let Err(e) = tokio::fs::write(&path, kept).await {
-        tracing::warn!("writing {}: {e}", path.display());
+    if let Err(e) = write_new(&path, &kept) {
+        tracing::warn!("keeping ffmpeg's stderr: {e:#}");
+    }
+}
+
+/// Write `data` to `path`, or, if a file is there already (a task that ran
+/// again under the same trace id), to `<stem>.1.log`, `<stem>.2.log`, …:
+/// a log is never overwritten. Returns where it went.
+fn write_new(path: &Path, data: &[u8]) -> Result<PathBuf> {
+    use std::io::Write;
+    let stem = path.with_extension("");
+    for n in 0u32.. {
+        let candidate = match n {
+            0 => path.to_path_buf(),
+            n => stem.with_extension(format!("{n}.log")),
+        };
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&candidate)
+        {
+            Ok(mut f) => {
+                f.write_all(data)
+                    .with_context(|| format!("writing {}", candidate.display()))?;
+                return Ok(candidate);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", candidate.display())),
+        }
+    }
+    bail!("no free name for {}", path.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_is_never_overwritten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("n1-3-7.log");
+        let first = write_new(&path, b"first").expect("first");
+        let second = write_new(&path, b"second").expect("second");
+        let third = write_new(&path, b"third").expect("third");
+        assert_eq!(first, path);
+        assert_eq!(second, dir.path().join("n1-3-7.1.log"));
+        assert_eq!(third, dir.path().join("n1-3-7.2.log"));
+        assert_eq!(std::fs::read(&path).expect("read"), b"first");
     }
 }

@@ -54,6 +54,8 @@ struct Worker {
     reports: mpsc::UnboundedSender<Report>,
     stderr_dir: PathBuf,
     seq: u64,
+    /// When this agent started (epoch ms), in the trace ids it makes.
+    started_ms: i64,
 }
 
 /// How long a finished ffmpeg waits for its exit record from the tracer
@@ -92,6 +94,7 @@ pub async fn run_until(
         .unwrap_or(1);
     let capacity = args
         .capacity_units
+        .filter(|&units| units > 0)
         .unwrap_or_else(|| ((args.allocation_ratio * cores_total as f64).floor() as u32).max(1));
     if args.cpu_binding == Binding::Exclusive && capacity > cores_total {
         tracing::warn!(
@@ -190,6 +193,7 @@ pub async fn run_until(
         reports: report_tx,
         stderr_dir,
         seq: 0,
+        started_ms: clock::epoch_ms(),
     };
 
     tokio::pin!(stop);

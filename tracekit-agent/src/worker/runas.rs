@@ -79,12 +79,22 @@ pub fn confine(cmd: &mut std::process::Command, procs: &[OwnedFd], user: Option<
     let confinement = Confinement {
         procs: procs.iter().map(|f| f.as_raw_fd()).collect(),
         user: user.map(|u| (u.uid, u.gid, u.groups.clone())),
+        bounding: bounding_caps(),
     };
     // SAFETY: `apply_in_child` makes only async-signal-safe system calls on
     // values prepared here, before the fork.
     unsafe {
         cmd.pre_exec(move || confinement.apply_in_child());
     }
+}
+
+/// The capabilities in this thread's bounding set (the task drops them all).
+pub fn bounding_caps() -> Vec<u8> {
+    caps::all()
+        .into_iter()
+        .filter(|c| caps::has_cap(None, caps::CapSet::Bounding, *c).unwrap_or(false))
+        .map(|c| c.index())
+        .collect()
 }
 
 /// Give `user` the outputs directory (and nothing else): it is created if
@@ -109,5 +119,34 @@ mod tests {
         assert!(root.is_root());
         let e = RunAs::lookup("no-such-user-tracekit").expect_err("missing");
         assert!(format!("{e}").contains("no such user"));
+    }
+
+    /// The capabilities of a confined child, from its /proc status.
+    fn child_caps(user: Option<&RunAs>) -> String {
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.args([
+            "-c",
+            "grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb):' /proc/self/status",
+        ]);
+        confine(&mut cmd, &[], user);
+        let out = cmd.output().expect("running a confined child");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    #[test]
+    fn a_task_has_no_capability_even_as_root() {
+        if !tracekit_tests::require_root("a_task_has_no_capability_even_as_root") {
+            return;
+        }
+        let nobody = RunAs::lookup("nobody").expect("nobody exists");
+        for user in [None, Some(&nobody)] {
+            let caps = child_caps(user);
+            let lines: Vec<&str> = caps.lines().collect();
+            assert_eq!(lines.len(), 5, "{caps}");
+            for line in lines {
+                assert!(line.ends_with("0000000000000000"), "{user:?}: {line}");
+            }
+        }
     }
 }
