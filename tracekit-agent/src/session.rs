@@ -143,7 +143,12 @@ impl Session {
             if threads.is_empty() {
                 continue;
             }
-            c.adopt(&start, &threads)?;
+            // A process may end between the scan and here: then it is not
+            // adopted, and nothing else is lost.
+            if let Err(e) = c.adopt(&start, &threads) {
+                tracing::debug!(pid, "not adopted: {e:#}");
+                continue;
+            }
             self.events.push(Event::Start(start));
             adopted += 1;
         }

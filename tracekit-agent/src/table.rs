@@ -266,15 +266,19 @@ impl ProcessTable {
     }
 
     /// The invocation of a task the tracer never saw (procfs misses short
-    /// ones): times from the worker's own clock, and no CPU figure.
+    /// ones): times from the worker's own clock, and no CPU figure. `task`:
+    /// what the worker annotated it with (its annotation here, if any, is
+    /// dropped).
     pub fn untraced(
         &mut self,
         pid: u32,
+        task: Annotation,
         started_ms: i64,
         exited_ms: i64,
         status: i32,
     ) -> Invocation {
-        let annotation = self.annotations.remove(&pid).unwrap_or_default();
+        self.annotations.remove(&pid);
+        let annotation = task;
         let (exit_code, signal) = decode_status(status);
         Invocation {
             trace_id: annotation.trace_id,

@@ -1047,7 +1047,7 @@ fn sampling_survives_its_cpu_going_offline() {
     let stats: Value = read_json(&dir.join("CTS/tracer_stats.json")).expect("tracer_stats.json");
     eprintln!("{stats}");
     assert!(int(&stats, "sampler_moves") >= 1, "{stats}");
-    assert_eq!(stats["sampler_cpu"], 0, "{stats}");
+    assert_ne!(stats["sampler_cpu"], 1, "{stats}");
     assert_eq!(stats["sampler_stalled"], false, "{stats}");
     let by_pid = samples_by_pid(&dir);
     let rows = &by_pid[&(spin as i64)];
@@ -1060,9 +1060,75 @@ fn sampling_survives_its_cpu_going_offline() {
         .iter()
         .filter(|s| int(s, "ts_ms") > offline_at + 1000)
         .collect();
+    // About two seconds at 100 ms, less a late or skipped timer firing.
     assert!(
-        after.len() >= 20,
+        after.len() >= 15,
         "{} samples after the CPU went offline",
         after.len()
     );
+}
+
+#[test]
+fn forked_and_execd_processes_are_sampled_from_their_first_interval() {
+    let _s = serial();
+    if !ready("forked_and_execd_processes_are_sampled_from_their_first_interval") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let shell = renamed(tmp.path(), "c", "/bin/sh", "tkfork");
+    let agent = Agent::start(
+        tmp.path(),
+        "fork",
+        &[
+            "--scope",
+            "host",
+            "--match",
+            "^tkfork$",
+            "--interval-ms",
+            "100",
+        ],
+    );
+    // An exec'd process (the shell) and its forked child that never execs
+    // (a subshell, spinning): both are traced from their start.
+    let out = Command::new(&shell)
+        .args([
+            "-c",
+            "(i=0; while [ $i -lt 1500000 ]; do i=$((i+1)); done) & echo $!; wait",
+        ])
+        .output()
+        .expect("running the shell");
+    assert!(out.status.success());
+    let child: i64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("the child's pid");
+    let dir = agent.stop();
+    let invs = invocations(&dir);
+    let by_pid = samples_by_pid(&dir);
+    for inv in &invs {
+        let pid = int(inv, "pid");
+        let rows = &by_pid[&pid];
+        let run = int(inv, "ts_end") - int(inv, "ts_start");
+        if run < 300 {
+            continue;
+        }
+        // The first sample comes within one interval (and a late timer) of
+        // the start, and none is missing after it.
+        assert!(
+            int(&rows[0], "dt_ms") <= 150,
+            "pid {pid}: first sample {} ms after its start",
+            int(&rows[0], "dt_ms")
+        );
+        assert!(
+            rows.len() as i64 >= run / 100 - 2,
+            "pid {pid}: {} samples in {run} ms",
+            rows.len()
+        );
+    }
+    let forked = invocation_of(&invs, child as u32);
+    assert!(
+        int(forked, "ts_end") - int(forked, "ts_start") >= 300,
+        "the forked child ran too briefly to judge: {forked}"
+    );
+    check_tiling(&dir);
 }

@@ -187,7 +187,7 @@ impl Drop for Env {
     }
 }
 
-/// ffmpeg processes that are children of `agent`.
+/// Task ffmpeg processes (encoding: `-i`) that are children of `agent`.
 fn ffmpeg_children(agent: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -198,7 +198,10 @@ fn ffmpeg_children(agent: u32) -> Vec<u32> {
             let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
                 return false;
             };
-            let comm_ok = stat.contains("(ffmpeg)");
+            // A task's ffmpeg, not the agent's `ffmpeg -version` probe.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let encoding = cmdline.split(|&b| b == 0).any(|a| a == b"-i");
+            let comm_ok = stat.contains("(ffmpeg)") && encoding;
             let ppid = stat
                 .rsplit(')')
                 .next()

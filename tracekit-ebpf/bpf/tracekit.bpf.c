@@ -388,7 +388,9 @@ int tk_sample(void *ctx)
 			__sync_val_compare_and_swap(&s->last_ns, 0, now);
 			return 0;
 		}
-		if (now - last < cfg_interval_ns * 5 / 2)
+		/* Signed: the elected CPU may write a `last` later than our
+		 * `now` between our two reads. */
+		if ((__s64)(now - last) < (__s64)(cfg_interval_ns * 5 / 2))
 			return 0;
 		if (__sync_val_compare_and_swap(&s->cpu, elected, cpu) != elected)
 			return 0; /* another CPU took over first */

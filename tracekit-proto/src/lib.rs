@@ -25,6 +25,8 @@
 //! | `nodes:alive` | sorted set | *new*: node → last heartbeat (Redis server time, ms). A node is alive while `now − heartbeat < timeout`. A sorted set rather than keys with a TTL because one command lists both the live and the expired nodes; an expired key could not say whose it was. |
 //! | `q:dead` | list | *new*: dead letters, JSON `{"task": <raw task string>, "reason": …, "node": …, "ts": ms}` |
 //! | `q:attempts` | hash | *new*: raw task → failed attempts so far (deleted when the task finishes) |
+//! | `q:last_error` | hash | *new*: raw task → why its last failed attempt failed (the dead letter quotes it; deleted with `q:attempts`) |
+//! | `binding:<node>` | string | *new*: the node's CPU binding as its worker reports it (`shared`, `exclusive`, or `UNBOUND: why`), for `status` |
 //! | `trace:<run>:nodes`, `trace:<run>:<node>` | set, hash | *new*: node trace directories published for `gather` (see [`gather`]) |
 //! | `dispatch:<id>:mark` | int | *new*: highest submission index a dispatcher has pushed (exactly-once submission across retries), expires after a day |
 //!

@@ -386,7 +386,12 @@ fn an_untraced_task_gets_the_worker_clock_and_no_cpu() {
             ts_enqueue: None,
         },
     );
-    let inv = t.untraced(101, 500, 900, 1 << 8);
+    let task = Annotation {
+        trace_id: "run-8".into(),
+        ts_enqueue: None,
+    };
+    let inv = t.untraced(101, task, 500, 900, 1 << 8);
+    assert!(t.annotations.is_empty(), "its annotation is dropped");
     assert_eq!((inv.trace_id.as_str(), inv.ts_enqueue), ("run-8", 500));
     assert_eq!((inv.ts_start, inv.ts_end, inv.cpu_ms), (500, 900, None));
     assert_eq!((inv.exit_code, inv.signal), (Some(1), None));

@@ -85,7 +85,11 @@ impl Worker {
         for (job, grant) in jobs.iter_mut().zip(grants) {
             let Some(g) = &job.group else { continue };
             if let Err(e) = cg.set_quota(g, Some(grant)) {
-                tracing::error!(trace_id = %job.trace_id, "CPU quota not applied: {e:#}");
+                // The task runs on, but its record says it was not bound as
+                // asked (the audit counts it).
+                let why = format!("CPU quota not applied: {e:#}");
+                tracing::error!(trace_id = %job.trace_id, "{why}");
+                job.binding_error.get_or_insert(why);
             }
             match cg.applied(g, job.pid) {
                 Ok(a) => job.applied = Some(a),

@@ -334,6 +334,18 @@ impl Cgroups {
         Ok(())
     }
 
+    /// Remove this node's base groups at a clean stop, if no task group is
+    /// left in them (cgroupfs refuses to remove a group that has children).
+    pub fn remove_base(&self) {
+        for dir in [&self.cpu_base, &self.cpuset_base] {
+            if let Err(e) = std::fs::remove_dir(dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::debug!("keeping {}: {e}", dir.display());
+            }
+        }
+    }
+
     /// Task groups left by an earlier run of this node's agent (after a
     /// crash): their processes must not run on unaccounted.
     pub fn leftovers(&self) -> Vec<TaskGroup> {

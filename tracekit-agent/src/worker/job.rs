@@ -37,6 +37,8 @@ pub struct Job {
     pub(super) bytes_in: u64,
     /// Its binding as read back from its cgroup while it ran.
     pub(super) applied: Option<Applied>,
+    /// Why part of its binding was not applied while it ran.
+    pub(super) binding_error: Option<String>,
 }
 
 impl Worker {
@@ -69,60 +71,20 @@ impl Worker {
             ),
             None => None,
         };
-        let procs = match (&self.cgroups, &group) {
-            (Some(cg), Some(g)) => runas::open_procs_files(&cg.procs_files(g))
-                .context("CPU binding failed: opening the group's cgroup.procs")?,
-            _ => Vec::new(),
-        };
-        let mut cmd = std::process::Command::new(&plan.argv[0]);
-        cmd.args(&plan.argv[1..])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .current_dir(&self.limits.outputs);
-        runas::confine(&mut cmd, &procs, self.user.as_ref());
-        let mut cmd = tokio::process::Command::from(cmd);
-        let mut child = match cmd.spawn() {
-            Ok(child) => child,
+        // Whatever fails from here leaves no group (and no process) behind.
+        let spawned =
+            self.start_in_group(&plan, group.as_ref(), &trace_id, task.ts_enqueue, session);
+        let (mut child, pid, applied) = match spawned {
+            Ok(started) => started,
             Err(e) => {
-                let what = match (&self.cgroups, &group) {
-                    // The child joins its group before exec: a failure there
-                    // is a binding that failed.
-                    (Some(cg), Some(g)) => {
-                        let _ = cg.destroy(g);
-                        format!("CPU binding failed: starting ffmpeg in cgroup {}", g.name)
-                    }
-                    _ => "starting ffmpeg".to_string(),
-                };
-                return Err(anyhow::Error::new(e).context(what));
-            }
-        };
-        drop(procs);
-        let pid = child.id().context("the child has a pid")?;
-        let applied = match (&self.cgroups, &group) {
-            (Some(cg), Some(g)) => match cg.applied(g, pid) {
-                Ok(a) if a.member => Some(a),
-                result => {
-                    let why = match result {
-                        Ok(a) => format!("the task's process is not in {}", a.cgroup),
-                        Err(e) => format!("{e:#}"),
-                    };
-                    let _ = child.start_kill();
+                if let (Some(cg), Some(g)) = (&self.cgroups, &group) {
                     let _ = cg.destroy(g);
-                    bail!("CPU binding failed: {why}");
                 }
-            },
-            _ => None,
+                return Err(e);
+            }
         };
         let started_ms = clock::epoch_ms();
         let bytes_in = std::fs::metadata(&plan.input).map(|m| m.len()).unwrap_or(0);
-        session.table.annotate(
-            pid,
-            Annotation {
-                trace_id: trace_id.clone(),
-                ts_enqueue: task.ts_enqueue,
-            },
-        );
         if let Some(stderr) = child.stderr.take() {
             let path = self
                 .stderr_dir
@@ -153,9 +115,136 @@ impl Worker {
                 invocation: None,
                 bytes_in,
                 applied,
+                binding_error: None,
             },
         );
         self.rebalance();
+        Ok(())
+    }
+
+    /// Start ffmpeg in `group` (it joins before exec) as the run-as user,
+    /// annotated for the tracer at once, and read its binding back.
+    fn start_in_group(
+        &self,
+        plan: &Plan,
+        group: Option<&TaskGroup>,
+        trace_id: &str,
+        ts_enqueue: Option<i64>,
+        session: &mut Session,
+    ) -> Result<(tokio::process::Child, u32, Option<Applied>)> {
+        let procs = match (&self.cgroups, group) {
+            (Some(cg), Some(g)) => runas::open_procs_files(&cg.procs_files(g))
+                .context("CPU binding failed: opening the group's cgroup.procs")?,
+            _ => Vec::new(),
+        };
+        let mut cmd = std::process::Command::new(&plan.argv[0]);
+        cmd.args(&plan.argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .current_dir(&self.limits.outputs);
+        runas::confine(&mut cmd, &procs, self.user.as_ref());
+        let mut child =
+            tokio::process::Command::from(cmd)
+                .spawn()
+                .with_context(|| match group {
+                    // The child joins its group before exec: a failure there is
+                    // a binding that failed.
+                    Some(g) => format!("CPU binding failed: starting ffmpeg in cgroup {}", g.name),
+                    None => "starting ffmpeg".to_string(),
+                })?;
+        drop(procs);
+        let Some(pid) = child.id() else {
+            let _ = child.start_kill();
+            bail!("ffmpeg ended before its pid was known");
+        };
+        // Before anything can fail: the tracer has seen the exec, and a
+        // killed task must not become a line of its own.
+        session.table.annotate(
+            pid,
+            Annotation {
+                trace_id: trace_id.to_string(),
+                ts_enqueue,
+            },
+        );
+        let applied = match (&self.cgroups, group) {
+            (Some(cg), Some(g)) => match cg.applied(g, pid) {
+                Ok(a) if a.member => Some(a),
+                result => {
+                    let why = match result {
+                        Ok(a) => format!("the task's process is not in {}", a.cgroup),
+                        Err(e) => format!("{e:#}"),
+                    };
+                    let _ = child.start_kill();
+                    bail!("CPU binding failed: {why}");
+                }
+            },
+            _ => None,
+        };
+        Ok((child, pid, applied))
+    }
+
+    /// SIGINT/SIGTERM: stop taking tasks; hand back what has not started;
+    /// with --drain let running tasks finish, else stop and hand them back.
+    pub(super) fn stop(
+        &mut self,
+        stop: &tokio::sync::watch::Sender<bool>,
+        session: &mut Session,
+    ) -> Result<()> {
+        let _ = stop.send(true);
+        // Tasks whose ffmpeg has ended are done, whatever their trace: they
+        // are finished and reported, not run again.
+        self.reap()?;
+        let ended: Vec<u32> = self
+            .jobs
+            .values()
+            .filter(|j| j.exited.is_some())
+            .map(|j| j.pid)
+            .collect();
+        if !ended.is_empty() {
+            let done = session.recover_exits(&ended)?;
+            self.on_traced(done);
+            for pid in ended {
+                if let Some(job) = self.jobs.remove(&pid) {
+                    self.finish(job, session)?;
+                }
+            }
+        }
+        for (raw, _, _) in self.waiting.drain(..) {
+            let _ = self.reports.send(Report::Requeue {
+                raw,
+                failed: false,
+                reason: None,
+            });
+        }
+        if self.args.drain {
+            tracing::info!(
+                running = self.jobs.len(),
+                "draining: finishing running tasks"
+            );
+            return Ok(());
+        }
+        let pids: Vec<u32> = self.jobs.keys().copied().collect();
+        for pid in pids {
+            let Some(mut job) = self.jobs.remove(&pid) else {
+                continue;
+            };
+            if let Some(child) = job.child.as_mut() {
+                let _ = child.start_kill();
+            }
+            if let (Some(cg), Some(g)) = (&self.cgroups, &job.group) {
+                let _ = cg.destroy(g);
+            }
+            self.allocator.release(&job.cores);
+            // Its annotation stays: the stopped run gets no invocation line
+            // (the task runs again, and is recorded then).
+            tracing::info!(trace_id = %job.trace_id, "stopped; handed back");
+            let _ = self.reports.send(Report::Requeue {
+                raw: job.raw,
+                failed: false,
+                reason: None,
+            });
+        }
         Ok(())
     }
 
@@ -176,7 +265,10 @@ impl Worker {
             cpu_units: job.plan.units,
             cpuset: cpu_list(&job.cores),
             binding: binding_name(self.args.cpu_binding).to_string(),
-            binding_error: self.binding_note.clone(),
+            binding_error: job
+                .binding_error
+                .clone()
+                .or_else(|| self.binding_note.clone()),
             cgroup: applied.map(|a| a.cgroup.clone()),
             cpus_allowed: applied.map(|a| a.cpus.clone()),
             cpu_weight: applied.and_then(|a| a.weight),
@@ -190,9 +282,13 @@ impl Worker {
             Some(inv) => inv,
             None => {
                 tracing::warn!(trace_id = %job.trace_id, "the tracer did not see this task; times from the worker's clock");
+                let task = Annotation {
+                    trace_id: job.trace_id.clone(),
+                    ts_enqueue: job.task.ts_enqueue,
+                };
                 session
                     .table
-                    .untraced(job.pid, job.started_ms, exited_ms, status.into_raw())
+                    .untraced(job.pid, task, job.started_ms, exited_ms, status.into_raw())
             }
         };
         let mut record = inv.clone();

@@ -68,9 +68,21 @@ const AWAIT_TRACE_TICK: Duration = Duration::from_millis(250);
 
 /// Run the worker until SIGINT or SIGTERM.
 pub async fn run(args: WorkerArgs, tracer: TracerArgs, identity: IdentityArgs) -> Result<i32> {
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let stop = async move {
+    // The handlers are installed when the loop first waits on this: until
+    // then (loading, connecting to Redis, registering) SIGINT and SIGTERM
+    // end the agent at once, as they should.
+    let stop = async {
+        let handlers =
+            signal(SignalKind::interrupt()).and_then(|i| Ok((i, signal(SignalKind::terminate())?)));
+        let (mut sigint, mut sigterm) = match handlers {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(
+                    "installing the SIGINT/SIGTERM handlers: {e}; stop the agent with SIGKILL"
+                );
+                return std::future::pending().await;
+            }
+        };
         tokio::select! {
             _ = sigint.recv() => tracing::info!("SIGINT: stopping"),
             _ = sigterm.recv() => tracing::info!("SIGTERM: stopping"),
@@ -201,7 +213,17 @@ pub async fn run_until(
     // wake-up of an idle agent costs CPU. The tick reaps too, in case.
     let mut sigchld = signal(SignalKind::child()).context("installing SIGCHLD handler")?;
     let mut ticker = session.ticker()?.into_async()?;
-    let mut stopping = false;
+    // Poll the stop signal once before anything else: the handlers it
+    // installs are in place from here on (select! below polls its branches
+    // in random order, so it might not reach it before a signal comes).
+    let mut stopping = tokio::select! {
+        biased;
+        () = &mut stop => true,
+        () = std::future::ready(()) => false,
+    };
+    if stopping {
+        worker.stop(&stop_tx, &mut session)?;
+    }
     let mut intake_open = true;
 
     loop {
@@ -227,11 +249,14 @@ pub async fn run_until(
             }
             () = &mut stop, if !stopping => {
                 stopping = true;
-                worker.stop(&stop_tx)?;
+                worker.stop(&stop_tx, &mut session)?;
             }
         }
         let period = session.tick_every(!worker.jobs.is_empty());
-        ticker.set_period(if worker.awaiting_trace().is_empty() {
+        // Waiting for a task's exit record is the eBPF collector's business
+        // (procfs keeps its interval).
+        let ebpf = session.collector.kind() == tracekit_trace::CollectorKind::Ebpf;
+        ticker.set_period(if !ebpf || worker.awaiting_trace().is_empty() {
             period
         } else {
             period.min(AWAIT_TRACE_TICK)
@@ -247,6 +272,9 @@ pub async fn run_until(
             failed: false,
             reason: None,
         });
+    }
+    if let Some(cg) = &worker.cgroups {
+        cg.remove_base();
     }
     drop(worker);
     let _ = intake_task.await;
@@ -394,48 +422,6 @@ impl Worker {
                 continue;
             };
             self.finish(job, session)?;
-        }
-        Ok(())
-    }
-
-    /// SIGINT/SIGTERM: stop taking tasks; hand back what has not started;
-    /// with --drain let running tasks finish, else stop and hand them back.
-    fn stop(&mut self, stop: &tokio::sync::watch::Sender<bool>) -> Result<()> {
-        let _ = stop.send(true);
-        for (raw, _, _) in self.waiting.drain(..) {
-            let _ = self.reports.send(Report::Requeue {
-                raw,
-                failed: false,
-                reason: None,
-            });
-        }
-        if self.args.drain {
-            tracing::info!(
-                running = self.jobs.len(),
-                "draining: finishing running tasks"
-            );
-            return Ok(());
-        }
-        let pids: Vec<u32> = self.jobs.keys().copied().collect();
-        for pid in pids {
-            let Some(mut job) = self.jobs.remove(&pid) else {
-                continue;
-            };
-            if let Some(child) = job.child.as_mut() {
-                let _ = child.start_kill();
-            }
-            if let (Some(cg), Some(g)) = (&self.cgroups, &job.group) {
-                let _ = cg.destroy(g);
-            }
-            self.allocator.release(&job.cores);
-            // Its annotation stays: the stopped run gets no invocation line
-            // (the task runs again, and is recorded then).
-            tracing::info!(trace_id = %job.trace_id, "stopped; handed back");
-            let _ = self.reports.send(Report::Requeue {
-                raw: job.raw,
-                failed: false,
-                reason: None,
-            });
         }
         Ok(())
     }

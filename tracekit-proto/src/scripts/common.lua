@@ -85,6 +85,7 @@ local function take_back(node, count_attempt)
   if count_attempt then
     for _, raw in ipairs(inflight) do
       redis.call('HINCRBY', ATTEMPTS, raw, 1)
+      redis.call('HSET', LAST_ERROR, raw, 'its node was declared dead while running it')
     end
   end
   redis.call('DEL', 'inflight:' .. node, 'q:' .. node)

@@ -13,6 +13,7 @@ local orphans = redis.call('LRANGE', 'inflight:' .. node, 0, -1)
 local back = {}
 for _, raw in ipairs(orphans) do
   redis.call('HINCRBY', ATTEMPTS, raw, 1)
+  redis.call('HSET', LAST_ERROR, raw, 'its node restarted while running it')
   back[#back + 1] = raw
 end
 redis.call('DEL', 'inflight:' .. node)

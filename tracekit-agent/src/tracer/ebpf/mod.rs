@@ -105,7 +105,11 @@ impl EbpfCollector {
         for entry in
             std::fs::read_dir(pin_dir).with_context(|| format!("listing {}", pin_dir.display()))?
         {
-            let name = entry?.file_name().to_string_lossy().into_owned();
+            let name = entry
+                .with_context(|| format!("listing {}", pin_dir.display()))?
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
             if let Some(prog) = name.strip_prefix("link_")
                 && prog.starts_with(SAMPLER_LINK_PREFIX)
             {
@@ -127,7 +131,8 @@ impl EbpfCollector {
         // The agent's own process roots the worker scope, before anything is
         // spawned, so its children are in scope from their first instruction.
         let mut scope_map: BpfHashMap<MapData, u32, u8> =
-            BpfHashMap::try_from(Map::HashMap(open_map(names::MAP_SCOPE)?))?;
+            BpfHashMap::try_from(Map::HashMap(open_map(names::MAP_SCOPE)?))
+                .with_context(|| format!("map {} is not a HashMap", names::MAP_SCOPE))?;
         if scope == Scope::Worker {
             scope_map
                 .insert(std::process::id(), 1u8, 0)
@@ -140,17 +145,22 @@ impl EbpfCollector {
                 None
             }
         };
-        let events = RingBuf::try_from(Map::RingBuf(open_map(names::MAP_EVENTS)?))?;
+        let events = RingBuf::try_from(Map::RingBuf(open_map(names::MAP_EVENTS)?))
+            .with_context(|| format!("map {} is not a RingBuf", names::MAP_EVENTS))?;
         let mut collector = EbpfCollector {
             links,
             adopt_link: Some(adopt_link),
             readiness: None,
             events,
-            procs: BpfHashMap::try_from(Map::HashMap(open_map(names::MAP_PROCS)?))?,
-            stats: PerCpuArray::try_from(Map::PerCpuArray(open_map(names::MAP_STATS)?))?,
+            procs: BpfHashMap::try_from(Map::HashMap(open_map(names::MAP_PROCS)?))
+                .with_context(|| format!("map {} is not a HashMap", names::MAP_PROCS))?,
+            stats: PerCpuArray::try_from(Map::PerCpuArray(open_map(names::MAP_STATS)?))
+                .with_context(|| format!("map {} is not a PerCpuArray", names::MAP_STATS))?,
             watched: Watched {
-                slots: Array::try_from(Map::Array(open_map(names::MAP_WATCHED)?))?,
-                len: Array::try_from(Map::Array(open_map(names::MAP_WATCHED_LEN)?))?,
+                slots: Array::try_from(Map::Array(open_map(names::MAP_WATCHED)?))
+                    .with_context(|| format!("map {} is not a Array", names::MAP_WATCHED))?,
+                len: Array::try_from(Map::Array(open_map(names::MAP_WATCHED_LEN)?))
+                    .with_context(|| format!("map {} is not a Array", names::MAP_WATCHED_LEN))?,
                 pids: Vec::new(),
                 full_warned: false,
             },
@@ -160,7 +170,8 @@ impl EbpfCollector {
             recovered: 0,
             last_lost: 0,
             sampler: SamplerWatch {
-                map: Array::try_from(Map::Array(open_map(names::MAP_SAMPLER)?))?,
+                map: Array::try_from(Map::Array(open_map(names::MAP_SAMPLER)?))
+                    .with_context(|| format!("map {} is not a Array", names::MAP_SAMPLER))?,
                 interval_ns: interval.as_nanos() as u64,
                 since_ns: crate::clock::monotonic_ns(),
                 cpu: None,
@@ -170,7 +181,7 @@ impl EbpfCollector {
         };
         collector.check_sampler();
         // aya probes the kernel's features on first use (loading throwaway
-        // programs, maps and BTF: ~40 system calls): at start-up, not in the
+        // programs, maps and BTF: dozens of system calls): at start-up, not in the
         // middle of a run at the first stats write.
         collector.stats();
         Ok(collector)
