@@ -5,7 +5,6 @@ pub mod central;
 pub mod dispatch;
 pub mod gather;
 pub mod mix;
-pub mod placement;
 pub mod profiles;
 pub mod redis_conn;
 pub mod status;

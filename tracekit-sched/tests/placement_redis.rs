@@ -1,6 +1,7 @@
 //! Placement decisions of `place.lua` in a real Redis: every weigher × order,
 //! the tie rule, FIFO and head-of-line waiting, slot tokens, and a randomized
-//! comparison with the pure policy in `placement.rs`.
+//! comparison with the pure model of the policy (`tracekit_proto::place_model`),
+//! with the placement index checked against the counters after every call.
 
 mod common;
 
@@ -8,10 +9,10 @@ use std::time::Duration;
 
 use common::*;
 use rand_core::RngCore;
+use tracekit_proto::place_model::{NodeView, choose, dead_reason};
 use tracekit_proto::testing::RedisServer;
 use tracekit_proto::{PlaceEvent, PlaceOptions, PlaceStatus, Queue, Weigher, WeigherOrder};
 use tracekit_sched::mix::{rng, uniform};
-use tracekit_sched::placement::{NodeView, choose, dead_reason};
 
 fn opts(w: Weigher, o: WeigherOrder) -> PlaceOptions {
     PlaceOptions {
@@ -33,17 +34,19 @@ async fn push(q: &Queue, raws: &[String]) {
 /// Sets a node's counters directly (to stage a weigher decision).
 async fn stage(q: &Queue, name: &str, cap: i64, total: i64, rc: i64) {
     q.register(&reg(name, total, 0)).await.expect("register");
-    let mut c = q.conn().manager();
-    let _: () = cmd(&mut c, &["SET", &format!("cap:{name}"), &cap.to_string()]).await;
-    let _: () = cmd(
-        &mut c,
-        &["SET", &format!("run_count:{name}"), &rc.to_string()],
-    )
-    .await;
+    q.stage_counters(name, cap, rc)
+        .await
+        .expect("stage counters");
+}
+
+async fn assert_index_consistent(q: &Queue) {
+    let bad = q.check_index().await.expect("check index");
+    assert!(bad.is_empty(), "placement index: {bad:?}");
 }
 
 async fn placed_on(q: &Queue, o: &PlaceOptions) -> Option<String> {
     let out = q.place(o).await.expect("place");
+    assert_index_consistent(q).await;
     match out.events.as_slice() {
         [PlaceEvent::Placed { node, .. }] => Some(node.clone()),
         [] => None,
@@ -276,12 +279,7 @@ async fn lua_agrees_with_the_pure_policy() {
             };
             let alive = uniform(&mut r, 4) != 0;
             q.register(&reg(name, total, parallel)).await.unwrap();
-            let _: () = cmd(&mut c, &["SET", &format!("cap:{name}"), &cap.to_string()]).await;
-            let _: () = cmd(
-                &mut c,
-                &["SET", &format!("run_count:{name}"), &rc.to_string()],
-            )
-            .await;
+            q.stage_counters(name, cap, rc).await.unwrap();
             let _: i64 = cmd(&mut c, &["LREM", "slots:available", "0", name]).await;
             if !alive {
                 let _: i64 = cmd(&mut c, &["ZADD", "nodes:alive", "1", name]).await;
@@ -330,7 +328,8 @@ async fn lua_agrees_with_the_pure_policy() {
             })
             .await
             .unwrap();
-        let expected_dead = dead_reason(Ok(need), 0, 3, &totals);
+        assert_index_consistent(&q).await;
+        let expected_dead = dead_reason(Ok(need), 0, 3, None, &totals);
         let got = match (out.status, out.events.as_slice()) {
             (_, [PlaceEvent::Placed { node, .. }]) => format!("placed {node}"),
             (_, [PlaceEvent::Dead { reason, .. }]) => format!("dead {reason}"),
