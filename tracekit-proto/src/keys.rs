@@ -19,9 +19,14 @@ pub const LAST_ERROR: &str = "q:last_error";
 /// Placement index: sorted set of the nodes placement may consider (alive and
 /// not found stale), scored by `cap_total`.
 pub const INDEX_LIVE: &str = "idx:live";
-/// Placement index: sorted set of the distinct free capacities (≥ 1) of
-/// indexed nodes without slot tokens (member = score = the capacity).
+/// Placement index: sorted set of free capacities (member = score = the
+/// capacity), a superset of those whose buckets hold a node (placement drops
+/// the empty ones it meets).
 pub const INDEX_CAPS: &str = "idx:caps";
+/// Placement index: set of the bucket families kept up to date ("first",
+/// "inst", "inst_max", "vcpu", "vcpu_max"); a family is built the first time a placement uses its
+/// weigher, so nobody pays for weighers no central uses.
+pub const INDEX_FAMILIES: &str = "idx:families";
 
 /// Fixed key names as the Lua prelude declares them (`local NAME = 'key'`).
 const FIXED: &[(&str, &str)] = &[
@@ -33,6 +38,7 @@ const FIXED: &[(&str, &str)] = &[
     ("LAST_ERROR", LAST_ERROR),
     ("IDX_LIVE", INDEX_LIVE),
     ("IDX_CAPS", INDEX_CAPS),
+    ("IDX_FAMILIES", INDEX_FAMILIES),
 ];
 
 /// Declares each key builder once: a Rust function `name(part) -> String` and
@@ -77,10 +83,15 @@ builders! {
     /// Placement index, `instances` weigher: like [`index_first`], scored
     /// by `run_count`.
     index_instances => "idx:inst:",
+    /// Placement index, `instances` weigher, order max: scored by
+    /// −`run_count` (equal scores still sort by name, as the tie rule wants).
+    index_instances_max => "idx:inst_max:",
     /// Placement index, `vcpu` weigher: like [`index_first`], scored by
     /// `cap_total` (within one free capacity, `cap_total − cap` orders the
     /// nodes as `cap_total` does).
     index_vcpu => "idx:vcpu:",
+    /// Placement index, `vcpu` weigher, order max: scored by −`cap_total`.
+    index_vcpu_max => "idx:vcpu_max:",
 }
 
 /// A dispatcher's submission high-water mark.

@@ -51,21 +51,57 @@ end
 
 -- The placement index (see the data model): IDX_LIVE holds the nodes
 -- placement may consider, scored by cap_total; an indexed node without slot
--- tokens and with free capacity c >= 1 is also in the three buckets of c
--- (key_index_first/instances/vcpu(c), scored 0 / run_count / cap_total), and
--- c is in IDX_CAPS while its buckets are not empty. Every script that changes
--- a node's free capacity, run_count or liveness keeps this up to date, so a
--- placement reads a few bucket heads instead of every node.
+-- tokens and with free capacity c >= 1 is also in bucket c of every active
+-- family (key_index_first/instances/vcpu(_max)(c), see family_score), and c
+-- is in IDX_CAPS. Every script that changes a node's free
+-- capacity, run_count or liveness keeps this up to date, so a placement reads
+-- a few bucket heads instead of every node.
+local FAMILY_KEY = {
+  first = key_index_first,
+  inst = key_index_instances,
+  inst_max = key_index_instances_max,
+  vcpu = key_index_vcpu,
+  vcpu_max = key_index_vcpu_max,
+}
 
--- Take `node` out of the buckets of free capacity `cap`.
+local active_families = nil
+-- The families kept up to date (read once per script call).
+local function families()
+  if not active_families then
+    active_families = {}
+    for _, f in ipairs(redis.call('SMEMBERS', IDX_FAMILIES)) do
+      if FAMILY_KEY[f] then
+        active_families[#active_families + 1] = f
+      end
+    end
+  end
+  return active_families
+end
+
+-- A node's score in family `f`: ascending scores, then names, are the
+-- weigher's order (max orders negate the metric).
+local function family_score(f, total, rc)
+  if f == 'inst' then
+    return rc
+  elseif f == 'inst_max' then
+    return -rc
+  elseif f == 'vcpu' then
+    return total
+  elseif f == 'vcpu_max' then
+    return -total
+  end
+  return 0
+end
+
+-- Capacities this call knows to be in IDX_CAPS (saves re-adding them).
+local caps_known = {}
+
+-- Take `node` out of the buckets of free capacity `cap`. An emptied bucket's
+-- capacity stays in IDX_CAPS until a placement meets it.
 local function unbucket(node, cap)
   if cap >= 1 then
-    local first = key_index_first(cap)
-    redis.call('ZREM', first, node)
-    redis.call('ZREM', key_index_instances(cap), node)
-    redis.call('ZREM', key_index_vcpu(cap), node)
-    if redis.call('ZCARD', first) == 0 then
-      redis.call('ZREM', IDX_CAPS, cap)
+    for _, f in ipairs(families()) do
+      redis.call('ZREM', FAMILY_KEY[f](cap), node)
     end
   end
 end
@@ -73,10 +109,14 @@ end
 -- Put `node` in the buckets of free capacity `cap`.
 local function bucket(node, cap, total, rc)
   if cap >= 1 then
-    redis.call('ZADD', key_index_first(cap), 0, node)
-    redis.call('ZADD', key_index_instances(cap), rc, node)
-    redis.call('ZADD', key_index_vcpu(cap), total, node)
-    redis.call('ZADD', IDX_CAPS, cap, cap)
+    local fams = families()
+    for _, f in ipairs(fams) do
+      redis.call('ZADD', FAMILY_KEY[f](cap), family_score(f, total, rc), node)
+    end
+    if #fams > 0 and not caps_known[cap] then
+      redis.call('ZADD', IDX_CAPS, cap, cap)
+      caps_known[cap] = true
+    end
   end
 end
 

@@ -11,14 +11,16 @@
 -- 'max'; ties to the first name in byte order.
 --
 -- Nodes without slot tokens are found through the placement index (see
--- common.lua): for each distinct free capacity >= need, the head of its
--- bucket in the weigher's order is that capacity's best node, so a
--- placement reads a few bucket heads whatever the number of nodes. Nodes
--- with slot tokens (usually none) are read one by one, as the token window
--- is a list. A bucket head is checked against the node's heartbeat and
--- counters before it is used: a stale node leaves the index (its next
--- heartbeat puts it back), an entry that disagrees with the counters (written
--- by something other than these scripts) is re-filed, and the search repeats.
+-- common.lua): for each free capacity >= need, the head of its bucket in the
+-- weigher's family is that capacity's best node, so a placement reads a few
+-- bucket heads whatever the number of nodes. The family is built (from
+-- every indexed node, once) if no placement used it before. Nodes whose
+-- heartbeat is too old for this call's timeout leave the index first (their
+-- next heartbeat puts them back). A bucket head is checked against the
+-- node's counters before it is used: an entry that disagrees (written by
+-- something other than these scripts) is re-filed and the search repeats.
+-- Nodes with slot tokens (usually none) are read one by one, as the token
+-- window is a list.
 local weigher = ARGV[1]
 local order_max = ARGV[2] == 'max'
 local scan = num(ARGV[3])
@@ -29,41 +31,74 @@ local batch = num(ARGV[6])
 local now = now_ms()
 local since = now - timeout
 
-local function alive(node)
-  local hb = redis.call('ZSCORE', ALIVE, node)
-  return hb ~= false and hb ~= nil and tonumber(hb) > since
+-- Stale nodes leave the index: every indexed node is then alive for this call.
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', ALIVE, '-inf', since)) do
+  if redis.call('ZSCORE', IDX_LIVE, node) then
+    unindex_node(node)
+  end
 end
 
--- The bucket family of the weigher and the metric of a bucket entry (its
--- score in the family, in a bucket of free capacity c).
-local family = key_index_first
+-- The weigher's family of buckets, built if no placement used it before.
+local fam = 'first'
 if weigher == 'instances' then
-  family = key_index_instances
+  fam = order_max and 'inst_max' or 'inst'
 elseif weigher == 'vcpu' then
-  family = key_index_vcpu
+  fam = order_max and 'vcpu_max' or 'vcpu'
 end
-local function metric(score, c, total, rc)
-  if weigher == 'instances' then
-    return rc
-  elseif weigher == 'vcpu' then
-    return total - c
+local family = FAMILY_KEY[fam]
+if redis.call('SISMEMBER', IDX_FAMILIES, fam) == 0 then
+  local nodes = redis.call('ZRANGE', IDX_LIVE, 0, -1)
+  local chunk = 200
+  for s = 1, #nodes, chunk do
+    local keys = {}
+    for i = s, math.min(s + chunk - 1, #nodes) do
+      local node = nodes[i]
+      keys[#keys + 1] = key_cap(node)
+      keys[#keys + 1] = key_cap_total(node)
+      keys[#keys + 1] = key_run_count(node)
+      keys[#keys + 1] = key_parallel(node)
+    end
+    local v = redis.call('MGET', unpack(keys))
+    for i = s, math.min(s + chunk - 1, #nodes) do
+      local o = (i - s) * 4
+      local cap, total, rc, par = num(v[o + 1]), num(v[o + 2]), num(v[o + 3]), num(v[o + 4])
+      if par == 0 and cap >= 1 then
+        redis.call('ZADD', family(cap), family_score(fam, total, rc), nodes[i])
+        redis.call('ZADD', IDX_CAPS, cap, cap)
+      end
+    end
   end
-  return 0
+  redis.call('SADD', IDX_FAMILIES, fam)
+  active_families = nil
 end
--- What the entry's score must be for the node's counters.
-local function want_score(total, rc)
-  if weigher == 'instances' then
-    return rc
-  elseif weigher == 'vcpu' then
-    return total
+
+-- The oriented metric (smaller is better) of a node with free capacity c,
+-- from its score in the family.
+local function metric(score, c)
+  if fam == 'vcpu' then
+    return score - c
+  elseif fam == 'vcpu_max' then
+    return score + c
   end
-  return 0
+  return score
 end
+
+-- Free capacities that may have a bucket (kept locally for this call).
+local caps = {}
+for _, c in ipairs(redis.call('ZRANGE', IDX_CAPS, 0, -1)) do
+  c = tonumber(c)
+  caps[c] = true
+  caps_known[c] = true
+end
+
+-- Counters of nodes this call has already checked or changed (nothing else
+-- writes while the script runs).
+local checked = {}
 
 -- Nodes with slot tokens: read once per call, kept up to date locally.
 local slotted = {}
 for _, node in ipairs(redis.call('SMEMBERS', SLOTTED)) do
-  if alive(node) and redis.call('ZSCORE', IDX_LIVE, node) then
+  if redis.call('ZSCORE', IDX_LIVE, node) then
     local v = redis.call('MGET', key_cap(node), key_cap_total(node), key_run_count(node))
     slotted[#slotted + 1] = { name = node, cap = num(v[1]), total = num(v[2]), rc = num(v[3]) }
   end
@@ -90,86 +125,72 @@ local function better(m, name, best_m, best)
   return best == nil or m < best_m or (m == best_m and name_less(name, best))
 end
 
--- The head of bucket `key` in the weigher's order (ties by name): node, score.
-local function bucket_head(key)
-  if order_max and weigher ~= '' then
-    local top = redis.call('ZREVRANGE', key, 0, 0, 'WITHSCORES')
-    if not top[1] then
-      return nil
-    end
-    local first = redis.call('ZRANGEBYSCORE', key, top[2], top[2], 'LIMIT', 0, 1)
-    return first[1], tonumber(top[2])
-  end
-  local r = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  return r[1], tonumber(r[2])
-end
-
 -- The best indexed node without slot tokens for `units`, checked against
--- its heartbeat and counters: { name, cap, total, rc, m } or nil.
+-- its counters: { name, cap, total, rc, m } or nil.
 local function best_indexed(units)
   while true do
     local best, best_m, best_c, best_s = nil, nil, nil, nil
-    for _, cs in ipairs(redis.call('ZRANGEBYSCORE', IDX_CAPS, units, '+inf')) do
-      local c = tonumber(cs)
-      local node, score = bucket_head(family(c))
-      if node then
-        -- total and rc as the entry claims them; checked below.
-        local m = metric(score, c, score, score)
-        if order_max then
-          m = -m
-        end
-        if better(m, node, best_m, best) then
-          best, best_m, best_c, best_s = node, m, c, score
+    for c, _ in pairs(caps) do
+      if c >= units then
+        local r = redis.call('ZRANGE', family(c), 0, 0, 'WITHSCORES')
+        if r[1] then
+          local score = tonumber(r[2])
+          local m = metric(score, c)
+          if better(m, r[1], best_m, best) then
+            best, best_m, best_c, best_s = r[1], m, c, score
+          end
+        else
+          -- An emptied bucket: its capacity leaves IDX_CAPS.
+          redis.call('ZREM', IDX_CAPS, c)
+          caps[c] = nil
+          caps_known[c] = nil
         end
       end
     end
     if best == nil then
       return nil
     end
-    local v = redis.call('MGET', key_cap(best), key_cap_total(best), key_run_count(best), key_parallel(best))
-    local cap, total, rc, par = num(v[1]), num(v[2]), num(v[3]), num(v[4])
-    if not alive(best) then
-      unbucket(best, best_c)
-      unindex_node(best)
-    elseif cap ~= best_c or par > 0 or want_score(total, rc) ~= best_s then
-      unbucket(best, best_c)
-      unindex_node(best)
-      index_node(best)
-    else
-      return { name = best, cap = cap, total = total, rc = rc, m = best_m }
+    local k = checked[best]
+    if not k then
+      local v = redis.call('MGET', key_cap(best), key_cap_total(best), key_run_count(best), key_parallel(best))
+      k = { cap = num(v[1]), total = num(v[2]), rc = num(v[3]), par = num(v[4]) }
+    end
+    if k.cap == best_c and k.par == 0 and family_score(fam, k.total, k.rc) == best_s then
+      checked[best] = k
+      return { name = best, cap = k.cap, total = k.total, rc = k.rc, m = best_m }
+    end
+    unbucket(best, best_c)
+    unindex_node(best)
+    index_node(best)
+    if k.cap >= 1 then
+      caps[k.cap] = true
     end
   end
 end
 
--- The largest cap_total among live nodes, or nil when none is live (stale
--- nodes met on the way leave the index).
+-- The largest cap_total among live (indexed) nodes, or nil when none is.
 local function largest_live()
-  while true do
-    local r = redis.call('ZREVRANGE', IDX_LIVE, 0, 0, 'WITHSCORES')
-    if not r[1] then
-      return nil
-    end
-    if alive(r[1]) then
-      return tonumber(r[2])
-    end
-    unindex_node(r[1])
-  end
+  local r = redis.call('ZREVRANGE', IDX_LIVE, 0, 0, 'WITHSCORES')
+  return r[1] and tonumber(r[2])
 end
 
-local function dead(raw, reason, out)
+-- The head tasks this call may consume; consumed ones are trimmed at the end.
+local tasks = redis.call('LRANGE', PENDING, 0, batch - 1)
+local consumed = 0
+
+local out = { 'more' }
+local function dead(raw, reason)
   redis.call('RPUSH', DEAD, dead_entry(raw, reason, nil))
-  redis.call('LPOP', PENDING)
   redis.call('HDEL', ATTEMPTS, raw)
   redis.call('HDEL', LAST_ERROR, raw)
+  consumed = consumed + 1
   out[#out + 1] = 'dead'
   out[#out + 1] = reason
   out[#out + 1] = raw
 end
 
-local out = { 'more' }
-local done = 0
-while done < batch do
-  local raw = redis.call('LINDEX', PENDING, 0)
+while consumed < batch do
+  local raw = tasks[consumed + 1]
   if not raw then
     out[1] = 'empty'
     break
@@ -186,38 +207,41 @@ while done < batch do
     end
   end
   if reason then
-    dead(raw, reason, out)
+    dead(raw, reason)
   else
     local choice = best_indexed(units)
     local slot_choice = nil
     if #slotted > 0 then
       local tokens = token_counts()
+      local best_m, best = nil, nil
+      if choice then
+        best_m, best = choice.m, choice.name
+      end
       for i, s in ipairs(slotted) do
         if s.cap >= units and (tokens[s.name] or 0) > 0 then
-          local m = metric(0, s.cap, s.total, s.rc)
+          local m = 0
+          if weigher == 'instances' then
+            m = s.rc
+          elseif weigher == 'vcpu' then
+            m = s.total - s.cap
+          end
           if order_max then
             m = -m
           end
-          local best_m = choice and choice.m
-          local best = choice and choice.name
-          if slot_choice then
-            best_m, best = slot_choice.m, slotted[slot_choice.i].name
-          end
           if better(m, s.name, best_m, best) then
-            slot_choice = { i = i, m = m }
+            slot_choice, best_m, best = i, m, s.name
           end
         end
       end
     end
     if slot_choice then
-      local s = slotted[slot_choice.i]
+      local s = slotted[slot_choice]
       redis.call('RPUSH', key_queue(s.name), raw)
-      redis.call('LPOP', PENDING)
       s.cap = s.cap - units
       s.rc = s.rc + 1
-      redis.call('SET', key_cap(s.name), s.cap)
-      redis.call('SET', key_run_count(s.name), s.rc)
+      redis.call('MSET', key_cap(s.name), s.cap, key_run_count(s.name), s.rc)
       redis.call('LREM', SLOTS, -1, s.name)
+      consumed = consumed + 1
       out[#out + 1] = 'placed'
       out[#out + 1] = s.name
       out[#out + 1] = raw
@@ -225,11 +249,14 @@ while done < batch do
       local node = choice.name
       local cap, rc = choice.cap - units, choice.rc + 1
       redis.call('RPUSH', key_queue(node), raw)
-      redis.call('LPOP', PENDING)
-      redis.call('SET', key_cap(node), cap)
-      redis.call('SET', key_run_count(node), rc)
+      redis.call('MSET', key_cap(node), cap, key_run_count(node), rc)
       unbucket(node, choice.cap)
       bucket(node, cap, choice.total, rc)
+      if cap >= 1 then
+        caps[cap] = true
+      end
+      checked[node] = { cap = cap, total = choice.total, rc = rc, par = 0 }
+      consumed = consumed + 1
       out[#out + 1] = 'placed'
       out[#out + 1] = node
       out[#out + 1] = raw
@@ -240,13 +267,15 @@ while done < batch do
         break
       elseif units > largest then
         -- Fits no live node even when idle: it can never run.
-        dead(raw, 'needs ' .. units .. ' cpu units, the largest live node has ' .. largest, out)
+        dead(raw, 'needs ' .. units .. ' cpu units, the largest live node has ' .. largest)
       else
         out[1] = 'wait'
         break
       end
     end
   end
-  done = done + 1
+end
+if consumed > 0 then
+  redis.call('LTRIM', PENDING, consumed, -1)
 end
 return out
