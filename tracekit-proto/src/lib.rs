@@ -22,8 +22,9 @@
 //! | `nodes:registry` | sorted set | *new*: every node that ever registered, all scores 0 so the set is in byte order of names (the tie order of placement) |
 //! | `nodes:slotted` | set | *new*: nodes with `parallel` > 0 (placement reads it instead of every `parallel:<node>`) |
 //! | `idx:live` | sorted set | *new*, placement index: nodes placement may consider (alive, not found stale), scored by `cap_total` |
-//! | `idx:caps` | sorted set | *new*, placement index: the distinct free capacities ≥ 1 of indexed nodes without slot tokens |
-//! | `idx:first:<c>`, `idx:inst:<c>`, `idx:vcpu:<c>` | sorted sets | *new*, placement index: indexed nodes without slot tokens whose free capacity is `c`, scored 0 / `run_count` / `cap_total` (equal scores sort by name) |
+//! | `idx:caps` | sorted set | *new*, placement index: free capacities (member = score) whose buckets may hold nodes (never misses one; a placement drops the empty ones it meets) |
+//! | `idx:families` | set | *new*, placement index: the bucket families kept up to date; a family is built by the first placement with its weigher and order |
+//! | `idx:first:<c>`, `idx:inst:<c>`, `idx:inst_max:<c>`, `idx:vcpu:<c>`, `idx:vcpu_max:<c>` | sorted sets | *new*, placement index, one bucket per family and free capacity `c`: the indexed nodes without slot tokens whose free capacity is `c`, scored 0 / `run_count` / −`run_count` / `cap_total` / −`cap_total`, so ascending score then name (Redis sorts equal scores by member bytes) is the weigher's order with the tie rule |
 //! | `binding:<node>` | string | *new*: how the node's worker binds tasks to CPUs ("shared", "exclusive", "UNBOUND: why") |
 //! | `take:<token>` | string | *new*: the task a take call returned, kept 60 s so a retried call returns the same task |
 //! | `nodes:alive` | sorted set | *new*: node → last heartbeat (Redis server time, ms). A node is alive while `now − heartbeat < timeout`. A sorted set rather than keys with a TTL because one command lists both the live and the expired nodes; an expired key could not say whose it was. |

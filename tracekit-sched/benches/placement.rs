@@ -9,9 +9,10 @@
 //! blocks) with the frozen pre-index script (`legacy/place_mget.lua`: every
 //! call reads every live node) and with today's `place.lua`, and reports
 //! placements per second (over N tasks or S seconds, whichever comes first),
-//! their ratio, and for today's script Redis commands and Redis time per
-//! placement (INFO commandstats deltas, which count the commands scripts run
-//! too). Variants and configurations are interleaved round by round, so load
+//! their ratio, redis-server's CPU time per placement for both (its threads'
+//! schedstat: steadier than wall-clock rates on a shared machine), and for
+//! today's script Redis commands and Redis time per placement (INFO
+//! commandstats deltas, which count the commands scripts run too). Variants and configurations are interleaved round by round, so load
 //! from other work hits them alike; the median round counts.
 
 use std::time::{Duration, Instant};
@@ -64,6 +65,7 @@ enum Variant {
 
 struct Sample {
     rate: f64,
+    cpu_us: f64,
     cmds: f64,
     server_us: f64,
 }
@@ -186,7 +188,27 @@ async fn legacy_place(
     Ok((v.len().saturating_sub(1) / 3, more))
 }
 
+/// CPU seconds a process has run so far (its threads' schedstat run times).
+fn cpu_s(pid: u32) -> anyhow::Result<f64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut ns = 0u64;
+    for e in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let path = e?.path().join("schedstat");
+        // A thread may exit between listing and reading.
+        if let Ok(s) = std::fs::read_to_string(&path) {
+            ns += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .with_context(|| format!("malformed {}", path.display()))?;
+        }
+    }
+    Ok(ns as f64 / 1e9)
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn measure(
+    redis_pid: u32,
     variant: Variant,
     script: &redis::Script,
     q: &Queue,
@@ -194,6 +216,7 @@ async fn measure(
     opts: &PlaceOptions,
     max: Duration,
 ) -> anyhow::Result<Sample> {
+    let cpu0 = cpu_s(redis_pid)?;
     let start = Instant::now();
     let mut placed = 0usize;
     loop {
@@ -210,10 +233,12 @@ async fn measure(
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_s(redis_pid)? - cpu0;
     let (all, usec) = commandstats(c).await?;
     anyhow::ensure!(placed > 0, "nothing placed");
     Ok(Sample {
         rate: placed as f64 / secs,
+        cpu_us: cpu * 1e6 / placed as f64,
         cmds: all as f64 / placed as f64,
         server_us: usec as f64 / placed as f64,
     })
@@ -267,7 +292,7 @@ async fn run(a: &Args) -> anyhow::Result<()> {
             };
             for v in order {
                 setup(&q, &mut c, nodes, a.tasks).await?;
-                let s = measure(v, &legacy, &q, &mut c, &opts, max).await?;
+                let s = measure(server.pid(), v, &legacy, &q, &mut c, &opts, max).await?;
                 match v {
                     Variant::Before => before[k].push(s),
                     Variant::After => after[k].push(s),
@@ -283,23 +308,28 @@ async fn run(a: &Args) -> anyhow::Result<()> {
         "before = every call reads every live node (pre-index place.lua); after = placement index"
     );
     println!(
-        "{:>5}  {:>5}  {:<9}  {:<5}  {:>14}  {:>14}  {:>6}  {:>10}  {:>14}",
+        "pl/s = placements per second; cpuµs = redis-server CPU µs per placement; cmds/place and script µs/pl (Redis time in the script) are the after variant's"
+    );
+    println!(
+        "{:>5}  {:>5}  {:<9}  {:<5}  {:>12}  {:>12}  {:>6}  {:>12}  {:>12}  {:>10}  {:>13}",
         "nodes",
         "batch",
         "weigher",
         "order",
-        "before plc/s",
-        "after plc/s",
+        "before pl/s",
+        "after pl/s",
         "ratio",
+        "before cpuµs",
+        "after cpuµs",
         "cmds/place",
-        "redis µs/place"
+        "script µs/pl"
     );
     for ((b, f), &(nodes, batch, (_, _, wn, on))) in before.into_iter().zip(after).zip(&configs) {
         let (Some(b), Some(f)) = (median_by_rate(b), median_by_rate(f)) else {
             continue;
         };
         println!(
-            "{:>5}  {:>5}  {:<9}  {:<5}  {:>14.0}  {:>14.0}  {:>6.2}  {:>10.2}  {:>14.1}",
+            "{:>5}  {:>5}  {:<9}  {:<5}  {:>12.0}  {:>12.0}  {:>6.2}  {:>12.1}  {:>12.1}  {:>10.2}  {:>13.1}",
             nodes,
             batch,
             wn,
@@ -307,10 +337,43 @@ async fn run(a: &Args) -> anyhow::Result<()> {
             b.rate,
             f.rate,
             f.rate / b.rate,
+            b.cpu_us,
+            f.cpu_us,
             f.cmds,
             f.server_us
         );
     }
+    housekeeping(&q, &mut c, a.nodes.iter().copied().max().unwrap_or(0)).await
+}
+
+/// What the central and `status` do besides placing, at the largest fleet:
+/// the dead-node check (every `--recover-interval`), one status page, and a
+/// full snapshot (the old `status`), median of 5 each.
+async fn housekeeping(q: &Queue, c: &mut ConnectionManager, nodes: usize) -> anyhow::Result<()> {
+    setup(q, c, nodes, 0).await?;
+    let mut times: [Vec<f64>; 3] = Default::default();
+    for _ in 0..5 {
+        let t = Instant::now();
+        q.recover_dead_nodes(Duration::from_secs(3600)).await?;
+        times[0].push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        q.snapshot_page(Duration::from_secs(3600), 0, Some(100))
+            .await?;
+        times[1].push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        q.snapshot(Duration::from_secs(3600)).await?;
+        times[2].push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    println!(
+        "{nodes} live nodes: dead-node check {:.2} ms, status page of 100 nodes {:.2} ms, every node (status --all) {:.1} ms",
+        med(&mut times[0]),
+        med(&mut times[1]),
+        med(&mut times[2])
+    );
     Ok(())
 }
 

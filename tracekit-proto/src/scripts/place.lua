@@ -91,9 +91,28 @@ for _, c in ipairs(redis.call('ZRANGE', IDX_CAPS, 0, -1)) do
   caps_known[c] = true
 end
 
--- Counters of nodes this call has already checked or changed (nothing else
--- writes while the script runs).
+-- Counters of nodes this call has already checked or changed, and the heads
+-- of the weigher's buckets it has read ({ node, score }, false = empty):
+-- nothing else writes while the script runs, so they stay true until this
+-- call changes them.
 local checked = {}
+local heads = {}
+local function head_of(c)
+  local h = heads[c]
+  if h == nil then
+    local r = redis.call('ZRANGE', family(c), 0, 0, 'WITHSCORES')
+    h = r[1] and { r[1], tonumber(r[2]) } or false
+    heads[c] = h
+  end
+  return h
+end
+-- `node` joined bucket c with `score`: it may be the new head.
+local function joined(c, node, score)
+  local h = heads[c]
+  if h == false or (h and (score < h[2] or (score == h[2] and name_less(node, h[1])))) then
+    heads[c] = { node, score }
+  end
+end
 
 -- Nodes with slot tokens: read once per call, kept up to date locally.
 local slotted = {}
@@ -132,12 +151,11 @@ local function best_indexed(units)
     local best, best_m, best_c, best_s = nil, nil, nil, nil
     for c, _ in pairs(caps) do
       if c >= units then
-        local r = redis.call('ZRANGE', family(c), 0, 0, 'WITHSCORES')
-        if r[1] then
-          local score = tonumber(r[2])
-          local m = metric(score, c)
-          if better(m, r[1], best_m, best) then
-            best, best_m, best_c, best_s = r[1], m, c, score
+        local h = head_of(c)
+        if h then
+          local m = metric(h[2], c)
+          if better(m, h[1], best_m, best) then
+            best, best_m, best_c, best_s = h[1], m, c, h[2]
           end
         else
           -- An emptied bucket: its capacity leaves IDX_CAPS.
@@ -162,6 +180,8 @@ local function best_indexed(units)
     unbucket(best, best_c)
     unindex_node(best)
     index_node(best)
+    heads[best_c] = nil
+    heads[k.cap] = nil
     if k.cap >= 1 then
       caps[k.cap] = true
     end
@@ -252,8 +272,10 @@ while consumed < batch do
       redis.call('MSET', key_cap(node), cap, key_run_count(node), rc)
       unbucket(node, choice.cap)
       bucket(node, cap, choice.total, rc)
+      heads[choice.cap] = nil
       if cap >= 1 then
         caps[cap] = true
+        joined(cap, node, family_score(fam, choice.total, rc))
       end
       checked[node] = { cap = cap, total = choice.total, rc = rc, par = 0 }
       consumed = consumed + 1
