@@ -61,6 +61,11 @@ struct Args {
     /// Dispatcher processes submitting at once (each about one task per ms).
     #[arg(long, default_value_t = 8)]
     dispatchers: u64,
+    /// How long one take call of a simulated agent waits, polling, before it
+    /// starts over (tracekit-agent: 500; the polls back off from 20 ms to
+    /// 250 ms within one call).
+    #[arg(long, default_value_t = 500)]
+    take_wait_ms: u64,
     /// Redis connections the simulated agents share.
     #[arg(long, default_value_t = 8)]
     connections: usize,
@@ -169,14 +174,11 @@ async fn agent(
     shared: Arc<Shared>,
     (lo, hi): (u64, u64),
     seed: u64,
+    wait: Duration,
 ) -> anyhow::Result<()> {
     let mut r = tracekit_sched::mix::rng(seed);
     while !shared.stop.load(Ordering::Relaxed) {
-        match q
-            .take_task_wait(&node, Duration::from_millis(500))
-            .await
-            .context("take")?
-        {
+        match q.take_task_wait(&node, wait).await.context("take")? {
             Take::Task(raw) => {
                 let now = now_ms();
                 let enq = serde_json::from_str::<serde_json::Value>(&raw)
@@ -265,6 +267,7 @@ async fn run_one(a: &Args, nodes: usize, inputs: &Path) -> anyhow::Result<FleetR
             shared.clone(),
             (a.task_ms_min, a.task_ms_max.max(a.task_ms_min)),
             1 + i as u64,
+            Duration::from_millis(a.take_wait_ms),
         )));
         tokio::spawn(heartbeats(q, n.clone(), shared.clone()));
     }
@@ -392,7 +395,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "fleet benchmark: {} tasks (1 unit each) per fleet from {} dispatchers, {} units per node, durations {}–{} ms, {} central(s) ({} weigher, batch {}), simulated agents taking as tracekit-agent does",
+        "fleet benchmark: {} tasks (1 unit each) per fleet from {} dispatchers, {} units per node, durations {}–{} ms, {} central(s) ({} weigher, batch {}), simulated agents taking as tracekit-agent does (take_task_wait {} ms)",
         a.tasks,
         a.dispatchers,
         a.capacity,
@@ -404,7 +407,8 @@ fn main() -> anyhow::Result<()> {
         } else {
             &a.weigher
         },
-        a.batch
+        a.batch,
+        a.take_wait_ms
     );
     let cols: [(&str, Cell); 10] = [
         ("submitted/s", |r| format!("{:.0}", r.submitted_per_s)),

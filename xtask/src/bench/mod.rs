@@ -49,6 +49,10 @@ pub struct FleetBenchArgs {
     /// The centrals' weigher ("" = first fit, instances, vcpu).
     #[arg(long, default_value = "instances")]
     pub weigher: String,
+    /// How long a simulated agent's take call polls before starting over
+    /// (tracekit-agent: 500 ms).
+    #[arg(long, default_value_t = 500)]
+    pub take_wait_ms: u64,
     /// Print one JSON object per fleet size instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -65,6 +69,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let f = &args.fleet;
         let (tasks, centrals) = (f.tasks.to_string(), f.centrals.to_string());
         let weigher = format!("--weigher={}", f.weigher);
+        let wait = f.take_wait_ms.to_string();
         let mut a = vec![
             "bench",
             "-p",
@@ -79,6 +84,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "--centrals",
             &centrals,
             &weigher,
+            "--take-wait-ms",
+            &wait,
         ];
         if f.json {
             a.push("--json");
