@@ -198,6 +198,28 @@ end
 local tasks = redis.call('LRANGE', PENDING, 0, batch - 1)
 local consumed = 0
 
+-- Placed tasks per node (in placement order) and the nodes' new counters,
+-- written at the end of the call in one command per node queue and one MSET:
+-- this call reads them from `checked` and `slotted`, and no other script
+-- runs before it ends.
+local queued, queued_order = {}, {}
+local function enqueue(node, raw)
+  local q = queued[node]
+  if not q then
+    q = {}
+    queued[node] = q
+    queued_order[#queued_order + 1] = node
+  end
+  q[#q + 1] = raw
+end
+local counters, counters_order = {}, {}
+local function set_counters(node, cap, rc)
+  if not counters[node] then
+    counters_order[#counters_order + 1] = node
+  end
+  counters[node] = { cap, rc }
+end
+
 local out = { 'more' }
 local function dead(raw, reason)
   redis.call('RPUSH', DEAD, dead_entry(raw, reason, nil))
@@ -256,10 +278,10 @@ while consumed < batch do
     end
     if slot_choice then
       local s = slotted[slot_choice]
-      redis.call('RPUSH', key_queue(s.name), raw)
+      enqueue(s.name, raw)
       s.cap = s.cap - units
       s.rc = s.rc + 1
-      redis.call('MSET', key_cap(s.name), s.cap, key_run_count(s.name), s.rc)
+      set_counters(s.name, s.cap, s.rc)
       redis.call('LREM', SLOTS, -1, s.name)
       consumed = consumed + 1
       out[#out + 1] = 'placed'
@@ -268,8 +290,8 @@ while consumed < batch do
     elseif choice then
       local node = choice.name
       local cap, rc = choice.cap - units, choice.rc + 1
-      redis.call('RPUSH', key_queue(node), raw)
-      redis.call('MSET', key_cap(node), cap, key_run_count(node), rc)
+      enqueue(node, raw)
+      set_counters(node, cap, rc)
       unbucket(node, choice.cap)
       bucket(node, cap, choice.total, rc)
       heads[choice.cap] = nil
@@ -296,6 +318,23 @@ while consumed < batch do
       end
     end
   end
+end
+for _, node in ipairs(queued_order) do
+  local q = queued[node]
+  for s = 1, #q, 1000 do
+    redis.call('RPUSH', key_queue(node), unpack(q, s, math.min(s + 999, #q)))
+  end
+end
+for s = 1, #counters_order, 500 do
+  local args = {}
+  for i = s, math.min(s + 499, #counters_order) do
+    local node = counters_order[i]
+    args[#args + 1] = key_cap(node)
+    args[#args + 1] = counters[node][1]
+    args[#args + 1] = key_run_count(node)
+    args[#args + 1] = counters[node][2]
+  end
+  redis.call('MSET', unpack(args))
 end
 if consumed > 0 then
   redis.call('LTRIM', PENDING, consumed, -1)
