@@ -434,3 +434,23 @@ async fn lua_agrees_with_the_pure_policy() {
     }
     assert!(decisions >= 300);
 }
+
+/// Counters written by something other than the scripts (an operator, an
+/// older binary) never make placement overcommit: the chosen node's counters
+/// are checked, and a disagreeing index entry is re-filed.
+#[tokio::test]
+async fn an_index_entry_that_disagrees_with_the_counters_is_refiled() {
+    let s = RedisServer::start().expect("redis");
+    let q = queue(&s).await;
+    q.register(&reg("a", 4, 0)).await.unwrap();
+    q.register(&reg("b", 4, 0)).await.unwrap();
+    let o = opts(Weigher::None, WeigherOrder::Min);
+    // Builds the first-fit family while the counters agree.
+    assert_eq!(q.place(&o).await.unwrap().status, PlaceStatus::Empty);
+    let mut c = q.conn().manager();
+    let _: () = cmd(&mut c, &["SET", &tracekit_proto::keys::cap("a"), "1"]).await;
+    push(&q, &[task("t", 2)]).await;
+    // a is first by name and indexed with 4 free, but really has 1.
+    assert_eq!(placed_on(&q, &o).await.as_deref(), Some("b"));
+    assert_eq!(get_i64(&mut c, &tracekit_proto::keys::cap("a")).await, 1);
+}
