@@ -59,11 +59,13 @@
 //! name. The best node for a head task needing `u` units is the best of the
 //! bucket heads of the capacities ≥ `u` (`idx:caps`), so a placement costs
 //! O(D log K) for K nodes and D distinct free capacities (D is at most the
-//! largest node's capacity, whatever the size of the fleet). The chosen
-//! head is checked against the node's heartbeat (a stale node leaves the
-//! index until its next heartbeat) and counters (an entry written by
-//! anything else is re-filed). Nodes with slot tokens are few and read one by
-//! one. One round trip per call, and a call may place a batch of tasks; the
+//! largest node's capacity, whatever the size of the fleet). Each call first
+//! takes the nodes whose heartbeat is too old for its timeout out of the
+//! index (their next heartbeat puts them back), and checks the chosen head
+//! against the node's counters (an entry written by anything else is
+//! re-filed, so placement never overcommits). Nodes with slot tokens are few
+//! and read one by one. The index needs every script that changes counters
+//! to keep it: programs of a version without it must not share the Redis. One round trip per call, and a call may place a batch of tasks; the
 //! pure model of the policy is [`place_model`] (feature `testing`).
 //!
 //! Key names are defined once, in [`keys`]; the scripts get them from a Lua
