@@ -1,15 +1,136 @@
 //! Redis key names (the data model is documented in the crate root).
+//!
+//! This table is the only place a key name is written. The Lua scripts get
+//! the same names from [`lua_prelude`], generated from it and prepended to
+//! every script, so Rust and Lua cannot drift apart.
 
 /// Sorted set of every registered node (scores 0: byte order of names).
 pub const REGISTRY: &str = "nodes:registry";
 /// Sorted set node → last heartbeat (ms, Redis server time).
 pub const ALIVE: &str = "nodes:alive";
+/// Set of nodes that use slot tokens (`parallel` > 0).
+pub const SLOTTED: &str = "nodes:slotted";
 /// Dead-letter list.
 pub const DEAD: &str = "q:dead";
 /// Hash raw task → failed attempts.
 pub const ATTEMPTS: &str = "q:attempts";
 /// Hash raw task → why its last failed attempt failed.
 pub const LAST_ERROR: &str = "q:last_error";
+/// Placement index: sorted set of the nodes placement may consider (alive and
+/// not found stale), scored by `cap_total`.
+pub const INDEX_LIVE: &str = "idx:live";
+/// Placement index: sorted set of free capacities (member = score = the
+/// capacity), a superset of those whose buckets hold a node (placement drops
+/// the empty ones it meets).
+pub const INDEX_CAPS: &str = "idx:caps";
+/// Placement index: set of the bucket families kept up to date ("first",
+/// "inst", "inst_max", "vcpu", "vcpu_max"); a family is built the first time a placement uses its
+/// weigher, so nobody pays for weighers no central uses.
+pub const INDEX_FAMILIES: &str = "idx:families";
+
+/// Fixed key names as the Lua prelude declares them (`local NAME = 'key'`).
+const FIXED: &[(&str, &str)] = &[
+    ("REGISTRY", REGISTRY),
+    ("ALIVE", ALIVE),
+    ("SLOTTED", SLOTTED),
+    ("DEAD", DEAD),
+    ("ATTEMPTS", ATTEMPTS),
+    ("LAST_ERROR", LAST_ERROR),
+    ("IDX_LIVE", INDEX_LIVE),
+    ("IDX_CAPS", INDEX_CAPS),
+    ("IDX_FAMILIES", INDEX_FAMILIES),
+];
+
+/// Declares each key builder once: a Rust function `name(part) -> String` and
+/// the Lua function `key_name(part)` of the prelude, both `prefix .. part`.
+macro_rules! builders {
+    ($( $(#[$doc:meta])* $name:ident => $prefix:literal, )*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(part: &str) -> String {
+                format!(concat!($prefix, "{}"), part)
+            }
+        )*
+        const BUILDERS: &[(&str, &str)] = &[$((stringify!($name), $prefix)),*];
+    };
+}
+
+builders! {
+    /// Queue of tasks placed on `node`.
+    queue => "q:",
+    /// Tasks `node`'s worker has taken and not finished.
+    inflight => "inflight:",
+    /// Free capacity units of `node`.
+    cap => "cap:",
+    /// Total capacity units of `node`.
+    cap_total => "cap_total:",
+    /// Logical cores of `node`.
+    phys => "phys:",
+    /// Allocation ratio of `node`.
+    ratio => "ratio:",
+    /// Tasks placed on `node` and not finished.
+    run_count => "run_count:",
+    /// Slots of `node` (0 = capacity only).
+    parallel => "parallel:",
+    /// How `node`'s worker binds tasks to CPUs ("shared", "exclusive", or
+    /// "UNBOUND: why"), set by the worker at registration.
+    binding => "binding:",
+    /// The answer a take call gave, under the call's token.
+    take_memo => "take:",
+    /// Placement index, first fit: indexed nodes without slot tokens whose
+    /// free capacity is the suffix, all scores 0 (byte order of names).
+    index_first => "idx:first:",
+    /// Placement index, `instances` weigher: like [`index_first`], scored
+    /// by `run_count`.
+    index_instances => "idx:inst:",
+    /// Placement index, `instances` weigher, order max: scored by
+    /// −`run_count` (equal scores still sort by name, as the tie rule wants).
+    index_instances_max => "idx:inst_max:",
+    /// Placement index, `vcpu` weigher: like [`index_first`], scored by
+    /// `cap_total` (within one free capacity, `cap_total − cap` orders the
+    /// nodes as `cap_total` does).
+    index_vcpu => "idx:vcpu:",
+    /// Placement index, `vcpu` weigher, order max: scored by −`cap_total`.
+    index_vcpu_max => "idx:vcpu_max:",
+}
+
+/// A dispatcher's submission high-water mark.
+pub fn dispatch_mark(dispatcher_id: &str) -> String {
+    format!("dispatch:{dispatcher_id}:mark")
+}
+
+/// Lua source declaring every key of this table: `local NAME = 'key'` for the
+/// fixed keys and `local function key_<builder>(part)` for the per-node
+/// ones. Prepended to every script (see `scripts.rs`); also usable by tests
+/// that inspect Redis with their own Lua.
+pub fn lua_prelude() -> String {
+    let mut out = String::from("-- Generated from tracekit-proto/src/keys.rs: the key table.\n");
+    for (name, key) in FIXED {
+        out.push_str(&format!("local {name} = {}\n", lua_string(key)));
+    }
+    for (name, prefix) in BUILDERS {
+        out.push_str(&format!(
+            "local function key_{name}(part) return {} .. part end\n",
+            lua_string(prefix)
+        ));
+    }
+    out
+}
+
+/// A Lua string literal (the key names are plain ASCII; quotes and
+/// backslashes are escaped all the same).
+fn lua_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        if c == '\'' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
 
 /// The two list names the original made configurable (`--pending`, `--slots`);
 /// everything else is fixed.
@@ -30,48 +151,6 @@ impl Default for Keys {
     }
 }
 
-/// Queue of tasks placed on `node`.
-pub fn queue(node: &str) -> String {
-    format!("q:{node}")
-}
-/// Tasks `node`'s worker has taken and not finished.
-pub fn inflight(node: &str) -> String {
-    format!("inflight:{node}")
-}
-/// Free capacity units of `node`.
-pub fn cap(node: &str) -> String {
-    format!("cap:{node}")
-}
-/// Total capacity units of `node`.
-pub fn cap_total(node: &str) -> String {
-    format!("cap_total:{node}")
-}
-/// Logical cores of `node`.
-pub fn phys(node: &str) -> String {
-    format!("phys:{node}")
-}
-/// Allocation ratio of `node`.
-pub fn ratio(node: &str) -> String {
-    format!("ratio:{node}")
-}
-/// Tasks placed on `node` and not finished.
-pub fn run_count(node: &str) -> String {
-    format!("run_count:{node}")
-}
-/// Slots of `node` (0 = capacity only).
-pub fn parallel(node: &str) -> String {
-    format!("parallel:{node}")
-}
-/// How `node`'s worker binds tasks to CPUs ("shared", "exclusive", or
-/// "UNBOUND: why"), set by the worker at registration.
-pub fn binding(node: &str) -> String {
-    format!("binding:{node}")
-}
-/// A dispatcher's submission high-water mark.
-pub fn dispatch_mark(dispatcher_id: &str) -> String {
-    format!("dispatch:{dispatcher_id}:mark")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +167,36 @@ mod tests {
         assert_eq!(ratio("n1"), "ratio:n1");
         assert_eq!(run_count("n1"), "run_count:n1");
         assert_eq!(inflight("n1"), "inflight:n1");
+    }
+
+    #[test]
+    fn the_prelude_declares_every_key_of_the_table() {
+        let p = lua_prelude();
+        assert!(p.contains("local ALIVE = 'nodes:alive'\n"));
+        assert!(p.contains("local function key_queue(part) return 'q:' .. part end\n"));
+        assert!(p.contains("local function key_index_vcpu(part) return 'idx:vcpu:' .. part end\n"));
+        for (name, _) in FIXED {
+            assert!(p.contains(&format!("local {name} = ")), "{name}");
+        }
+        for (name, _) in BUILDERS {
+            assert!(p.contains(&format!("local function key_{name}(")), "{name}");
+        }
+        assert_eq!(lua_string(r"a'b\c"), r"'a\'b\\c'");
+    }
+
+    /// No script writes a key name itself: every name comes from the prelude.
+    #[test]
+    fn scripts_use_no_raw_key_names() {
+        let mut prefixes: Vec<&str> = BUILDERS.iter().map(|(_, p)| *p).collect();
+        prefixes.extend(FIXED.iter().map(|(_, k)| *k));
+        prefixes.extend(["slots:", "q:pending", "dispatch:"]);
+        for (file, src) in crate::scripts::SOURCES {
+            for p in &prefixes {
+                for quote in ['\'', '"'] {
+                    let raw = format!("{quote}{p}");
+                    assert!(!src.contains(&raw), "{file} writes the key {raw}… itself");
+                }
+            }
+        }
     }
 }

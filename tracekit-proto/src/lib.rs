@@ -21,6 +21,11 @@
 //! | `slots:available` | list | slot tokens (value = node id), one per free slot (name configurable: [`Keys::slots`]) |
 //! | `nodes:registry` | sorted set | *new*: every node that ever registered, all scores 0 so the set is in byte order of names (the tie order of placement) |
 //! | `nodes:slotted` | set | *new*: nodes with `parallel` > 0 (placement reads it instead of every `parallel:<node>`) |
+//! | `idx:live` | sorted set | *new*, placement index: nodes placement may consider (alive, not found stale), scored by `cap_total` |
+//! | `idx:caps` | sorted set | *new*, placement index: free capacities (member = score) whose buckets may hold nodes (never misses one; a placement drops the empty ones it meets) |
+//! | `idx:families` | set | *new*, placement index: the bucket families kept up to date; a family is built by the first placement with its weigher and order |
+//! | `idx:first:<c>`, `idx:inst:<c>`, `idx:inst_max:<c>`, `idx:vcpu:<c>`, `idx:vcpu_max:<c>` | sorted sets | *new*, placement index, one bucket per family and free capacity `c`: the indexed nodes without slot tokens whose free capacity is `c`, scored 0 / `run_count` / −`run_count` / `cap_total` / −`cap_total`, so ascending score then name (Redis sorts equal scores by member bytes) is the weigher's order with the tie rule |
+//! | `binding:<node>` | string | *new*: how the node's worker binds tasks to CPUs ("shared", "exclusive", "UNBOUND: why") |
 //! | `take:<token>` | string | *new*: the task a take call returned, kept 60 s so a retried call returns the same task |
 //! | `nodes:alive` | sorted set | *new*: node → last heartbeat (Redis server time, ms). A node is alive while `now − heartbeat < timeout`. A sorted set rather than keys with a TTL because one command lists both the live and the expired nodes; an expired key could not say whose it was. |
 //! | `q:dead` | list | *new*: dead letters, JSON `{"task": <raw task string>, "reason": …, "node": …, "ts": ms}` |
@@ -48,21 +53,35 @@
 //! per-call token (`take:<token>`); submission skips indexes at or below the
 //! dispatcher's high-water mark.
 //!
-//! Placement ([`Queue::place`]) reads the registry, heartbeats and the live
-//! nodes' counters with a fixed number of commands (`ZRANGEBYSCORE` of the
-//! alive set, `ZRANGE` of the registry, `SMEMBERS nodes:slotted`, one `MGET` of `cap:*`, a second `MGET` only for
-//! the weigher's metric), applies the filters and weigher, and moves the task
-//! — one round trip per call, and a call may place a batch of tasks.
+//! Placement ([`Queue::place`]) does not read every node: the scripts that
+//! change a node's free capacity, `run_count` or liveness keep the placement
+//! index (`idx:*`) up to date, in which the nodes without slot tokens sit in
+//! one bucket per free capacity, ordered by each weigher's metric and then by
+//! name. The best node for a head task needing `u` units is the best of the
+//! bucket heads of the capacities ≥ `u` (`idx:caps`), so a placement costs
+//! O(D log K) for K nodes and D distinct free capacities (D is at most the
+//! largest node's capacity, whatever the size of the fleet). Each call first
+//! takes the nodes whose heartbeat is too old for its timeout out of the
+//! index (their next heartbeat puts them back), and checks the chosen head
+//! against the node's counters (an entry written by anything else is
+//! re-filed, so placement never overcommits). Nodes with slot tokens are few
+//! and read one by one. The index needs every script that changes counters
+//! to keep it: programs of a version without it must not share the Redis. One round trip per call, and a call may place a batch of tasks; the
+//! pure model of the policy is [`place_model`] (feature `testing`).
 //!
-//! Keys are built inside the scripts (only the pending and slot lists are
-//! declared in `KEYS`), which standalone Redis allows; Redis Cluster is not
-//! supported.
+//! Key names are defined once, in [`keys`]; the scripts get them from a Lua
+//! prelude generated from that table ([`keys::lua_prelude`]). Keys are built
+//! inside the scripts (only the pending and slot lists are declared in
+//! `KEYS`), which standalone Redis allows; Redis Cluster is not supported.
 
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod conn;
 pub mod gather;
 pub mod keys;
+#[cfg(any(test, feature = "testing"))]
+#[path = "scripts/place_model.rs"]
+pub mod place_model;
 pub mod queue;
 mod scripts;
 pub mod task;

@@ -200,11 +200,20 @@ pub struct NodeState {
     pub binding: Option<String>,
 }
 
-/// The whole queue state, for `status` and tests.
+/// The queue state, for `status` and tests: every node
+/// ([`Queue::snapshot`]) or one page of them in byte order of names
+/// ([`Queue::snapshot_page`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
     pub now_ms: i64,
+    /// The nodes of this page.
     pub nodes: Vec<NodeState>,
+    /// Index of the page's first node among all registered nodes.
+    pub offset: usize,
+    /// Registered nodes (all pages).
+    pub registered: usize,
+    /// Nodes alive by the heartbeat timeout (all pages).
+    pub alive: usize,
     pub pending: usize,
     pub dead: usize,
 }
@@ -492,6 +501,25 @@ impl Queue {
         self.lrange(&self.keys.pending).await
     }
 
+    /// Length of the pending list.
+    pub async fn pending_len(&self) -> Result<usize, QueueError> {
+        self.llen(&self.keys.pending).await
+    }
+
+    /// Number of tasks queued on `node` (placed, not yet taken).
+    pub async fn queue_len(&self, node: &str) -> Result<usize, QueueError> {
+        self.llen(&keys::queue(node)).await
+    }
+
+    async fn llen(&self, key: &str) -> Result<usize, QueueError> {
+        Ok(self
+            .conn
+            .run("LLEN", |mut c| async move {
+                redis::cmd("LLEN").arg(key).query_async(&mut c).await
+            })
+            .await?)
+    }
+
     async fn lrange(&self, key: &str) -> Result<Vec<String>, QueueError> {
         Ok(self
             .conn
@@ -622,12 +650,31 @@ impl Queue {
     }
 
     /// Every registered node with its counters, plus queue lengths. Several
-    /// commands in one pipeline: consistent enough for display, not atomic.
+    /// commands in pipelines: consistent enough for display, not atomic.
     pub async fn snapshot(&self, heartbeat_timeout: Duration) -> Result<Snapshot, QueueError> {
+        self.snapshot_page(heartbeat_timeout, 0, None).await
+    }
+
+    /// Like [`Queue::snapshot`], for at most `limit` nodes (None = all) from
+    /// the `offset`-th in byte order of names; the totals (registered,
+    /// alive, pending, dead) cover every node. The cost grows with the page,
+    /// not with the fleet (plus one read of the slot-token list).
+    pub async fn snapshot_page(
+        &self,
+        heartbeat_timeout: Duration,
+        offset: usize,
+        limit: Option<usize>,
+    ) -> Result<Snapshot, QueueError> {
         let keys = &self.keys;
-        let (time, names, pending, dead, tokens): (
+        let stop: i64 = match limit {
+            Some(0) => return self.snapshot_counts(heartbeat_timeout, offset).await,
+            Some(l) => (offset + l - 1) as i64,
+            None => -1,
+        };
+        let (time, names, registered, pending, dead, tokens): (
             (i64, i64),
             Vec<String>,
+            usize,
             usize,
             usize,
             Vec<String>,
@@ -638,8 +685,10 @@ impl Queue {
                     .cmd("TIME")
                     .cmd("ZRANGE")
                     .arg(keys::REGISTRY)
-                    .arg(0)
-                    .arg(-1)
+                    .arg(offset)
+                    .arg(stop)
+                    .cmd("ZCARD")
+                    .arg(keys::REGISTRY)
                     .cmd("LLEN")
                     .arg(&keys.pending)
                     .cmd("LLEN")
@@ -653,6 +702,8 @@ impl Queue {
             })
             .await?;
         let now_ms = time.0 * 1000 + time.1 / 1000;
+        let timeout_ms = heartbeat_timeout.as_millis() as i64;
+        let alive = self.count_alive(now_ms - timeout_ms).await?;
         let mut token_count: HashMap<&str, usize> = HashMap::new();
         for t in &tokens {
             *token_count.entry(t.as_str()).or_default() += 1;
@@ -681,7 +732,6 @@ impl Queue {
                 })
                 .await?
         };
-        let timeout_ms = heartbeat_timeout.as_millis() as i64;
         let mut nodes = Vec::with_capacity(names.len());
         for (name, row) in names.iter().zip(rows.chunks(4)) {
             let [Value::Array(vals), hb, q, inf] = row else {
@@ -689,12 +739,7 @@ impl Queue {
             };
             let get = |i: usize| vals.get(i).and_then(int).unwrap_or(0);
             let text = |i: usize| vals.get(i).and_then(utf8);
-            let last = match hb {
-                Value::Double(d) => Some(*d as i64),
-                other => utf8(other)
-                    .and_then(|s| s.parse::<f64>().ok())
-                    .map(|d| d as i64),
-            };
+            let last = score(hb);
             nodes.push(NodeState {
                 name: name.clone(),
                 alive: last.is_some_and(|l| l > now_ms - timeout_ms),
@@ -714,9 +759,112 @@ impl Queue {
         Ok(Snapshot {
             now_ms,
             nodes,
+            offset,
+            registered,
+            alive,
             pending,
             dead,
         })
+    }
+
+    /// Nodes whose last heartbeat is newer than `since_ms`.
+    async fn count_alive(&self, since_ms: i64) -> Result<usize, QueueError> {
+        Ok(self
+            .conn
+            .run("ZCOUNT", |mut c| async move {
+                redis::cmd("ZCOUNT")
+                    .arg(keys::ALIVE)
+                    .arg(format!("({since_ms}"))
+                    .arg("+inf")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?)
+    }
+
+    /// A snapshot with no node rows, only the totals.
+    async fn snapshot_counts(
+        &self,
+        heartbeat_timeout: Duration,
+        offset: usize,
+    ) -> Result<Snapshot, QueueError> {
+        let keys = &self.keys;
+        let (time, registered, pending, dead): ((i64, i64), usize, usize, usize) = self
+            .conn
+            .run("snapshot", |mut c| async move {
+                redis::pipe()
+                    .cmd("TIME")
+                    .cmd("ZCARD")
+                    .arg(keys::REGISTRY)
+                    .cmd("LLEN")
+                    .arg(&keys.pending)
+                    .cmd("LLEN")
+                    .arg(keys::DEAD)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let now_ms = time.0 * 1000 + time.1 / 1000;
+        let alive = self
+            .count_alive(now_ms - heartbeat_timeout.as_millis() as i64)
+            .await?;
+        Ok(Snapshot {
+            now_ms,
+            nodes: Vec::new(),
+            offset,
+            registered,
+            alive,
+            pending,
+            dead,
+        })
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl Queue {
+    /// Test support: sets `node`'s free capacity and run_count and re-files
+    /// it in the placement index (a test stages a decision this way; writing
+    /// the counters alone would leave the index behind).
+    pub async fn stage_counters(
+        &self,
+        node: &str,
+        cap: i64,
+        run_count: i64,
+    ) -> Result<(), QueueError> {
+        self.eval(
+            "testing_stage.lua",
+            &scripts::STAGE,
+            &[],
+            &[
+                node.as_bytes(),
+                cap.to_string().as_bytes(),
+                run_count.to_string().as_bytes(),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Test support: every disagreement between the placement index and the
+    /// counters (empty = consistent). Reads every key of the index: tests only.
+    pub async fn check_index(&self) -> Result<Vec<String>, QueueError> {
+        let v = self
+            .eval("testing_check_index.lua", &scripts::CHECK_INDEX, &[], &[])
+            .await?;
+        let Value::Array(items) = v else {
+            return Err(bad_reply("testing_check_index.lua", format!("{v:?}")));
+        };
+        Ok(items.iter().filter_map(utf8).collect())
+    }
+}
+
+/// A sorted-set score as Redis returns it (RESP2 text or RESP3 double).
+fn score(v: &Value) -> Option<i64> {
+    match v {
+        Value::Double(d) => Some(*d as i64),
+        other => utf8(other)
+            .and_then(|s| s.parse::<f64>().ok())
+            .map(|d| d as i64),
     }
 }
 

@@ -313,3 +313,43 @@ async fn tls_with_a_ca_file_and_insecure() {
     .await;
     assert!(insecure.is_ok(), "{:?}", insecure.err());
 }
+
+#[tokio::test]
+async fn snapshot_pages_count_every_node() {
+    let s = RedisServer::start().expect("redis");
+    let q = s.queue().await.expect("queue");
+    for n in ["e", "a", "d", "b", "c"] {
+        q.register(&reg(n, 2, 0)).await.unwrap();
+    }
+    // c's heartbeat is made ancient.
+    let mut c = q.conn().manager();
+    let _: i64 = redis::cmd("ZADD")
+        .arg(crate::keys::ALIVE)
+        .arg(1)
+        .arg("c")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let page = q
+        .snapshot_page(Duration::from_secs(60), 1, Some(2))
+        .await
+        .unwrap();
+    let names: Vec<&str> = page.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["b", "c"]);
+    assert_eq!((page.offset, page.registered, page.alive), (1, 5, 4));
+    assert!(page.nodes[0].alive && !page.nodes[1].alive);
+    let none = q
+        .snapshot_page(Duration::from_secs(60), 0, Some(0))
+        .await
+        .unwrap();
+    assert!(none.nodes.is_empty());
+    assert_eq!((none.registered, none.alive), (5, 4));
+    assert_eq!(
+        q.snapshot(Duration::from_secs(60))
+            .await
+            .unwrap()
+            .nodes
+            .len(),
+        5
+    );
+}

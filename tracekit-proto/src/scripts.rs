@@ -1,6 +1,7 @@
-//! The Lua scripts, each prefixed with `common.lua` (Redis has no script
-//! includes). Loaded once; `redis::Script` sends EVALSHA and reloads the
-//! script on NOSCRIPT (e.g. after a Redis restart).
+//! The Lua scripts, each prefixed with the key prelude generated from
+//! `keys.rs` and with `common.lua` (Redis has no script includes). Loaded
+//! once; `redis::Script` sends EVALSHA and reloads the script on NOSCRIPT
+//! (e.g. after a Redis restart).
 
 use std::sync::LazyLock;
 
@@ -9,23 +10,42 @@ use redis::Script;
 const COMMON: &str = include_str!("scripts/common.lua");
 
 fn with_common(body: &str) -> Script {
-    Script::new(&format!("{COMMON}\n{body}"))
+    Script::new(&format!("{}\n{COMMON}\n{body}", crate::keys::lua_prelude()))
 }
 
-macro_rules! script {
-    ($name:ident, $file:literal) => {
-        pub(crate) static $name: LazyLock<Script> =
-            LazyLock::new(|| with_common(include_str!(concat!("scripts/", $file))));
+macro_rules! scripts {
+    ($($name:ident => $file:literal,)*) => {
+        $(
+            pub(crate) static $name: LazyLock<Script> =
+                LazyLock::new(|| with_common(include_str!(concat!("scripts/", $file))));
+        )*
+        /// Every script's own source (for the key-name check in `keys.rs`).
+        #[cfg(test)]
+        pub(crate) const SOURCES: &[(&str, &str)] = &[
+            ("common.lua", COMMON),
+            $(($file, include_str!(concat!("scripts/", $file))),)*
+        ];
     };
 }
 
-script!(PLACE, "place.lua");
-script!(RECOVER, "recover.lua");
-script!(REGISTER, "register.lua");
-script!(HEARTBEAT, "heartbeat.lua");
-script!(TAKE, "take.lua");
-script!(COMPLETE, "complete.lua");
-script!(DEAD_LETTER, "dead_letter.lua");
-script!(REQUEUE, "requeue.lua");
-script!(DEREGISTER, "deregister.lua");
-script!(SUBMIT, "submit.lua");
+scripts! {
+    PLACE => "place.lua",
+    RECOVER => "recover.lua",
+    REGISTER => "register.lua",
+    HEARTBEAT => "heartbeat.lua",
+    TAKE => "take.lua",
+    COMPLETE => "complete.lua",
+    DEAD_LETTER => "dead_letter.lua",
+    REQUEUE => "requeue.lua",
+    DEREGISTER => "deregister.lua",
+    SUBMIT => "submit.lua",
+}
+
+/// Test support: sets a node's counters and re-files it in the placement
+/// index; checks the index against the counters.
+#[cfg(any(test, feature = "testing"))]
+pub(crate) static STAGE: LazyLock<Script> =
+    LazyLock::new(|| with_common(include_str!("scripts/testing_stage.lua")));
+#[cfg(any(test, feature = "testing"))]
+pub(crate) static CHECK_INDEX: LazyLock<Script> =
+    LazyLock::new(|| with_common(include_str!("scripts/testing_check_index.lua")));

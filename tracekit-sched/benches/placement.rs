@@ -1,14 +1,19 @@
-//! Placement throughput against a real redis-server on loopback.
+//! Placement throughput against a real redis-server on loopback, before and
+//! after the placement index, side by side in one run.
 //!
-//! `cargo bench -p tracekit-sched --bench placement [-- --tasks N]`
+//! `cargo bench -p tracekit-sched --bench placement [-- --nodes 50,500,5000
+//! --tasks N --rounds R --max-secs S --batches 64,1]`
 //!
-//! For 3 and 50 live nodes and every weigher × order, places N tasks (from a
-//! pre-filled q:pending, with capacity to spare so nothing blocks) with one
-//! `place.lua` call per placement (batch 1) and with the central's default
-//! batch of 64, and reports placements per second, client round trips per
-//! placement, Redis commands per placement (INFO commandstats deltas, which
-//! count the commands scripts run too) and Redis time in the script per
-//! placement.
+//! For each number of live nodes, every weigher × order and each batch size,
+//! places tasks from a pre-filled q:pending (capacity to spare, so nothing
+//! blocks) with the frozen pre-index script (`legacy/place_mget.lua`: every
+//! call reads every live node) and with today's `place.lua`, and reports
+//! placements per second (over N tasks or S seconds, whichever comes first),
+//! their ratio, redis-server's CPU time per placement for both (its threads'
+//! schedstat: steadier than wall-clock rates on a shared machine), and for
+//! today's script Redis commands and Redis time per placement (INFO
+//! commandstats deltas, which count the commands scripts run too). Variants and configurations are interleaved round by round, so load
+//! from other work hits them alike; the median round counts.
 
 use std::time::{Duration, Instant};
 
@@ -17,15 +22,16 @@ use redis::aio::ConnectionManager;
 use tracekit_proto::testing::RedisServer;
 use tracekit_proto::{PlaceOptions, PlaceStatus, Queue, Registration, Weigher, WeigherOrder};
 
-const ROUNDS: usize = 3;
+/// The placement script before the index, run on the same data.
+const LEGACY: &str = include_str!("legacy/place_mget.lua");
 
-/// (all commands, EVALSHA/EVAL calls, µs Redis spent in EVALSHA/EVAL).
-async fn commandstats(c: &mut ConnectionManager) -> anyhow::Result<(u64, u64, u64)> {
+/// (all commands, µs Redis spent in EVALSHA/EVAL).
+async fn commandstats(c: &mut ConnectionManager) -> anyhow::Result<(u64, u64)> {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(c)
         .await?;
-    let (mut all, mut evalsha, mut usec) = (0, 0, 0);
+    let (mut all, mut usec) = (0, 0);
     for line in info.lines() {
         let Some(rest) = line.strip_prefix("cmdstat_") else {
             continue;
@@ -36,35 +42,86 @@ async fn commandstats(c: &mut ConnectionManager) -> anyhow::Result<(u64, u64, u6
         if matches!(name, "info" | "config") {
             continue;
         }
-        let calls: u64 = stats
-            .split(',')
-            .find_map(|kv| kv.strip_prefix("calls="))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        all += calls;
-        if name == "evalsha" || name == "eval" {
-            evalsha += calls;
-            usec += stats
+        let field = |key: &str| -> u64 {
+            stats
                 .split(',')
-                .find_map(|kv| kv.strip_prefix("usec="))
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
+                .find_map(|kv| kv.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        all += field("calls=");
+        if name == "evalsha" || name == "eval" {
+            usec += field("usec=");
         }
     }
-    Ok((all, evalsha, usec))
+    Ok((all, usec))
 }
 
-struct Row {
-    nodes: usize,
-    weigher: &'static str,
-    order: &'static str,
-    batch: usize,
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Before,
+    After,
+}
+
+struct Sample {
     rate: f64,
-    trips: f64,
+    cpu_us: f64,
     cmds: f64,
     server_us: f64,
 }
 
+struct Args {
+    nodes: Vec<usize>,
+    batches: Vec<usize>,
+    tasks: usize,
+    rounds: usize,
+    max_secs: f64,
+}
+
+fn list(v: &str) -> anyhow::Result<Vec<usize>> {
+    v.split(',')
+        .map(|x| x.trim().parse::<usize>().with_context(|| format!("`{x}`")))
+        .collect()
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let argv: Vec<String> = std::env::args().collect();
+    let get = |name: &str| {
+        argv.iter()
+            .position(|a| a == name)
+            .and_then(|i| argv.get(i + 1))
+            .cloned()
+    };
+    Ok(Args {
+        nodes: get("--nodes")
+            .map(|v| list(&v))
+            .transpose()
+            .context("--nodes a,b,c")?
+            .unwrap_or_else(|| vec![50, 500, 5000]),
+        batches: get("--batches")
+            .map(|v| list(&v))
+            .transpose()
+            .context("--batches a,b")?
+            .unwrap_or_else(|| vec![64, 1]),
+        tasks: get("--tasks")
+            .map(|v| v.parse())
+            .transpose()
+            .context("--tasks N")?
+            .unwrap_or(10_000),
+        rounds: get("--rounds")
+            .map(|v| v.parse())
+            .transpose()
+            .context("--rounds N")?
+            .unwrap_or(3),
+        max_secs: get("--max-secs")
+            .map(|v| v.parse())
+            .transpose()
+            .context("--max-secs S")?
+            .unwrap_or(2.0),
+    })
+}
+
+/// A fresh database with `nodes` registered live nodes and `tasks` pending.
 async fn setup(
     q: &Queue,
     c: &mut ConnectionManager,
@@ -74,7 +131,7 @@ async fn setup(
     let _: () = redis::cmd("FLUSHDB").query_async(c).await?;
     for i in 0..nodes {
         q.register(&Registration {
-            node: format!("node{i:02}"),
+            node: format!("node{i:05}"),
             capacity: 10_000_000,
             cores: 8,
             ratio: 1.0,
@@ -85,24 +142,119 @@ async fn setup(
         .await?;
     }
     let raw = r#"{"input":"in/clip.mp4","output":"out/clip.mp4","scale":"854:480","vcodec":"h264","preset":"veryfast","crf":28,"vthreads":1,"fthreads":1,"cpu_units":1}"#;
-    for chunk in (0..tasks).collect::<Vec<_>>().chunks(5_000) {
-        let mut p = redis::pipe();
+    let mut left = tasks;
+    while left > 0 {
+        let n = left.min(5_000);
         let mut cmd = redis::cmd("RPUSH");
-        cmd.arg("q:pending");
-        for _ in chunk {
+        cmd.arg(&q.keys().pending);
+        for _ in 0..n {
             cmd.arg(raw);
         }
-        p.add_command(cmd).ignore();
-        let _: () = p.query_async(c).await?;
+        let _: () = cmd.query_async(c).await?;
+        left -= n;
     }
     let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(c).await?;
     Ok(())
 }
 
-async fn run(tasks: usize) -> anyhow::Result<Vec<Row>> {
+/// One call of the pre-index script; returns (placements, whether to go on).
+async fn legacy_place(
+    script: &redis::Script,
+    q: &Queue,
+    c: &mut ConnectionManager,
+    o: &PlaceOptions,
+) -> anyhow::Result<(usize, bool)> {
+    let weigher = match o.weigher {
+        Weigher::None => "",
+        Weigher::Instances => "instances",
+        Weigher::Vcpu => "vcpu",
+    };
+    let order = match o.order {
+        WeigherOrder::Min => "min",
+        WeigherOrder::Max => "max",
+    };
+    let v: Vec<redis::Value> = script
+        .key(&q.keys().pending)
+        .key(&q.keys().slots)
+        .arg(weigher)
+        .arg(order)
+        .arg(o.scan_slots)
+        .arg(o.max_attempts)
+        .arg(o.heartbeat_timeout.as_millis() as u64)
+        .arg(o.batch)
+        .invoke_async(c)
+        .await?;
+    let more = matches!(v.first(), Some(redis::Value::BulkString(b)) if b == b"more");
+    Ok((v.len().saturating_sub(1) / 3, more))
+}
+
+/// CPU seconds a process has run so far (its threads' schedstat run times).
+fn cpu_s(pid: u32) -> anyhow::Result<f64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut ns = 0u64;
+    for e in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let path = e?.path().join("schedstat");
+        // A thread may exit between listing and reading.
+        if let Ok(s) = std::fs::read_to_string(&path) {
+            ns += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .with_context(|| format!("malformed {}", path.display()))?;
+        }
+    }
+    Ok(ns as f64 / 1e9)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn measure(
+    redis_pid: u32,
+    variant: Variant,
+    script: &redis::Script,
+    q: &Queue,
+    c: &mut ConnectionManager,
+    opts: &PlaceOptions,
+    max: Duration,
+) -> anyhow::Result<Sample> {
+    let cpu0 = cpu_s(redis_pid)?;
+    let start = Instant::now();
+    let mut placed = 0usize;
+    loop {
+        let (n, more) = match variant {
+            Variant::After => {
+                let out = q.place(opts).await?;
+                (out.events.len(), out.status == PlaceStatus::More)
+            }
+            Variant::Before => legacy_place(script, q, c, opts).await?,
+        };
+        placed += n;
+        if !more || start.elapsed() >= max {
+            break;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_s(redis_pid)? - cpu0;
+    let (all, usec) = commandstats(c).await?;
+    anyhow::ensure!(placed > 0, "nothing placed");
+    Ok(Sample {
+        rate: placed as f64 / secs,
+        cpu_us: cpu * 1e6 / placed as f64,
+        cmds: all as f64 / placed as f64,
+        server_us: usec as f64 / placed as f64,
+    })
+}
+
+fn median_by_rate(mut v: Vec<Sample>) -> Option<Sample> {
+    v.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    let mid = v.len() / 2;
+    (!v.is_empty()).then(|| v.swap_remove(mid))
+}
+
+async fn run(a: &Args) -> anyhow::Result<()> {
     let server = RedisServer::start().context("starting redis-server")?;
     let q = server.queue().await?;
     let mut c = q.conn().manager();
+    let legacy = redis::Script::new(LEGACY);
     let weighers = [
         (Weigher::None, WeigherOrder::Min, "none", "-"),
         (Weigher::Instances, WeigherOrder::Min, "instances", "min"),
@@ -111,19 +263,19 @@ async fn run(tasks: usize) -> anyhow::Result<Vec<Row>> {
         (Weigher::Vcpu, WeigherOrder::Max, "vcpu", "max"),
     ];
     let mut configs = Vec::new();
-    for nodes in [3usize, 50] {
-        for (w, o, wn, on) in weighers {
-            for batch in [1usize, 64] {
-                configs.push((nodes, w, o, wn, on, batch));
+    for &nodes in &a.nodes {
+        for &batch in &a.batches {
+            for w in weighers {
+                configs.push((nodes, batch, w));
             }
         }
     }
-    // Rounds interleave the configurations (A B C … A B C …) so that load
-    // from other work on the machine hits them alike; the median round counts.
-    let mut samples: Vec<Vec<Row>> = (0..configs.len()).map(|_| Vec::new()).collect();
-    for _round in 0..ROUNDS {
-        for (k, &(nodes, w, o, wn, on, batch)) in configs.iter().enumerate() {
-            setup(&q, &mut c, nodes, tasks).await?;
+    let max = Duration::from_secs_f64(a.max_secs);
+    let mut before: Vec<Vec<Sample>> = (0..configs.len()).map(|_| Vec::new()).collect();
+    let mut after: Vec<Vec<Sample>> = (0..configs.len()).map(|_| Vec::new()).collect();
+    for round in 0..a.rounds {
+        eprintln!("round {}/{}", round + 1, a.rounds);
+        for (k, &(nodes, batch, (w, o, _, _))) in configs.iter().enumerate() {
             let opts = PlaceOptions {
                 weigher: w,
                 order: o,
@@ -132,74 +284,103 @@ async fn run(tasks: usize) -> anyhow::Result<Vec<Row>> {
                 heartbeat_timeout: Duration::from_secs(3600),
                 scan_slots: 0,
             };
-            let start = Instant::now();
-            let mut placed = 0usize;
-            loop {
-                let out = q.place(&opts).await?;
-                placed += out.events.len();
-                if out.status != PlaceStatus::More {
-                    break;
+            // Alternate which variant goes first.
+            let order = if round % 2 == 0 {
+                [Variant::Before, Variant::After]
+            } else {
+                [Variant::After, Variant::Before]
+            };
+            for v in order {
+                setup(&q, &mut c, nodes, a.tasks).await?;
+                let s = measure(server.pid(), v, &legacy, &q, &mut c, &opts, max).await?;
+                match v {
+                    Variant::Before => before[k].push(s),
+                    Variant::After => after[k].push(s),
                 }
             }
-            let secs = start.elapsed().as_secs_f64();
-            let (all, trips, usec) = commandstats(&mut c).await?;
-            anyhow::ensure!(placed == tasks, "placed {placed} of {tasks}");
-            samples[k].push(Row {
-                nodes,
-                weigher: wn,
-                order: on,
-                batch,
-                rate: placed as f64 / secs,
-                trips: trips as f64 / placed as f64,
-                cmds: all as f64 / placed as f64,
-                server_us: usec as f64 / placed as f64,
-            });
         }
     }
-    let rows = samples
-        .into_iter()
-        .filter_map(|mut v| {
-            v.sort_by(|a, b| a.rate.total_cmp(&b.rate));
-            let mid = v.len() / 2;
-            (!v.is_empty()).then(|| v.swap_remove(mid))
-        })
-        .collect();
-    Ok(rows)
+    println!(
+        "placement benchmark: up to {} tasks or {} s per run, median of {} interleaved rounds, redis-server on loopback, one client",
+        a.tasks, a.max_secs, a.rounds
+    );
+    println!(
+        "before = every call reads every live node (pre-index place.lua); after = placement index"
+    );
+    println!(
+        "pl/s = placements per second; cpuµs = redis-server CPU µs per placement; cmds/place and script µs/pl (Redis time in the script) are the after variant's"
+    );
+    println!(
+        "{:>5}  {:>5}  {:<9}  {:<5}  {:>12}  {:>12}  {:>6}  {:>12}  {:>12}  {:>10}  {:>13}",
+        "nodes",
+        "batch",
+        "weigher",
+        "order",
+        "before pl/s",
+        "after pl/s",
+        "ratio",
+        "before cpuµs",
+        "after cpuµs",
+        "cmds/place",
+        "script µs/pl"
+    );
+    for ((b, f), &(nodes, batch, (_, _, wn, on))) in before.into_iter().zip(after).zip(&configs) {
+        let (Some(b), Some(f)) = (median_by_rate(b), median_by_rate(f)) else {
+            continue;
+        };
+        println!(
+            "{:>5}  {:>5}  {:<9}  {:<5}  {:>12.0}  {:>12.0}  {:>6.2}  {:>12.1}  {:>12.1}  {:>10.2}  {:>13.1}",
+            nodes,
+            batch,
+            wn,
+            on,
+            b.rate,
+            f.rate,
+            f.rate / b.rate,
+            b.cpu_us,
+            f.cpu_us,
+            f.cmds,
+            f.server_us
+        );
+    }
+    housekeeping(&q, &mut c, a.nodes.iter().copied().max().unwrap_or(0)).await
+}
+
+/// What the central and `status` do besides placing, at the largest fleet:
+/// the dead-node check (every `--recover-interval`), one status page, and a
+/// full snapshot (the old `status`), median of 5 each.
+async fn housekeeping(q: &Queue, c: &mut ConnectionManager, nodes: usize) -> anyhow::Result<()> {
+    setup(q, c, nodes, 0).await?;
+    let mut times: [Vec<f64>; 3] = Default::default();
+    for _ in 0..5 {
+        let t = Instant::now();
+        q.recover_dead_nodes(Duration::from_secs(3600)).await?;
+        times[0].push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        q.snapshot_page(Duration::from_secs(3600), 0, Some(100))
+            .await?;
+        times[1].push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        q.snapshot(Duration::from_secs(3600)).await?;
+        times[2].push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    println!(
+        "{nodes} live nodes: dead-node check {:.2} ms, status page of 100 nodes {:.2} ms, every node (status --all) {:.1} ms",
+        med(&mut times[0]),
+        med(&mut times[1]),
+        med(&mut times[2])
+    );
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let tasks = args
-        .iter()
-        .position(|a| a == "--tasks")
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse::<usize>())
-        .transpose()
-        .context("--tasks N")?
-        .unwrap_or(10_000);
+    let args = parse_args()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let rows = rt.block_on(run(tasks))?;
-    println!(
-        "placement benchmark: {tasks} tasks per run, median of {ROUNDS} interleaved runs, redis-server on loopback, one client"
-    );
-    println!(
-        "{:>5}  {:<9}  {:<5}  {:>5}  {:>12}  {:>11}  {:>10}  {:>13}",
-        "nodes",
-        "weigher",
-        "order",
-        "batch",
-        "placements/s",
-        "trips/place",
-        "cmds/place",
-        "redis µs/place"
-    );
-    for r in &rows {
-        println!(
-            "{:>5}  {:<9}  {:<5}  {:>5}  {:>12.0}  {:>11.3}  {:>10.2}  {:>13.1}",
-            r.nodes, r.weigher, r.order, r.batch, r.rate, r.trips, r.cmds, r.server_us
-        );
-    }
-    Ok(())
+    rt.block_on(run(&args))
 }

@@ -414,14 +414,18 @@ impl Submitter {
         Ok(())
     }
 
-    async fn llen(&self, key: &str) -> anyhow::Result<usize> {
+    async fn pending_len(&self) -> anyhow::Result<usize> {
         self.queue
-            .conn()
-            .run("LLEN", |mut c| async move {
-                redis::cmd("LLEN").arg(key).query_async(&mut c).await
-            })
+            .pending_len()
             .await
-            .with_context(|| format!("LLEN {key}"))
+            .context("reading the length of the pending list")
+    }
+
+    async fn queue_len(&self, node: &str) -> anyhow::Result<usize> {
+        self.queue
+            .queue_len(node)
+            .await
+            .with_context(|| format!("reading the length of {node}'s queue"))
     }
 }
 
@@ -520,7 +524,7 @@ async fn fifo(a: &DispatchArgs, s: &mut Submitter, tasks: &mut [Task]) -> anyhow
     let total = tasks.len();
     let mut idx = 0;
     while idx < total {
-        let qlen = s.llen(&a.pending_key).await?;
+        let qlen = s.pending_len().await?;
         let room = a.pending_max.saturating_sub(qlen);
         let n = room.min(a.batch_size.max(1)).min(total - idx);
         if n > 0 {
@@ -550,7 +554,7 @@ async fn drip(a: &DispatchArgs, s: &mut Submitter, planned: Vec<Planned>) -> any
             let node = p.node.clone().unwrap_or_default();
             let b = match backlog.get(&node) {
                 Some(b) => *b,
-                None => s.llen(&tracekit_proto::keys::queue(&node)).await?,
+                None => s.queue_len(&node).await?,
             };
             if b >= a.backlog_limit {
                 break;
@@ -579,7 +583,7 @@ async fn online(a: &DispatchArgs, s: &mut Submitter, planned: Vec<Planned>) -> a
     while it.peek().is_some() {
         let mut backlog: Vec<usize> = Vec::with_capacity(nodes.len());
         for n in &nodes {
-            backlog.push(s.llen(&tracekit_proto::keys::queue(n)).await?);
+            backlog.push(s.queue_len(n).await?);
         }
         let mut sent = 0;
         while sent < a.batch_size.max(1) && it.peek().is_some() {

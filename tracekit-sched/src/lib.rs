@@ -9,7 +9,6 @@ pub mod fmt;
 pub mod gather;
 pub mod mix;
 pub mod output;
-pub mod placement;
 pub mod profiles;
 pub mod redis_conn;
 pub mod report;

@@ -28,6 +28,16 @@ pub struct StatusArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Show at most this many nodes (in byte order of names); the totals
+    /// always cover every node.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    /// Skip this many nodes before the first one shown.
+    #[arg(long, default_value_t = 0)]
+    pub offset: usize,
+    /// Show every node (overrides --limit).
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// The status table.
@@ -70,7 +80,6 @@ pub fn render(s: &Snapshot) -> String {
             n.binding.as_deref().unwrap_or("-")
         );
     }
-    let alive = s.nodes.iter().filter(|n| n.alive).count();
     let unbound: Vec<&str> = s
         .nodes
         .iter()
@@ -85,12 +94,23 @@ pub fn render(s: &Snapshot) -> String {
             unbound.join(", ")
         );
     }
+    if s.nodes.len() < s.registered {
+        let _ = writeln!(
+            out,
+            "showing nodes {}-{} of {} (--offset, --limit, --all)",
+            if s.nodes.is_empty() {
+                s.offset
+            } else {
+                s.offset + 1
+            },
+            s.offset + s.nodes.len(),
+            s.registered
+        );
+    }
     let _ = writeln!(
         out,
-        "nodes: {alive} alive / {} registered   pending: {}   dead letters: {}",
-        s.nodes.len(),
-        s.pending,
-        s.dead
+        "nodes: {} alive / {} registered   pending: {}   dead letters: {}",
+        s.alive, s.registered, s.pending, s.dead
     );
     out
 }
@@ -115,8 +135,12 @@ fn to_json(s: &Snapshot) -> String {
             })
         })
         .collect();
-    serde_json::json!({"now_ms": s.now_ms, "nodes": nodes, "pending": s.pending, "dead": s.dead})
-        .to_string()
+    serde_json::json!({
+        "now_ms": s.now_ms, "nodes": nodes, "offset": s.offset,
+        "registered": s.registered, "alive": s.alive,
+        "pending": s.pending, "dead": s.dead,
+    })
+    .to_string()
 }
 
 pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
@@ -128,7 +152,10 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
         })
         .await?;
     loop {
-        let snap = queue.snapshot(a.heartbeat_timeout).await?;
+        let limit = (!a.all).then_some(a.limit);
+        let snap = queue
+            .snapshot_page(a.heartbeat_timeout, a.offset, limit)
+            .await?;
         if a.json {
             println!("{}", to_json(&snap));
         } else {

@@ -17,20 +17,21 @@ use tracekit_sched::mix::{rng, uniform};
 
 /// Checks, atomically, for every node: free + held == total, free ≥ 0, and
 /// for slot nodes tokens + run_count == parallel. Returns the violations.
+/// Runs after the key prelude (key names from `tracekit_proto::keys`).
 const INVARIANT: &str = r#"
 local bad = {}
-for _, n in ipairs(redis.call('ZRANGE', 'nodes:registry', 0, -1)) do
+for _, n in ipairs(redis.call('ZRANGE', REGISTRY, 0, -1)) do
   local held = 0
-  for _, key in ipairs({'q:' .. n, 'inflight:' .. n}) do
+  for _, key in ipairs({key_queue(n), key_inflight(n)}) do
     for _, raw in ipairs(redis.call('LRANGE', key, 0, -1)) do
       held = held + (cjson.decode(raw)['cpu_units'] or 1)
     end
   end
-  local cap = tonumber(redis.call('GET', 'cap:' .. n))
-  local total = tonumber(redis.call('GET', 'cap_total:' .. n))
-  local rc = tonumber(redis.call('GET', 'run_count:' .. n))
-  local par = tonumber(redis.call('GET', 'parallel:' .. n))
-  local count = redis.call('LLEN', 'q:' .. n) + redis.call('LLEN', 'inflight:' .. n)
+  local cap = tonumber(redis.call('GET', key_cap(n)))
+  local total = tonumber(redis.call('GET', key_cap_total(n)))
+  local rc = tonumber(redis.call('GET', key_run_count(n)))
+  local par = tonumber(redis.call('GET', key_parallel(n)))
+  local count = redis.call('LLEN', key_queue(n)) + redis.call('LLEN', key_inflight(n))
   if cap < 0 or held > total or cap + held ~= total or rc ~= count then
     bad[#bad + 1] = n .. ' cap=' .. cap .. ' held=' .. held .. ' total=' .. total .. ' rc=' .. rc .. ' count=' .. count
   end
@@ -127,10 +128,17 @@ async fn three_centrals_never_lose_duplicate_or_overcommit() {
     let monitor = {
         let (violations, checks, stop) = (violations.clone(), checks.clone(), stop.clone());
         let mut c = q.conn().manager();
+        let q = q.clone();
         tokio::spawn(async move {
-            let script = redis::Script::new(INVARIANT);
+            let script = redis::Script::new(&format!(
+                "{}\n{INVARIANT}",
+                tracekit_proto::keys::lua_prelude()
+            ));
             while !stop.load(Ordering::Relaxed) {
                 let bad: Vec<String> = script.invoke_async(&mut c).await.unwrap();
+                violations.lock().unwrap().extend(bad);
+                // The placement index agrees with the counters at every moment.
+                let bad = q.check_index().await.unwrap();
                 violations.lock().unwrap().extend(bad);
                 checks.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(1)).await;

@@ -1,6 +1,7 @@
 //! Placement decisions of `place.lua` in a real Redis: every weigher × order,
 //! the tie rule, FIFO and head-of-line waiting, slot tokens, and a randomized
-//! comparison with the pure policy in `placement.rs`.
+//! comparison with the pure model of the policy (`tracekit_proto::place_model`),
+//! with the placement index checked against the counters after every call.
 
 mod common;
 
@@ -8,10 +9,10 @@ use std::time::Duration;
 
 use common::*;
 use rand_core::RngCore;
+use tracekit_proto::place_model::{NodeView, choose, dead_reason};
 use tracekit_proto::testing::RedisServer;
 use tracekit_proto::{PlaceEvent, PlaceOptions, PlaceStatus, Queue, Weigher, WeigherOrder};
 use tracekit_sched::mix::{rng, uniform};
-use tracekit_sched::placement::{NodeView, choose, dead_reason};
 
 fn opts(w: Weigher, o: WeigherOrder) -> PlaceOptions {
     PlaceOptions {
@@ -33,17 +34,19 @@ async fn push(q: &Queue, raws: &[String]) {
 /// Sets a node's counters directly (to stage a weigher decision).
 async fn stage(q: &Queue, name: &str, cap: i64, total: i64, rc: i64) {
     q.register(&reg(name, total, 0)).await.expect("register");
-    let mut c = q.conn().manager();
-    let _: () = cmd(&mut c, &["SET", &format!("cap:{name}"), &cap.to_string()]).await;
-    let _: () = cmd(
-        &mut c,
-        &["SET", &format!("run_count:{name}"), &rc.to_string()],
-    )
-    .await;
+    q.stage_counters(name, cap, rc)
+        .await
+        .expect("stage counters");
+}
+
+async fn assert_index_consistent(q: &Queue) {
+    let bad = q.check_index().await.expect("check index");
+    assert!(bad.is_empty(), "placement index: {bad:?}");
 }
 
 async fn placed_on(q: &Queue, o: &PlaceOptions) -> Option<String> {
     let out = q.place(o).await.expect("place");
+    assert_index_consistent(q).await;
     match out.events.as_slice() {
         [PlaceEvent::Placed { node, .. }] => Some(node.clone()),
         [] => None,
@@ -250,18 +253,52 @@ async fn nothing_is_dead_lettered_or_placed_without_live_nodes() {
     ));
 }
 
-/// Random snapshots: place.lua and placement.rs must make the same decision.
+/// One call's events as "placed NODE" / "dead REASON", then "wait" or
+/// "nolive" when the call stopped there.
+fn describe(out: &tracekit_proto::PlaceOutcome) -> Vec<String> {
+    let mut v: Vec<String> = out
+        .events
+        .iter()
+        .map(|e| match e {
+            PlaceEvent::Placed { node, .. } => format!("placed {node}"),
+            PlaceEvent::Dead { reason, .. } => format!("dead {reason}"),
+        })
+        .collect();
+    match out.status {
+        PlaceStatus::Wait => v.push("wait".into()),
+        PlaceStatus::NoLiveNodes => v.push("nolive".into()),
+        PlaceStatus::Empty | PlaceStatus::More => {}
+    }
+    v
+}
+
+/// Random states: place.lua and the pure model must make the same decisions,
+/// over a sequence of placements (the model's view updated as the script
+/// changes the counters and consumes slot tokens), with the weigher's index
+/// family either built by the first placement or kept up to date from the
+/// start; the index is checked against the counters after every call.
 #[tokio::test]
 async fn lua_agrees_with_the_pure_policy() {
     let s = RedisServer::start().expect("redis");
     let q = queue(&s).await;
     let mut c = q.conn().manager();
     let mut r = rng(20251125);
-    let names = ["n0", "n1", "n2", "n3", "n4", "n5", "n6", "n7"];
+    let names = [
+        "n0", "n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8", "n9", "N10", "n11",
+    ];
+    let weighers = [Weigher::None, Weigher::Instances, Weigher::Vcpu];
     let mut decisions = 0;
     for trial in 0..300 {
         let _: () = cmd(&mut c, &["FLUSHDB"]).await;
-        let count = 1 + uniform(&mut r, 6) as usize;
+        if uniform(&mut r, 2) == 0 {
+            // Every family exists before the nodes register: the scripts
+            // that register and stage them keep it up to date.
+            for w in weighers {
+                let out = q.place(&opts(w, WeigherOrder::Min)).await.unwrap();
+                assert_eq!(out.status, PlaceStatus::Empty);
+            }
+        }
+        let count = 1 + uniform(&mut r, names.len() as u64 - 1) as usize;
         let mut views = Vec::new();
         let mut totals = Vec::new();
         let mut tokens_list: Vec<String> = Vec::new();
@@ -269,24 +306,19 @@ async fn lua_agrees_with_the_pure_policy() {
             let total = 1 + uniform(&mut r, 7) as i64;
             let cap = uniform(&mut r, total as u64) as i64;
             let rc = uniform(&mut r, 5) as i64;
-            let parallel = if uniform(&mut r, 2) == 0 {
+            let parallel = if uniform(&mut r, 3) == 0 {
                 1 + uniform(&mut r, 2) as u32
             } else {
                 0
             };
             let alive = uniform(&mut r, 4) != 0;
             q.register(&reg(name, total, parallel)).await.unwrap();
-            let _: () = cmd(&mut c, &["SET", &format!("cap:{name}"), &cap.to_string()]).await;
-            let _: () = cmd(
-                &mut c,
-                &["SET", &format!("run_count:{name}"), &rc.to_string()],
-            )
-            .await;
+            q.stage_counters(name, cap, rc).await.unwrap();
             let _: i64 = cmd(&mut c, &["LREM", "slots:available", "0", name]).await;
             if !alive {
                 let _: i64 = cmd(&mut c, &["ZADD", "nodes:alive", "1", name]).await;
             }
-            for _ in 0..uniform(&mut r, 2) {
+            for _ in 0..uniform(&mut r, 3) {
                 tokens_list.push(name.to_string());
             }
             if alive {
@@ -307,52 +339,118 @@ async fn lua_agrees_with_the_pure_policy() {
             let _: i64 = cmd(&mut c, &["RPUSH", "slots:available", t]).await;
         }
         let scan = uniform(&mut r, 3) as usize; // 0 = all
-        let window = if scan == 0 {
-            &tokens_list[..]
-        } else {
-            &tokens_list[tokens_list.len().saturating_sub(scan)..]
-        };
-        for v in &mut views {
-            v.tokens = window.iter().filter(|t| **t == v.name).count();
-        }
-        let need = 1 + uniform(&mut r, 4) as i64;
-        let w = [Weigher::None, Weigher::Instances, Weigher::Vcpu][uniform(&mut r, 2) as usize];
+        let w = weighers[uniform(&mut r, 2) as usize];
         let o = if r.next_u32().is_multiple_of(2) {
             WeigherOrder::Min
         } else {
             WeigherOrder::Max
         };
-        let _: i64 = cmd(&mut c, &["RPUSH", "q:pending", &task("x", need)]).await;
-        let out = q
-            .place(&PlaceOptions {
-                scan_slots: scan,
-                ..opts(w, o)
-            })
-            .await
-            .unwrap();
-        let expected_dead = dead_reason(Ok(need), 0, 3, &totals);
-        let got = match (out.status, out.events.as_slice()) {
-            (_, [PlaceEvent::Placed { node, .. }]) => format!("placed {node}"),
-            (_, [PlaceEvent::Dead { reason, .. }]) => format!("dead {reason}"),
-            (PlaceStatus::Wait, []) => "wait".into(),
-            (PlaceStatus::NoLiveNodes, []) => "nolive".into(),
-            other => panic!("{other:?}"),
-        };
-        let want = if views.is_empty() {
-            "nolive".to_string()
-        } else if let Some(reason) = expected_dead {
-            format!("dead {reason}")
-        } else {
-            match choose(&views, need, w, o) {
-                Some(n) => format!("placed {}", n.name),
-                None => "wait".into(),
+        let steps = 1 + uniform(&mut r, 4) as usize;
+        let needs: Vec<i64> = (0..steps).map(|_| 1 + uniform(&mut r, 4) as i64).collect();
+        // Either one call per task, or every task in one call (batch = steps),
+        // where the script's writes of earlier placements are still pending.
+        let one_call = uniform(&mut r, 1) == 0;
+        let mut got: Vec<String> = Vec::new();
+        if one_call {
+            for need in &needs {
+                let _: i64 = cmd(&mut c, &["RPUSH", "q:pending", &task("x", *need)]).await;
             }
-        };
-        assert_eq!(
-            got, want,
-            "trial {trial}: need {need} {w:?} {o:?} scan {scan} views {views:?} tokens {tokens_list:?}"
-        );
-        decisions += 1;
+            let out = q
+                .place(&PlaceOptions {
+                    scan_slots: scan,
+                    batch: steps,
+                    ..opts(w, o)
+                })
+                .await
+                .unwrap();
+            assert_index_consistent(&q).await;
+            got = describe(&out);
+        }
+        for (step, need) in needs.iter().copied().enumerate() {
+            let window = if scan == 0 {
+                &tokens_list[..]
+            } else {
+                &tokens_list[tokens_list.len().saturating_sub(scan)..]
+            };
+            for v in &mut views {
+                v.tokens = window.iter().filter(|t| **t == v.name).count();
+            }
+            if !one_call {
+                let _: i64 = cmd(&mut c, &["RPUSH", "q:pending", &task("x", need)]).await;
+                let out = q
+                    .place(&PlaceOptions {
+                        scan_slots: scan,
+                        ..opts(w, o)
+                    })
+                    .await
+                    .unwrap();
+                assert_index_consistent(&q).await;
+                got.extend(describe(&out));
+            }
+            let expected_dead = dead_reason(Ok(need), 0, 3, None, &totals);
+            let chosen = if views.is_empty() || expected_dead.is_some() {
+                None
+            } else {
+                choose(&views, need, w, o).map(|n| n.name.clone())
+            };
+            let want = if views.is_empty() {
+                "nolive".to_string()
+            } else if let Some(reason) = &expected_dead {
+                format!("dead {reason}")
+            } else {
+                match &chosen {
+                    Some(n) => format!("placed {n}"),
+                    None => "wait".into(),
+                }
+            };
+            assert_eq!(
+                got.get(step),
+                Some(&want),
+                "trial {trial} step {step} (one call: {one_call}): need {need} {w:?} {o:?} scan {scan} views {views:?} tokens {tokens_list:?}, got {got:?}"
+            );
+            decisions += 1;
+            match chosen {
+                Some(name) => {
+                    // What the script did to the node: the model follows.
+                    let v = views.iter_mut().find(|v| v.name == name).unwrap();
+                    v.cap -= need;
+                    v.run_count += 1;
+                    if v.parallel > 0 {
+                        let last = tokens_list.iter().rposition(|t| *t == name).unwrap();
+                        tokens_list.remove(last);
+                    }
+                }
+                None if expected_dead.is_none() => {
+                    // The head waits, and in one call nothing behind it moves.
+                    if one_call {
+                        assert_eq!(got.len(), step + 1, "trial {trial}: {got:?}");
+                        break;
+                    }
+                    let _: i64 = cmd(&mut c, &["DEL", "q:pending"]).await;
+                }
+                None => {}
+            }
+        }
     }
-    assert_eq!(decisions, 300);
+    assert!(decisions >= 300);
+}
+
+/// Counters written by something other than the scripts (an operator, an
+/// older binary) never make placement overcommit: the chosen node's counters
+/// are checked, and a disagreeing index entry is re-filed.
+#[tokio::test]
+async fn an_index_entry_that_disagrees_with_the_counters_is_refiled() {
+    let s = RedisServer::start().expect("redis");
+    let q = queue(&s).await;
+    q.register(&reg("a", 4, 0)).await.unwrap();
+    q.register(&reg("b", 4, 0)).await.unwrap();
+    let o = opts(Weigher::None, WeigherOrder::Min);
+    // Builds the first-fit family while the counters agree.
+    assert_eq!(q.place(&o).await.unwrap().status, PlaceStatus::Empty);
+    let mut c = q.conn().manager();
+    let _: () = cmd(&mut c, &["SET", &tracekit_proto::keys::cap("a"), "1"]).await;
+    push(&q, &[task("t", 2)]).await;
+    // a is first by name and indexed with 4 free, but really has 1.
+    assert_eq!(placed_on(&q, &o).await.as_deref(), Some("b"));
+    assert_eq!(get_i64(&mut c, &tracekit_proto::keys::cap("a")).await, 1);
 }

@@ -1,15 +1,10 @@
 -- common.lua: helpers prepended to every Tracekit script (see the data model
--- in tracekit_proto's crate doc). Every script gets KEYS[1] = pending list,
--- KEYS[2] = slot-token list. Writes come after all reads and checks, so a
--- script error can never leave half a state transition behind.
+-- in tracekit_proto's crate doc), after the key prelude generated from
+-- keys.rs (REGISTRY, ALIVE, …, key_cap(node), …). Every script gets KEYS[1] =
+-- pending list, KEYS[2] = slot-token list. Writes come after all reads and
+-- checks, so a script error can never leave half a state transition behind.
 local PENDING = KEYS[1]
 local SLOTS = KEYS[2]
-local REGISTRY = 'nodes:registry'
-local ALIVE = 'nodes:alive'
-local SLOTTED = 'nodes:slotted'
-local DEAD = 'q:dead'
-local ATTEMPTS = 'q:attempts'
-local LAST_ERROR = 'q:last_error'
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -54,24 +49,123 @@ local function dead_entry(raw, reason, node)
   return cjson.encode(e)
 end
 
+-- The placement index (see the data model): IDX_LIVE holds the nodes
+-- placement may consider, scored by cap_total; an indexed node without slot
+-- tokens and with free capacity c >= 1 is also in bucket c of every active
+-- family (key_index_first/instances/vcpu(_max)(c), see family_score), and c
+-- is in IDX_CAPS. Every script that changes a node's free
+-- capacity, run_count or liveness keeps this up to date, so a placement reads
+-- a few bucket heads instead of every node.
+local FAMILY_KEY = {
+  first = key_index_first,
+  inst = key_index_instances,
+  inst_max = key_index_instances_max,
+  vcpu = key_index_vcpu,
+  vcpu_max = key_index_vcpu_max,
+}
+
+local active_families = nil
+-- The families kept up to date (read once per script call).
+local function families()
+  if not active_families then
+    active_families = {}
+    for _, f in ipairs(redis.call('SMEMBERS', IDX_FAMILIES)) do
+      if FAMILY_KEY[f] then
+        active_families[#active_families + 1] = f
+      end
+    end
+  end
+  return active_families
+end
+
+-- A node's score in family `f`: ascending scores, then names, are the
+-- weigher's order (max orders negate the metric).
+local function family_score(f, total, rc)
+  if f == 'inst' then
+    return rc
+  elseif f == 'inst_max' then
+    return -rc
+  elseif f == 'vcpu' then
+    return total
+  elseif f == 'vcpu_max' then
+    return -total
+  end
+  return 0
+end
+
+-- Capacities this call knows to be in IDX_CAPS (saves re-adding them).
+local caps_known = {}
+
+-- Take `node` out of the buckets of free capacity `cap`. An emptied bucket's
+-- capacity stays in IDX_CAPS until a placement meets it.
+local function unbucket(node, cap)
+  if cap >= 1 then
+    for _, f in ipairs(families()) do
+      redis.call('ZREM', FAMILY_KEY[f](cap), node)
+    end
+  end
+end
+
+-- Put `node` in the buckets of free capacity `cap`.
+local function bucket(node, cap, total, rc)
+  if cap >= 1 then
+    local fams = families()
+    for _, f in ipairs(fams) do
+      redis.call('ZADD', FAMILY_KEY[f](cap), family_score(f, total, rc), node)
+    end
+    if #fams > 0 and not caps_known[cap] then
+      redis.call('ZADD', IDX_CAPS, cap, cap)
+      caps_known[cap] = true
+    end
+  end
+end
+
+-- A node without slot tokens changed from free capacity `old_cap` to `cap`
+-- (and to `rc` running): move it between buckets if it is indexed.
+local function refile(node, old_cap, cap, total, rc)
+  if redis.call('ZSCORE', IDX_LIVE, node) then
+    unbucket(node, old_cap)
+    bucket(node, cap, total, rc)
+  end
+end
+
+-- (Re-)index `node` from its counters (it is alive).
+local function index_node(node)
+  local v = redis.call('MGET', key_cap(node), key_cap_total(node), key_run_count(node), key_parallel(node))
+  local cap, total, rc, par = num(v[1]), num(v[2]), num(v[3]), num(v[4])
+  redis.call('ZADD', IDX_LIVE, total, node)
+  if par == 0 then
+    bucket(node, cap, total, rc)
+  end
+end
+
+-- Take `node` out of the index (dead, deregistered, or stale).
+local function unindex_node(node)
+  redis.call('ZREM', IDX_LIVE, node)
+  unbucket(node, num(redis.call('GET', key_cap(node))))
+end
+
 -- Give back what a finished (or handed-back) task held on `node`: capacity
 -- (never above the node's total), one run_count (never below 0) and one slot
 -- token when the node uses slots.
 local function release(node, raw)
   local units = held_units(raw)
-  local total = redis.call('GET', 'cap_total:' .. node)
-  local cap = num(redis.call('GET', 'cap:' .. node)) + units
+  local v = redis.call('MGET', key_cap(node), key_cap_total(node), key_run_count(node), key_parallel(node))
+  local old_cap, total, rc, par = num(v[1]), v[2], num(v[3]), num(v[4])
+  local cap = old_cap + units
   if total and cap > num(total) then
     cap = num(total)
   end
-  local rc = num(redis.call('GET', 'run_count:' .. node))
-  local par = num(redis.call('GET', 'parallel:' .. node))
-  redis.call('SET', 'cap:' .. node, cap)
+  redis.call('SET', key_cap(node), cap)
+  local new_rc = rc
   if rc > 0 then
-    redis.call('SET', 'run_count:' .. node, rc - 1)
+    new_rc = rc - 1
+    redis.call('SET', key_run_count(node), new_rc)
   end
   if par > 0 then
     redis.call('RPUSH', SLOTS, node)
+  else
+    refile(node, old_cap, cap, num(total), new_rc)
   end
 end
 
@@ -79,20 +173,21 @@ end
 -- removed from it, with its bookkeeping reset to "idle". In-flight tasks count
 -- one failed attempt when `count_attempt`.
 local function take_back(node, count_attempt)
-  local inflight = redis.call('LRANGE', 'inflight:' .. node, 0, -1)
-  local queued = redis.call('LRANGE', 'q:' .. node, 0, -1)
-  local total = redis.call('GET', 'cap_total:' .. node)
+  local inflight = redis.call('LRANGE', key_inflight(node), 0, -1)
+  local queued = redis.call('LRANGE', key_queue(node), 0, -1)
+  local total = redis.call('GET', key_cap_total(node))
   if count_attempt then
     for _, raw in ipairs(inflight) do
       redis.call('HINCRBY', ATTEMPTS, raw, 1)
       redis.call('HSET', LAST_ERROR, raw, 'its node was declared dead while running it')
     end
   end
-  redis.call('DEL', 'inflight:' .. node, 'q:' .. node)
+  unindex_node(node)
+  redis.call('DEL', key_inflight(node), key_queue(node))
   if total then
-    redis.call('SET', 'cap:' .. node, total)
+    redis.call('SET', key_cap(node), total)
   end
-  redis.call('SET', 'run_count:' .. node, 0)
+  redis.call('SET', key_run_count(node), 0)
   redis.call('LREM', SLOTS, 0, node)
   local out = {}
   for _, raw in ipairs(inflight) do
@@ -144,24 +239,15 @@ local function mget(keys)
   return out
 end
 
--- Live nodes (heartbeat newer than `since` ms) in byte order of names: the
--- registry's order (all scores 0), filtered by the alive set. Names only, no
--- scores: two cheap range reads whatever the number of nodes.
-local function live_nodes(since)
-  local alive = {}
-  local any = false
-  for _, n in ipairs(redis.call('ZRANGEBYSCORE', ALIVE, '(' .. since, '+inf')) do
-    alive[n] = true
-    any = true
-  end
-  local live = {}
-  if not any then
-    return live
-  end
-  for _, n in ipairs(redis.call('ZRANGE', REGISTRY, 0, -1)) do
-    if alive[n] then
-      live[#live + 1] = n
+-- Whether `a` sorts before `b` in byte order (Lua's `<` on strings follows
+-- the server's locale).
+local function name_less(a, b)
+  local la, lb = #a, #b
+  for i = 1, math.min(la, lb) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then
+      return x < y
     end
   end
-  return live
+  return la < lb
 end

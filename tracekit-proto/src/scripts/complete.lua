@@ -3,7 +3,7 @@
 -- (and changes nothing) when the task is no longer in flight there, so a
 -- retried call never returns capacity twice.
 local node, raw = ARGV[1], ARGV[2]
-if redis.call('LREM', 'inflight:' .. node, 1, raw) == 0 then
+if redis.call('LREM', key_inflight(node), 1, raw) == 0 then
   return 0
 end
 release(node, raw)

@@ -9,39 +9,41 @@
 -- Returns { cap_total, cap, orphans requeued, queued }.
 local node, capacity = ARGV[1], num(ARGV[2])
 local reset, clear = ARGV[6] == '1', ARGV[7] == '1'
-local orphans = redis.call('LRANGE', 'inflight:' .. node, 0, -1)
+-- Out of the index under the old counters; back in under the new ones below.
+unindex_node(node)
+local orphans = redis.call('LRANGE', key_inflight(node), 0, -1)
 local back = {}
 for _, raw in ipairs(orphans) do
   redis.call('HINCRBY', ATTEMPTS, raw, 1)
   redis.call('HSET', LAST_ERROR, raw, 'its node restarted while running it')
   back[#back + 1] = raw
 end
-redis.call('DEL', 'inflight:' .. node)
+redis.call('DEL', key_inflight(node))
 if clear then
-  for _, raw in ipairs(redis.call('LRANGE', 'q:' .. node, 0, -1)) do
+  for _, raw in ipairs(redis.call('LRANGE', key_queue(node), 0, -1)) do
     back[#back + 1] = raw
   end
-  redis.call('DEL', 'q:' .. node)
+  redis.call('DEL', key_queue(node))
 end
 push_head(back)
-local queued = redis.call('LRANGE', 'q:' .. node, 0, -1)
+local queued = redis.call('LRANGE', key_queue(node), 0, -1)
 local held = 0
 for _, raw in ipairs(queued) do
   held = held + held_units(raw)
 end
-local total = redis.call('GET', 'cap_total:' .. node)
+local total = redis.call('GET', key_cap_total(node))
 if reset or not total then
   total = capacity
 else
   total = num(total)
 end
 local parallel = num(ARGV[5])
-redis.call('SET', 'cap_total:' .. node, total)
-redis.call('SET', 'cap:' .. node, total - held)
-redis.call('SET', 'run_count:' .. node, #queued)
-redis.call('SET', 'phys:' .. node, ARGV[3])
-redis.call('SET', 'ratio:' .. node, ARGV[4])
-redis.call('SET', 'parallel:' .. node, parallel)
+redis.call('SET', key_cap_total(node), total)
+redis.call('SET', key_cap(node), total - held)
+redis.call('SET', key_run_count(node), #queued)
+redis.call('SET', key_phys(node), ARGV[3])
+redis.call('SET', key_ratio(node), ARGV[4])
+redis.call('SET', key_parallel(node), parallel)
 redis.call('LREM', SLOTS, 0, node)
 for _ = 1, parallel - #queued do
   redis.call('RPUSH', SLOTS, node)
@@ -53,4 +55,5 @@ else
 end
 redis.call('ZADD', REGISTRY, 0, node)
 redis.call('ZADD', ALIVE, now_ms(), node)
+index_node(node)
 return { total, total - held, #orphans, #queued }

@@ -4,7 +4,7 @@
 -- reason of the last failed attempt is kept for the dead letter. Returns 1,
 -- or 0 when it was not in flight there.
 local node, raw = ARGV[1], ARGV[2]
-if redis.call('LREM', 'inflight:' .. node, 1, raw) == 0 then
+if redis.call('LREM', key_inflight(node), 1, raw) == 0 then
   return 0
 end
 release(node, raw)

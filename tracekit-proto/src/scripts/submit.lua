@@ -16,13 +16,15 @@ for i = 3, #ARGV, 2 do
     if target == '' then
       redis.call('RPUSH', PENDING, raw)
     else
-      redis.call('RPUSH', 'q:' .. target, raw)
-      local cap = num(redis.call('GET', 'cap:' .. target))
-      local rc = num(redis.call('GET', 'run_count:' .. target))
-      redis.call('SET', 'cap:' .. target, cap - held_units(raw))
-      redis.call('SET', 'run_count:' .. target, rc + 1)
-      if num(redis.call('GET', 'parallel:' .. target)) > 0 then
+      redis.call('RPUSH', key_queue(target), raw)
+      local v = redis.call('MGET', key_cap(target), key_cap_total(target), key_run_count(target), key_parallel(target))
+      local cap, total, rc = num(v[1]), num(v[2]), num(v[3])
+      redis.call('SET', key_cap(target), cap - held_units(raw))
+      redis.call('SET', key_run_count(target), rc + 1)
+      if num(v[4]) > 0 then
         redis.call('LREM', SLOTS, -1, target)
+      else
+        refile(target, cap, cap - held_units(raw), total, rc + 1)
       end
     end
     pushed = pushed + 1

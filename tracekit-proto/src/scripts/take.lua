@@ -5,7 +5,7 @@
 -- minute, so a call retried after a lost reply returns the same task instead
 -- of taking a second one.
 local node, token = ARGV[1], ARGV[2]
-local memo = 'take:' .. token
+local memo = key_take_memo(token)
 local prev = redis.call('GET', memo)
 if prev then
   return { 'task', prev }
@@ -13,7 +13,7 @@ end
 if not redis.call('ZSCORE', ALIVE, node) then
   return { 'lost' }
 end
-local raw = redis.call('LMOVE', 'q:' .. node, 'inflight:' .. node, 'LEFT', 'RIGHT')
+local raw = redis.call('LMOVE', key_queue(node), key_inflight(node), 'LEFT', 'RIGHT')
 if not raw then
   return { 'empty' }
 end

@@ -13,8 +13,12 @@ use crate::util;
 pub enum Which {
     /// Tracer overhead and cost: no tracer vs eBPF vs procfs (needs root).
     Tracer,
-    /// Placements per second against a real redis-server.
+    /// Placements per second against a real redis-server, before and after
+    /// the placement index, 50 / 500 / 5,000 nodes.
     Sched,
+    /// A simulated fleet (agents speaking the real protocol in one process)
+    /// with real centrals and dispatch: latency, throughput, CPU.
+    Fleet,
     /// OpenDC export time and memory for 1k..100k tasks.
     Export,
     /// `report` and `compare` on 1k and 10k tasks × 60 samples.
@@ -29,6 +33,32 @@ pub struct BenchArgs {
     pub which: Which,
     #[command(flatten)]
     pub tracer: tracer::TracerBenchArgs,
+    #[command(flatten)]
+    pub fleet: FleetBenchArgs,
+}
+
+/// Options of `bench fleet` (passed on to tracekit-sched's `fleet` bench).
+#[derive(Debug, Clone, Args)]
+pub struct FleetBenchArgs {
+    /// Fleet sizes (comma-separated), each measured beside 50 nodes.
+    #[arg(long, default_value = "1000,5000")]
+    pub nodes: String,
+    /// Tasks per fleet size.
+    #[arg(long, default_value_t = 20_000)]
+    pub tasks: u64,
+    /// Central processes placing at once.
+    #[arg(long, default_value_t = 1)]
+    pub centrals: usize,
+    /// The centrals' weigher ("" = first fit, instances, vcpu).
+    #[arg(long, default_value = "instances")]
+    pub weigher: String,
+    /// How long a simulated agent's take call polls before starting over
+    /// (tracekit-agent: 500 ms).
+    #[arg(long, default_value_t = 500)]
+    pub take_wait_ms: u64,
+    /// Print one JSON object per fleet size instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -37,6 +67,33 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     if matches!(args.which, Which::Sched | Which::All) {
         util::cargo(&["bench", "-p", "tracekit-sched", "--bench", "placement"])?;
+    }
+    if matches!(args.which, Which::Fleet | Which::All) {
+        let f = &args.fleet;
+        let (tasks, centrals) = (f.tasks.to_string(), f.centrals.to_string());
+        let weigher = format!("--weigher={}", f.weigher);
+        let wait = f.take_wait_ms.to_string();
+        let mut a = vec![
+            "bench",
+            "-p",
+            "tracekit-sched",
+            "--bench",
+            "fleet",
+            "--",
+            "--nodes",
+            &f.nodes,
+            "--tasks",
+            &tasks,
+            "--centrals",
+            &centrals,
+            &weigher,
+            "--take-wait-ms",
+            &wait,
+        ];
+        if f.json {
+            a.push("--json");
+        }
+        util::cargo(&a)?;
     }
     if matches!(args.which, Which::Export | Which::All) {
         util::cargo(&["bench", "-p", "tracekit-trace", "--bench", "export"])?;

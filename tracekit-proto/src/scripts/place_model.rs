@@ -1,9 +1,11 @@
-//! The placement policy as plain functions over a node snapshot: filters
-//! (alive, free capacity, slot token) and weighers (none, instances, vcpu;
-//! min or max; ties by node name). `place.lua` in tracekit-proto applies the
-//! same policy atomically inside Redis; the tests check that both agree.
+//! The placement policy as plain functions over a snapshot of the live nodes
+//! (feature `testing`): filters (free capacity, slot token) and weighers
+//! (none, instances, vcpu; min or max; ties by node name), and why a head
+//! task is dead-lettered. `place.lua`, beside this file, applies the same
+//! policy atomically inside Redis through its index; tracekit-sched's
+//! `placement_redis` test checks on random states that both decide alike.
 
-use tracekit_proto::{Weigher, WeigherOrder};
+use crate::{Weigher, WeigherOrder};
 
 /// What placement needs to know about one live node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,11 +49,13 @@ pub fn choose(nodes: &[NodeView], need: i64, w: Weigher, order: WeigherOrder) ->
 }
 
 /// Why a head task can never be placed (it goes to the dead-letter list), in
-/// the order place.lua checks: malformed/cpu_units, attempts, too big.
+/// the order place.lua checks: malformed/cpu_units, attempts (with the reason
+/// its last attempt failed, `q:last_error`), too big for every live node.
 pub fn dead_reason(
     units: Result<i64, String>,
     attempts: u32,
     max_attempts: u32,
+    last_error: Option<&str>,
     live_totals: &[i64],
 ) -> Option<String> {
     let units = match units {
@@ -59,7 +63,11 @@ pub fn dead_reason(
         Err(reason) => return Some(reason),
     };
     if max_attempts > 0 && attempts >= max_attempts {
-        return Some(format!("failed {attempts} attempts (max {max_attempts})"));
+        let why = format!("failed {attempts} attempts (max {max_attempts})");
+        return Some(match last_error {
+            Some(e) => format!("{why}: {e}"),
+            None => why,
+        });
     }
     let largest = live_totals.iter().copied().max()?;
     (units > largest)
@@ -147,25 +155,29 @@ mod tests {
 
     #[test]
     fn dead_reasons() {
-        assert_eq!(dead_reason(Ok(2), 0, 3, &[4, 2]), None);
+        assert_eq!(dead_reason(Ok(2), 0, 3, None, &[4, 2]), None);
         assert!(
-            dead_reason(Ok(5), 0, 3, &[4, 2])
+            dead_reason(Ok(5), 0, 3, None, &[4, 2])
                 .unwrap()
                 .contains("largest live node has 4")
         );
         assert_eq!(
-            dead_reason(Ok(5), 0, 3, &[]),
+            dead_reason(Ok(5), 0, 3, None, &[]),
             None,
             "no live node: wait, do not dead-letter"
         );
         assert!(
-            dead_reason(Ok(1), 3, 3, &[4])
+            dead_reason(Ok(1), 3, 3, None, &[4])
                 .unwrap()
                 .contains("failed 3 attempts")
         );
-        assert_eq!(dead_reason(Ok(1), 3, 0, &[4]), None);
         assert_eq!(
-            dead_reason(Err("cpu_units < 1".into()), 0, 3, &[4]).as_deref(),
+            dead_reason(Ok(1), 3, 3, Some("ffmpeg exited with 1"), &[4]).as_deref(),
+            Some("failed 3 attempts (max 3): ffmpeg exited with 1")
+        );
+        assert_eq!(dead_reason(Ok(1), 3, 0, None, &[4]), None);
+        assert_eq!(
+            dead_reason(Err("cpu_units < 1".into()), 0, 3, None, &[4]).as_deref(),
             Some("cpu_units < 1")
         );
     }
