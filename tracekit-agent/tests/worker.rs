@@ -418,9 +418,8 @@ fn shared_binding_gives_fair_shares() {
     }
     // What the machine's other work (agent, kernel) leaves is split 1:2
     // within 15 %, and neither task falls far below its absolute share: CFS
-    // bandwidth control delivers a small quota short (measured 0.51-0.60 of
-    // 0.667 cores on this VM; issue 12 has the product fix), while a broken
-    // binding would give the two tasks alike.
+    // bandwidth control delivers a small quota short on a VM (issue 12 has
+    // the product fix), while a broken binding would give both tasks alike.
     let total: f64 = shares.iter().map(|s| s.1).sum();
     for (units, got, want) in shares {
         let split = got / total;
