@@ -103,3 +103,21 @@ pub fn compile_source(name: &str, out: &Path) -> Result<(), BuildError> {
     }
     Ok(())
 }
+
+/// Tell cargo the commit this is built from (`TRACEKIT_COMMIT`, for
+/// `--version` and `node_meta.json`; "unknown" outside a git checkout). For
+/// build scripts of crates one level below the workspace root.
+pub fn emit_commit() {
+    println!("cargo:rerun-if-changed=../.git/logs/HEAD");
+    let out = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output();
+    let sha = out
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    println!(
+        "cargo:rustc-env=TRACEKIT_COMMIT={}",
+        sha.unwrap_or_else(|| "unknown".into())
+    );
+}
