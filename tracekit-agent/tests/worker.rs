@@ -89,8 +89,15 @@ impl Env {
 
     /// The agent, killed by its PID if the test ends before stopping it.
     fn agent(&self, node: &str, args: &[&str]) -> KillOnDrop {
-        let child = Command::new(AGENT)
-            .current_dir(self.dir.path())
+        let mut cmd = Command::new(AGENT);
+        self.agent_args(&mut cmd, node, args);
+        KillOnDrop(cmd.spawn().expect("starting the agent"))
+    }
+
+    /// The agent's command line for `node` in this environment, after
+    /// whatever `cmd` already holds.
+    fn agent_args(&self, cmd: &mut Command, node: &str, args: &[&str]) {
+        cmd.current_dir(self.dir.path())
             .args([
                 "--redis",
                 &self.redis.url_without_password(),
@@ -113,10 +120,7 @@ impl Env {
             .args(args)
             .env("REDIS_PASSWORD", self.redis.password())
             .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting the agent");
-        KillOnDrop(child)
+            .stdin(Stdio::null());
     }
 
     /// A task on `input` (short/long) of `units`, with overrides.
@@ -635,24 +639,8 @@ impl Env {
         cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
             .arg("mount -t tmpfs tk-no-cgroups /sys/fs/cgroup && exec \"$0\" \"$@\"")
             .arg(AGENT)
-            .current_dir(self.dir.path())
-            .args([
-                "--redis",
-                &self.redis.url_without_password(),
-                "--node-id",
-                node,
-            ])
-            .args(["--run-id", "run", "--logs"])
-            .arg(self.path(&format!("logs/{node}")))
-            .arg("--inputs")
-            .arg(self.path("inputs"))
-            .arg("--outputs")
-            .arg(self.path("outputs"))
-            .args(["--heartbeat-ms", "500", "--reset-capacity"])
-            .args(args)
-            .env("REDIS_PASSWORD", self.redis.password())
-            .stdin(Stdio::null())
             .stderr(Stdio::piped());
+        self.agent_args(&mut cmd, node, args);
         cmd.spawn().expect("starting unshare")
     }
 }

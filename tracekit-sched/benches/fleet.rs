@@ -19,6 +19,9 @@
 //! commands per placement (INFO commandstats, which counts the commands
 //! scripts run).
 
+mod common;
+
+use common::cpu_s;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -93,25 +96,6 @@ struct FleetResult {
     agents_cpu_us_per_placement: f64,
     redis_commands_per_placement: f64,
     wall_s: f64,
-}
-
-/// CPU seconds a process has run so far: the sum of its threads'
-/// schedstat run times (ns resolution, unlike the tick counts of stat).
-fn cpu_s(pid: u32) -> anyhow::Result<f64> {
-    let dir = format!("/proc/{pid}/task");
-    let mut ns = 0u64;
-    for e in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
-        let path = e?.path().join("schedstat");
-        // A thread may exit between listing and reading.
-        if let Ok(s) = std::fs::read_to_string(&path) {
-            ns += s
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-                .with_context(|| format!("malformed {}", path.display()))?;
-        }
-    }
-    Ok(ns as f64 / 1e9)
 }
 
 fn now_ms() -> i64 {

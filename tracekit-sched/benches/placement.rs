@@ -15,6 +15,9 @@
 //! commandstats deltas, which count the commands scripts run too). Variants and configurations are interleaved round by round, so load
 //! from other work hits them alike; the median round counts.
 
+mod common;
+
+use common::cpu_s;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -186,24 +189,6 @@ async fn legacy_place(
         .await?;
     let more = matches!(v.first(), Some(redis::Value::BulkString(b)) if b == b"more");
     Ok((v.len().saturating_sub(1) / 3, more))
-}
-
-/// CPU seconds a process has run so far (its threads' schedstat run times).
-fn cpu_s(pid: u32) -> anyhow::Result<f64> {
-    let dir = format!("/proc/{pid}/task");
-    let mut ns = 0u64;
-    for e in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
-        let path = e?.path().join("schedstat");
-        // A thread may exit between listing and reading.
-        if let Ok(s) = std::fs::read_to_string(&path) {
-            ns += s
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-                .with_context(|| format!("malformed {}", path.display()))?;
-        }
-    }
-    Ok(ns as f64 / 1e9)
 }
 
 #[allow(clippy::too_many_arguments)]

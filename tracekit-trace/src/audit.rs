@@ -230,6 +230,8 @@ pub struct NodeAudit {
     pub not_as_asked: Vec<String>,
     /// The first reason a task ran unbound.
     pub unbound_reason: Option<String>,
+    /// The user tasks ran as, when they kept the agent's privileges.
+    pub privileges_kept: Option<String>,
     pub problems: Vec<String>,
     pub warnings: Vec<String>,
     pub markdown: String,
@@ -542,7 +544,8 @@ pub fn audit_node(node: &NodeDir) -> Result<NodeAudit> {
         c.map_full = s.map_full;
     }
     let meta = &node.meta;
-    let privileges_kept = meta.privileges_dropped == Some(false);
+    let privileges_kept = (meta.privileges_dropped == Some(false))
+        .then(|| meta.run_as.clone().unwrap_or_else(|| "root".into()));
     c.torn_tails = u64::from(invocations_read.torn_tail) + u64::from(samples_read.torn_tail);
     c.bad_lines = invocations_read.bad_count + samples_read.bad_count;
 
@@ -565,16 +568,11 @@ pub fn audit_node(node: &NodeDir) -> Result<NodeAudit> {
         gaps: gap_offenders,
         not_as_asked: Vec::new(),
         unbound_reason,
+        privileges_kept,
         problems: Vec::new(),
         warnings: Vec::new(),
         markdown: String::new(),
     };
-    if privileges_kept {
-        audit.not_as_asked.push(format!(
-            "tasks ran with the agent's privileges (--run-as {})",
-            meta.run_as.as_deref().unwrap_or("root")
-        ));
-    }
     judge(&mut audit);
     audit.markdown = markdown::render(&audit);
     tracing::info!(
@@ -611,8 +609,11 @@ fn judge(a: &mut NodeAudit) {
     problems.extend(not_as_asked.iter().cloned());
     // Kept privileges were asked for (--run-as root): worth the first lines,
     // not a failure.
-    warnings.extend(a.not_as_asked.iter().cloned());
-    not_as_asked.extend(a.not_as_asked.iter().cloned());
+    if let Some(user) = &a.privileges_kept {
+        let line = format!("tasks ran with the agent's privileges (--run-as {user})");
+        warnings.push(line.clone());
+        not_as_asked.push(line);
+    }
     let bad: Vec<&BadLine> = a
         .invocations_read
         .bad_lines
