@@ -16,6 +16,16 @@ pub const DEAD: &str = "q:dead";
 pub const ATTEMPTS: &str = "q:attempts";
 /// Hash raw task → why its last failed attempt failed.
 pub const LAST_ERROR: &str = "q:last_error";
+/// Set of nodes that are stopping: out of placement until they register
+/// again (their heartbeats do not put them back in the index).
+pub const LEAVING: &str = "nodes:leaving";
+/// When a central last checked for dead nodes (ms, Redis server time).
+pub const WATCH_LAST: &str = "nodes:watch_last";
+/// Since when the centrals have checked for dead nodes without a gap (ms,
+/// Redis server time): no node is declared dead before a full heartbeat
+/// timeout of watching, so an outage of Redis (or of every central) never
+/// counts against the nodes.
+pub const WATCH_SINCE: &str = "nodes:watch_since";
 /// Placement index: sorted set of the nodes placement may consider (alive and
 /// not found stale), scored by `cap_total`.
 pub const INDEX_LIVE: &str = "idx:live";
@@ -36,6 +46,9 @@ const FIXED: &[(&str, &str)] = &[
     ("DEAD", DEAD),
     ("ATTEMPTS", ATTEMPTS),
     ("LAST_ERROR", LAST_ERROR),
+    ("LEAVING", LEAVING),
+    ("WATCH_LAST", WATCH_LAST),
+    ("WATCH_SINCE", WATCH_SINCE),
     ("IDX_LIVE", INDEX_LIVE),
     ("IDX_CAPS", INDEX_CAPS),
     ("IDX_FAMILIES", INDEX_FAMILIES),
@@ -75,6 +88,10 @@ builders! {
     /// How `node`'s worker binds tasks to CPUs ("shared", "exclusive", or
     /// "UNBOUND: why"), set by the worker at registration.
     binding => "binding:",
+    /// Hash of the agent that holds `node`'s lease: `token` (one per
+    /// registration), `host`, `pid`, `lease_ms` (how long after its last
+    /// heartbeat another host may take the node over).
+    lease => "lease:",
     /// The answer a take call gave, under the call's token.
     take_memo => "take:",
     /// Placement index, first fit: indexed nodes without slot tokens whose

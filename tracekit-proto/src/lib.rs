@@ -32,6 +32,9 @@
 //! | `q:attempts` | hash | *new*: raw task → failed attempts so far (deleted when the task finishes) |
 //! | `q:last_error` | hash | *new*: raw task → why its last failed attempt failed (the dead letter quotes it; deleted with `q:attempts`) |
 //! | `binding:<node>` | string | *new*: the node's CPU binding as its worker reports it (`shared`, `exclusive`, or `UNBOUND: why`), for `status` |
+//! | `lease:<node>` | hash | *new*: the registration holding the node id (`token`, `host`, `pid`, `lease_ms`): one live agent per node id; heartbeats, takes, leave and deregistration carry the token, so a replaced registration changes nothing |
+//! | `nodes:leaving` | set | *new*: stopping nodes, out of placement while they hand tasks back (`leave`) |
+//! | `nodes:watch_last`, `nodes:watch_since` | int | *new*: when a central last checked for dead nodes, and since when they have checked without a gap (Redis time, ms): no node is declared dead before a full heartbeat timeout of watching, so a Redis outage never counts against the nodes |
 //! | `trace:<run>:nodes`, `trace:<run>:<node>` | set, hash | *new*: node trace directories published for `gather` (see [`gather`]) |
 //! | `dispatch:<id>:mark` | int | *new*: highest submission index a dispatcher has pushed (exactly-once submission across retries), expires after a day |
 //!
@@ -41,8 +44,13 @@
 //!  submit ─▶ q:pending ──place──▶ q:<node> ──take──▶ inflight:<node> ──complete──▶ (gone)
 //!               ▲  │                 │                    │   └──dead_letter──▶ q:dead
 //!               │  └─dead (bad, too big, too many attempts)──▶ q:dead
-//!               └──── recover (node dead) / deregister / register (orphans) / requeue
+//!               └──── recover (node dead) / deregister / register (orphans) / requeue / leave (queued)
 //! ```
+//!
+//! A completion that comes after its node was declared dead still completes
+//! the task while nobody has taken it again (it leaves pending or the queue
+//! it was placed on); otherwise it is refused, and the worker discards the
+//! run's output.
 //!
 //! Every arrow is one Lua script (`src/scripts/*.lua`, all sharing
 //! `common.lua`), so each transition is atomic: a crash or a lost connection
@@ -91,9 +99,9 @@ pub mod testing;
 pub use conn::{RedisConn, RedisOptions};
 pub use keys::Keys;
 pub use queue::{
-    DeadLetter, Heartbeat, NodeState, PlaceEvent, PlaceOptions, PlaceOutcome, PlaceStatus, Queue,
-    QueueError, Recovered, Registered, Registration, Snapshot, SubmitTarget, Take, Weigher,
-    WeigherOrder,
+    Completion, DeadLetter, Heartbeat, Lease, NodeState, PlaceEvent, PlaceOptions, PlaceOutcome,
+    PlaceStatus, Queue, QueueError, Recovered, Registered, Registration, Snapshot, SubmitTarget,
+    Take, Weigher, WeigherOrder,
 };
 pub use task::{Task, TaskError};
 

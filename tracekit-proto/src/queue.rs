@@ -15,6 +15,16 @@ use crate::scripts;
 pub enum QueueError {
     #[error("Redis: {0}")]
     Redis(#[from] RedisError),
+    #[error(
+        "node id `{node}` is in use by the agent on host {host} (pid {pid}): one live agent per node id; give this one another --node-id, or stop that one"
+    )]
+    Held {
+        node: String,
+        host: String,
+        pid: String,
+    },
+    #[error("task {index} is {bytes} bytes, more than the limit of {limit}: not submitted", limit = crate::task::MAX_TASK_BYTES)]
+    TooLarge { index: u64, bytes: usize },
     #[error("unexpected reply from {script}: {detail}")]
     Reply {
         script: &'static str,
@@ -130,6 +140,47 @@ pub struct Registration {
     pub reset_capacity: bool,
     /// Hand the node's queued tasks back to the head of pending.
     pub clear_queue: bool,
+    /// Who holds the node while this registration lasts.
+    pub lease: Lease,
+}
+
+/// A registration's hold on its node id: one live agent per node id. The
+/// token is new for each registration; heartbeats, takes and deregistration
+/// carry it, so a registration that was replaced (its node declared dead,
+/// or taken over) learns it at once and can change nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub token: String,
+    /// Host name of the holder (its previous holder on the same host is
+    /// known to be gone: the agent holds a local lock on the node id).
+    pub host: String,
+    pub pid: u32,
+    /// How long after the holder's last heartbeat another host may take the
+    /// node over.
+    pub lease_ms: u64,
+}
+
+impl Lease {
+    /// A new lease for this process on this host.
+    pub fn fresh(lease_ms: u64) -> Lease {
+        let host = host_name();
+        let pid = std::process::id();
+        Lease {
+            token: format!("{}:{pid}:{}", host, take_token("lease")),
+            host,
+            pid,
+            lease_ms,
+        }
+    }
+}
+
+/// This host's name (the kernel's, as `hostname` prints it).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown-host".into())
 }
 
 /// Result of [`Queue::register`].
@@ -151,6 +202,26 @@ pub enum Heartbeat {
     /// The node is not alive (declared dead or never registered): its work
     /// was taken back, and it must [`Queue::register`] again.
     Lost,
+}
+
+/// Result of [`Queue::complete_task`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// The task left the node's in-flight list.
+    Accepted,
+    /// The node had been declared dead, but nobody had taken the task again:
+    /// it left pending (or the queue it was placed on) and is done.
+    Late,
+    /// Not in flight here and not waiting anywhere: already completed, or
+    /// another node runs it again. Nothing changed.
+    Refused,
+}
+
+impl Completion {
+    /// Whether the run counts (its output is the task's).
+    pub fn counts(self) -> bool {
+        matches!(self, Completion::Accepted | Completion::Late)
+    }
 }
 
 /// Result of [`Queue::take_task`].
@@ -321,17 +392,24 @@ impl Queue {
     }
 
     /// Declares every node whose heartbeat is older than `timeout` dead and
-    /// takes its work back (see `recover.lua`).
+    /// takes its work back (see `recover.lua`). `gap`: the longest pause
+    /// between two checks (of any central) that still counts as watching;
+    /// after a longer one (Redis or every central was down) no node is
+    /// declared dead before a full `timeout` of watching.
     pub async fn recover_dead_nodes(
         &self,
         timeout: Duration,
+        gap: Duration,
     ) -> Result<Vec<Recovered>, QueueError> {
         let v = self
             .eval(
                 "recover.lua",
                 &scripts::RECOVER,
                 &[],
-                &[(timeout.as_millis() as u64).to_string().as_bytes()],
+                &[
+                    (timeout.as_millis() as u64).to_string().as_bytes(),
+                    (gap.as_millis() as u64).to_string().as_bytes(),
+                ],
             )
             .await?;
         let Value::Array(items) = v else {
@@ -361,6 +439,15 @@ impl Queue {
         target: SubmitTarget<'_>,
         items: &[(u64, String)],
     ) -> Result<usize, QueueError> {
+        if let Some((index, raw)) = items
+            .iter()
+            .find(|(_, raw)| raw.len() > crate::task::MAX_TASK_BYTES)
+        {
+            return Err(QueueError::TooLarge {
+                index: *index,
+                bytes: raw.len(),
+            });
+        }
         let mark = keys::dispatch_mark(dispatcher_id);
         let node = match target {
             SubmitTarget::Pending => "",
@@ -397,10 +484,21 @@ impl Queue {
                     r.parallel.to_string().as_bytes(),
                     if r.reset_capacity { b"1" } else { b"0" },
                     if r.clear_queue { b"1" } else { b"0" },
+                    r.lease.token.as_bytes(),
+                    r.lease.host.as_bytes(),
+                    r.lease.pid.to_string().as_bytes(),
+                    r.lease.lease_ms.to_string().as_bytes(),
                 ],
             )
             .await?;
         match &v {
+            Value::Array(a) if a.first().and_then(utf8).as_deref() == Some("held") => {
+                Err(QueueError::Held {
+                    node: r.node.clone(),
+                    host: a.get(1).and_then(utf8).unwrap_or_default(),
+                    pid: a.get(2).and_then(utf8).unwrap_or_default(),
+                })
+            }
             Value::Array(a) if a.len() == 4 => {
                 let g = |i: usize| {
                     int(&a[i]).ok_or_else(|| bad_reply("register.lua", format!("{v:?}")))
@@ -416,14 +514,15 @@ impl Queue {
         }
     }
 
-    /// Refreshes the node's heartbeat.
-    pub async fn heartbeat(&self, node: &str) -> Result<Heartbeat, QueueError> {
+    /// Refreshes the node's heartbeat, if the registration of `lease` (its
+    /// token) still holds the node.
+    pub async fn heartbeat(&self, node: &str, lease: &str) -> Result<Heartbeat, QueueError> {
         let v = self
             .eval(
                 "heartbeat.lua",
                 &scripts::HEARTBEAT,
                 &[],
-                &[node.as_bytes()],
+                &[node.as_bytes(), lease.as_bytes()],
             )
             .await?;
         match int(&v) {
@@ -435,7 +534,8 @@ impl Queue {
 
     /// Moves the node's oldest queued task to its in-flight list. A task that
     /// is not UTF-8 cannot be a task: it is dead-lettered and the next one taken.
-    pub async fn take_task(&self, node: &str) -> Result<Take, QueueError> {
+    /// `lease`: the registration's token (a replaced one takes nothing).
+    pub async fn take_task(&self, node: &str, lease: &str) -> Result<Take, QueueError> {
         loop {
             let token = take_token(node);
             let v = self
@@ -443,7 +543,7 @@ impl Queue {
                     "take.lua",
                     &scripts::TAKE,
                     &[],
-                    &[node.as_bytes(), token.as_bytes()],
+                    &[node.as_bytes(), token.as_bytes(), lease.as_bytes()],
                 )
                 .await?;
             let Value::Array(a) = &v else {
@@ -472,11 +572,16 @@ impl Queue {
 
     /// [`Queue::take_task`], polling (20 ms growing to 250 ms) until a task
     /// arrives, the node is lost, or `timeout` passes (then `Take::Empty`).
-    pub async fn take_task_wait(&self, node: &str, timeout: Duration) -> Result<Take, QueueError> {
+    pub async fn take_task_wait(
+        &self,
+        node: &str,
+        lease: &str,
+        timeout: Duration,
+    ) -> Result<Take, QueueError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut delay = Duration::from_millis(20);
         loop {
-            match self.take_task(node).await? {
+            match self.take_task(node, lease).await? {
                 Take::Empty if tokio::time::Instant::now() + delay < deadline => {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_millis(250));
@@ -535,9 +640,9 @@ impl Queue {
     }
 
     /// The task finished: it leaves the in-flight list and gives back its
-    /// capacity, run_count and slot token. `false` if it was no longer in
-    /// flight (already completed, or the node was declared dead).
-    pub async fn complete_task(&self, node: &str, raw: &str) -> Result<bool, QueueError> {
+    /// capacity, run_count and slot token (see [`Completion`] for a
+    /// completion that comes after the node was declared dead).
+    pub async fn complete_task(&self, node: &str, raw: &str) -> Result<Completion, QueueError> {
         let v = self
             .eval(
                 "complete.lua",
@@ -546,7 +651,12 @@ impl Queue {
                 &[node.as_bytes(), raw.as_bytes()],
             )
             .await?;
-        Ok(int(&v) == Some(1))
+        match int(&v) {
+            Some(1) => Ok(Completion::Accepted),
+            Some(2) => Ok(Completion::Late),
+            Some(0) => Ok(Completion::Refused),
+            _ => Err(bad_reply("complete.lua", format!("{v:?}"))),
+        }
     }
 
     /// The task can never run: it goes to `q:dead` with `reason`, its
@@ -614,19 +724,36 @@ impl Queue {
     }
 
     /// The worker leaves: everything it still holds goes back to the head of
-    /// pending; returns how many tasks.
-    pub async fn deregister(&self, node: &str) -> Result<usize, QueueError> {
+    /// pending; returns how many tasks, or `None` (nothing changed) when
+    /// another registration holds the node.
+    pub async fn deregister(&self, node: &str, lease: &str) -> Result<Option<usize>, QueueError> {
+        self.lease_script("deregister.lua", &scripts::DEREGISTER, node, lease)
+            .await
+    }
+
+    /// A stopping worker takes itself out of placement (see `leave.lua`)
+    /// before it hands anything back; returns how many queued tasks went
+    /// back to pending, or `None` when another registration holds the node.
+    pub async fn leave(&self, node: &str, lease: &str) -> Result<Option<usize>, QueueError> {
+        self.lease_script("leave.lua", &scripts::LEAVE, node, lease)
+            .await
+    }
+
+    async fn lease_script(
+        &self,
+        name: &'static str,
+        script: &redis::Script,
+        node: &str,
+        lease: &str,
+    ) -> Result<Option<usize>, QueueError> {
         let v = self
-            .eval(
-                "deregister.lua",
-                &scripts::DEREGISTER,
-                &[],
-                &[node.as_bytes()],
-            )
+            .eval(name, script, &[], &[node.as_bytes(), lease.as_bytes()])
             .await?;
-        int(&v)
-            .map(|n| n as usize)
-            .ok_or_else(|| bad_reply("deregister.lua", format!("{v:?}")))
+        match int(&v) {
+            Some(-1) => Ok(None),
+            Some(n) if n >= 0 => Ok(Some(n as usize)),
+            _ => Err(bad_reply(name, format!("{v:?}"))),
+        }
     }
 
     // ---- inspection ----
@@ -842,6 +969,14 @@ impl Queue {
             ],
         )
         .await?;
+        Ok(())
+    }
+
+    /// Test support: the centrals have watched the nodes for ever (a test
+    /// that makes a heartbeat ancient wants it judged at once).
+    pub async fn assume_watched(&self) -> Result<(), QueueError> {
+        self.eval("testing_watched.lua", &scripts::WATCHED, &[], &[])
+            .await?;
         Ok(())
     }
 

@@ -14,6 +14,12 @@ fn reg(node: &str, capacity: i64, parallel: u32) -> Registration {
         parallel,
         reset_capacity: true,
         clear_queue: false,
+        lease: Lease {
+            token: format!("tok-{node}"),
+            host: "test-host".into(),
+            pid: 1,
+            lease_ms: 5000,
+        },
     }
 }
 
@@ -60,14 +66,20 @@ async fn worker_cycle_returns_everything_once() {
     assert_eq!(out.events.len(), 2);
     assert_eq!(get(&q, "cap:w1").await.as_deref(), Some("0"));
     assert_eq!(get(&q, "run_count:w1").await.as_deref(), Some("2"));
-    let Take::Task(t0) = q.take_task("w1").await.unwrap() else {
+    let Take::Task(t0) = q.take_task("w1", "tok-w1").await.unwrap() else {
         panic!("no task")
     };
     assert_eq!(t0, task(0, 2));
     assert_eq!(q.inflight_tasks("w1").await.unwrap(), vec![t0.clone()]);
-    assert!(q.complete_task("w1", &t0).await.unwrap());
+    assert_eq!(
+        q.complete_task("w1", &t0).await.unwrap(),
+        Completion::Accepted
+    );
     // A retried completion changes nothing.
-    assert!(!q.complete_task("w1", &t0).await.unwrap());
+    assert_eq!(
+        q.complete_task("w1", &t0).await.unwrap(),
+        Completion::Refused
+    );
     assert_eq!(get(&q, "cap:w1").await.as_deref(), Some("2"));
     assert_eq!(get(&q, "run_count:w1").await.as_deref(), Some("1"));
     let snap = q.snapshot(Duration::from_secs(10)).await.unwrap();
@@ -119,7 +131,7 @@ async fn direct_assignment_reserves_and_register_recomputes() {
         .await
         .unwrap();
     assert_eq!(get(&q, "cap:w1").await.as_deref(), Some("2"));
-    let Take::Task(t) = q.take_task("w1").await.unwrap() else {
+    let Take::Task(t) = q.take_task("w1", "tok-w1").await.unwrap() else {
         panic!()
     };
     // The worker crashes and restarts: its in-flight task is an orphan.
@@ -169,7 +181,7 @@ async fn dead_letter_and_requeue_return_capacity() {
     .await
     .unwrap();
     q.place(&place_opts()).await.unwrap();
-    let Take::Task(t0) = q.take_task("w1").await.unwrap() else {
+    let Take::Task(t0) = q.take_task("w1", "tok-w1").await.unwrap() else {
         panic!()
     };
     assert!(
@@ -186,7 +198,7 @@ async fn dead_letter_and_requeue_return_capacity() {
     );
     assert_eq!(dead[0].node.as_deref(), Some("w1"));
     q.place(&place_opts()).await.unwrap();
-    let Take::Task(t1) = q.take_task("w1").await.unwrap() else {
+    let Take::Task(t1) = q.take_task("w1", "tok-w1").await.unwrap() else {
         panic!()
     };
     assert!(
@@ -222,15 +234,18 @@ async fn dead_letter_and_requeue_return_capacity() {
 async fn heartbeat_and_recovery() {
     let s = RedisServer::start().expect("redis");
     let q = s.queue().await.expect("queue");
-    assert_eq!(q.heartbeat("ghost").await.unwrap(), Heartbeat::Lost);
+    assert_eq!(
+        q.heartbeat("ghost", "tok-ghost").await.unwrap(),
+        Heartbeat::Lost
+    );
     q.register(&reg("a", 2, 0)).await.unwrap();
     q.register(&reg("b", 2, 0)).await.unwrap();
-    assert_eq!(q.heartbeat("a").await.unwrap(), Heartbeat::Alive);
+    assert_eq!(q.heartbeat("a", "tok-a").await.unwrap(), Heartbeat::Alive);
     let items: Vec<(u64, String)> = (0..4).map(|i| (i, task(i, 1))).collect();
     q.submit("d", SubmitTarget::Pending, &items).await.unwrap();
     q.place(&place_opts()).await.unwrap();
     // first fit: a gets 0,1; b gets 2,3
-    let Take::Task(t) = q.take_task("a").await.unwrap() else {
+    let Take::Task(t) = q.take_task("a", "tok-a").await.unwrap() else {
         panic!()
     };
     assert_eq!(t, task(0, 1));
@@ -243,7 +258,11 @@ async fn heartbeat_and_recovery() {
         .query_async(&mut c)
         .await
         .unwrap();
-    let rec = q.recover_dead_nodes(Duration::from_secs(60)).await.unwrap();
+    q.assume_watched().await.unwrap();
+    let rec = q
+        .recover_dead_nodes(Duration::from_secs(60), Duration::from_secs(2))
+        .await
+        .unwrap();
     assert_eq!(
         rec,
         vec![Recovered {
@@ -258,18 +277,26 @@ async fn heartbeat_and_recovery() {
     );
     assert_eq!(get(&q, "cap:a").await.as_deref(), Some("2"));
     assert_eq!(get(&q, "run_count:a").await.as_deref(), Some("0"));
-    assert_eq!(q.heartbeat("a").await.unwrap(), Heartbeat::Lost);
-    assert_eq!(q.take_task("a").await.unwrap(), Take::Lost);
-    assert!(!q.complete_task("a", &t).await.unwrap());
+    assert_eq!(q.heartbeat("a", "tok-a").await.unwrap(), Heartbeat::Lost);
+    assert_eq!(q.take_task("a", "tok-a").await.unwrap(), Take::Lost);
+    // Its completion comes late, but nobody took it again: it counts, and
+    // the task leaves pending.
+    assert_eq!(q.complete_task("a", &t).await.unwrap(), Completion::Late);
+    assert_eq!(q.pending_tasks().await.unwrap(), vec![task(1, 1)]);
+    assert_eq!(q.complete_task("a", &t).await.unwrap(), Completion::Refused);
     assert_eq!(
-        q.recover_dead_nodes(Duration::from_secs(60)).await.unwrap(),
+        q.recover_dead_nodes(Duration::from_secs(60), Duration::from_secs(2))
+            .await
+            .unwrap(),
         vec![]
     );
     let snap = q.snapshot(Duration::from_secs(60)).await.unwrap();
     assert!(!snap.nodes[0].alive && snap.nodes[1].alive);
     // Deregistering hands back what b holds.
-    assert_eq!(q.deregister("b").await.unwrap(), 2);
-    assert_eq!(q.pending_tasks().await.unwrap().len(), 4);
+    // Only the holder of the lease may deregister.
+    assert_eq!(q.deregister("b", "tok-other").await.unwrap(), None);
+    assert_eq!(q.deregister("b", "tok-b").await.unwrap(), Some(2));
+    assert_eq!(q.pending_tasks().await.unwrap().len(), 3);
 }
 
 #[tokio::test]
@@ -286,7 +313,7 @@ async fn survives_a_killed_connection() {
             .await
             .unwrap();
         assert_eq!(n, 1);
-        assert_eq!(q.heartbeat("w1").await.unwrap(), Heartbeat::Alive);
+        assert_eq!(q.heartbeat("w1", "tok-w1").await.unwrap(), Heartbeat::Alive);
     }
 }
 
@@ -296,7 +323,7 @@ async fn tls_with_a_ca_file_and_insecure() {
     let s = RedisServer::start_tls().expect("redis with TLS");
     let q = s.queue().await.expect("queue over TLS");
     q.register(&reg("w1", 2, 0)).await.unwrap();
-    assert_eq!(q.heartbeat("w1").await.unwrap(), Heartbeat::Alive);
+    assert_eq!(q.heartbeat("w1", "tok-w1").await.unwrap(), Heartbeat::Alive);
     // Without the CA the certificate is not trusted; `#insecure` skips the check.
     let strict = RedisConn::connect(&RedisOptions {
         url: s.url(),
@@ -352,4 +379,222 @@ async fn snapshot_pages_count_every_node() {
             .len(),
         5
     );
+}
+
+async fn cmd<T: redis::FromRedisValue>(q: &Queue, args: &[&str]) -> T {
+    let mut c = q.conn().manager();
+    let mut k = redis::cmd(args[0]);
+    for a in &args[1..] {
+        k.arg(*a);
+    }
+    k.query_async(&mut c).await.expect("redis command")
+}
+
+/// Heartbeats that Redis could not receive are not missed ones: after a gap
+/// in the checks, a node gets a full timeout of watching.
+#[tokio::test]
+async fn nobody_is_declared_dead_after_a_gap_in_watching() {
+    let s = RedisServer::start().expect("redis");
+    let q = s.queue().await.expect("queue");
+    q.register(&reg("a", 2, 0)).await.unwrap();
+    let timeout = Duration::from_millis(600);
+    let gap = Duration::from_millis(300);
+    // a's heartbeat is overdue, but nobody watched before: not dead yet.
+    let _: i64 = cmd(&q, &["ZADD", "nodes:alive", "1", "a"]).await;
+    assert!(q.recover_dead_nodes(timeout, gap).await.unwrap().is_empty());
+    // Watched without a gap for a full timeout: now it is.
+    let mut declared = Vec::new();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        declared = q.recover_dead_nodes(timeout, gap).await.unwrap();
+        if !declared.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(declared.len(), 1, "declared dead after watching a timeout");
+    // Registered again and overdue, but the checks paused longer than the
+    // gap (Redis was down): the watch starts over.
+    q.register(&reg("a", 2, 0)).await.unwrap();
+    let _: i64 = cmd(&q, &["ZADD", "nodes:alive", "1", "a"]).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(q.recover_dead_nodes(timeout, gap).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(q.recover_dead_nodes(timeout, gap).await.unwrap().is_empty());
+}
+
+/// A late completion counts while the task waits in another node's queue:
+/// it leaves that queue, and that node gets back what the task held.
+#[tokio::test]
+async fn a_late_completion_takes_the_task_from_the_queue_it_waits_in() {
+    let s = RedisServer::start().expect("redis");
+    let q = s.queue().await.expect("queue");
+    q.register(&reg("a", 1, 0)).await.unwrap();
+    q.submit("d", SubmitTarget::Pending, &[(0, task(0, 1))])
+        .await
+        .unwrap();
+    q.place(&place_opts()).await.unwrap();
+    let Take::Task(t) = q.take_task("a", "tok-a").await.unwrap() else {
+        panic!("a takes its task")
+    };
+    let _: i64 = cmd(&q, &["ZADD", "nodes:alive", "1", "a"]).await;
+    q.assume_watched().await.unwrap();
+    assert_eq!(
+        q.recover_dead_nodes(Duration::from_secs(60), Duration::from_secs(2))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    q.register(&reg("b", 3, 0)).await.unwrap();
+    q.place(&place_opts()).await.unwrap();
+    assert_eq!(q.queued_tasks("b").await.unwrap(), vec![t.clone()]);
+    assert_eq!(get(&q, "cap:b").await.as_deref(), Some("2"));
+    assert_eq!(q.complete_task("a", &t).await.unwrap(), Completion::Late);
+    assert!(q.queued_tasks("b").await.unwrap().is_empty());
+    assert_eq!(get(&q, "cap:b").await.as_deref(), Some("3"));
+    assert_eq!(get(&q, "run_count:b").await.as_deref(), Some("0"));
+    assert!(q.check_index().await.unwrap().is_empty());
+    // Taken again: a late completion no longer counts.
+    q.submit("d", SubmitTarget::Pending, &[(1, task(1, 1))])
+        .await
+        .unwrap();
+    q.place(&place_opts()).await.unwrap();
+    let Take::Task(t1) = q.take_task("b", "tok-b").await.unwrap() else {
+        panic!("b takes")
+    };
+    assert_eq!(
+        q.complete_task("a", &t1).await.unwrap(),
+        Completion::Refused
+    );
+    assert_eq!(q.inflight_tasks("b").await.unwrap(), vec![t1]);
+}
+
+/// One live agent per node id: another host is refused while the holder
+/// heartbeats; a replaced registration can take, heartbeat and deregister
+/// nothing.
+#[tokio::test]
+async fn a_node_id_has_one_holder() {
+    let s = RedisServer::start().expect("redis");
+    let q = s.queue().await.expect("queue");
+    q.register(&reg("n", 2, 0)).await.unwrap();
+    let other = |token: &str, host: &str| Registration {
+        lease: Lease {
+            token: token.into(),
+            host: host.into(),
+            pid: 77,
+            lease_ms: 5000,
+        },
+        ..reg("n", 2, 0)
+    };
+    match q.register(&other("tok-x", "other-host")).await {
+        Err(QueueError::Held { host, pid, .. }) => {
+            assert_eq!((host.as_str(), pid.as_str()), ("test-host", "1"))
+        }
+        r => panic!("expected Held, got {r:?}"),
+    }
+    assert_eq!(q.heartbeat("n", "tok-n").await.unwrap(), Heartbeat::Alive);
+    // The same host's next agent (it holds the local lock) takes over.
+    q.register(&other("tok-y", "test-host")).await.unwrap();
+    assert_eq!(q.heartbeat("n", "tok-n").await.unwrap(), Heartbeat::Lost);
+    assert_eq!(q.take_task("n", "tok-n").await.unwrap(), Take::Lost);
+    assert_eq!(q.leave("n", "tok-n").await.unwrap(), None);
+    assert_eq!(q.deregister("n", "tok-n").await.unwrap(), None);
+    assert_eq!(q.heartbeat("n", "tok-y").await.unwrap(), Heartbeat::Alive);
+    // A holder whose heartbeat is older than its lease can be replaced from
+    // another host.
+    let _: i64 = cmd(&q, &["ZADD", "nodes:alive", "1", "n"]).await;
+    q.register(&other("tok-z", "other-host")).await.unwrap();
+    assert_eq!(q.heartbeat("n", "tok-y").await.unwrap(), Heartbeat::Lost);
+}
+
+/// A stopping node leaves placement before it hands anything back.
+#[tokio::test]
+async fn a_leaving_node_gets_nothing_placed() {
+    let s = RedisServer::start().expect("redis");
+    let q = s.queue().await.expect("queue");
+    q.register(&reg("a", 2, 0)).await.unwrap();
+    let items: Vec<(u64, String)> = (0..3).map(|i| (i, task(i, 1))).collect();
+    q.submit("d", SubmitTarget::Pending, &items).await.unwrap();
+    q.place(&place_opts()).await.unwrap();
+    let Take::Task(t0) = q.take_task("a", "tok-a").await.unwrap() else {
+        panic!("a takes")
+    };
+    // t1 was queued on a: it goes back; t0 stays in flight.
+    assert_eq!(q.leave("a", "tok-a").await.unwrap(), Some(1));
+    assert_eq!(
+        q.pending_tasks().await.unwrap(),
+        vec![task(1, 1), task(2, 1)]
+    );
+    assert_eq!(get(&q, "cap:a").await.as_deref(), Some("1"));
+    // Handing t0 back frees capacity, and heartbeats go on: still nothing
+    // is placed on a.
+    assert!(q.requeue_task("a", &t0, false, None).await.unwrap());
+    assert_eq!(q.heartbeat("a", "tok-a").await.unwrap(), Heartbeat::Alive);
+    let out = q.place(&place_opts()).await.unwrap();
+    assert_eq!(out.status, PlaceStatus::NoLiveNodes);
+    assert_eq!(q.pending_tasks().await.unwrap().len(), 3);
+    assert!(q.check_index().await.unwrap().is_empty());
+    // Registering again puts it back.
+    q.register(&reg("a", 2, 0)).await.unwrap();
+    let out = q.place(&place_opts()).await.unwrap();
+    assert_eq!(out.events.len(), 2);
+}
+
+/// A task above the size limit is refused at submit, and dead-lettered at
+/// placement (if another program pushed it) with a short entry.
+#[tokio::test]
+async fn oversized_tasks_are_refused_and_their_dead_letters_are_short() {
+    let s = RedisServer::start().expect("redis");
+    let q = s.queue().await.expect("queue");
+    q.register(&reg("a", 2, 0)).await.unwrap();
+    let huge = format!(
+        r#"{{"input":"in/a.mp4","output":"out/a.mp4","scale":"{}"}}"#,
+        "9".repeat(5 << 20)
+    );
+    match q
+        .submit("d", SubmitTarget::Pending, &[(0, huge.clone())])
+        .await
+    {
+        Err(QueueError::TooLarge { index: 0, bytes }) => assert_eq!(bytes, huge.len()),
+        r => panic!("expected TooLarge, got {r:?}"),
+    }
+    assert_eq!(q.pending_len().await.unwrap(), 0);
+    let _: i64 = cmd(&q, &["RPUSH", "q:pending", &huge]).await;
+    let out = q.place(&place_opts()).await.unwrap();
+    let [
+        PlaceEvent::Dead {
+            reason,
+            task: quoted,
+        },
+    ] = out.events.as_slice()
+    else {
+        panic!("{:?}", out.status)
+    };
+    assert!(reason.contains("more than the limit of 65536"), "{reason}");
+    assert!(quoted.len() <= 1100, "{}", quoted.len());
+    let entries: Vec<String> = cmd(&q, &["LRANGE", "q:dead", "0", "-1"]).await;
+    assert_eq!(entries.len(), 1);
+    assert!(
+        entries[0].len() <= 2048,
+        "dead letter of {} bytes",
+        entries[0].len()
+    );
+    let dead = q.dead_letters(0, -1).await.unwrap();
+    assert!(
+        dead[0]
+            .task
+            .ends_with(&format!("({} bytes in all)", huge.len()))
+    );
+    // A long failure reason is quoted, not kept whole.
+    q.submit("d", SubmitTarget::Pending, &[(1, task(1, 1))])
+        .await
+        .unwrap();
+    q.place(&place_opts()).await.unwrap();
+    let Take::Task(t) = q.take_task("a", "tok-a").await.unwrap() else {
+        panic!("take")
+    };
+    let long = "é".repeat(100_000);
+    assert!(q.dead_letter_task("a", &t, &long).await.unwrap());
+    let dead = q.dead_letters(1, 1).await.unwrap();
+    assert!(dead[0].reason.len() <= 1100, "{}", dead[0].reason.len());
 }

@@ -10,7 +10,12 @@ use redis::Script;
 const COMMON: &str = include_str!("scripts/common.lua");
 
 fn with_common(body: &str) -> Script {
-    Script::new(&format!("{}\n{COMMON}\n{body}", crate::keys::lua_prelude()))
+    Script::new(&format!(
+        "{}local MAX_TASK_BYTES = {}\nlocal QUOTE_BYTES = {}\n{COMMON}\n{body}",
+        crate::keys::lua_prelude(),
+        crate::task::MAX_TASK_BYTES,
+        crate::task::QUOTE_BYTES,
+    ))
 }
 
 macro_rules! scripts {
@@ -38,6 +43,7 @@ scripts! {
     DEAD_LETTER => "dead_letter.lua",
     REQUEUE => "requeue.lua",
     DEREGISTER => "deregister.lua",
+    LEAVE => "leave.lua",
     SUBMIT => "submit.lua",
 }
 
@@ -46,6 +52,9 @@ scripts! {
 #[cfg(any(test, feature = "testing"))]
 pub(crate) static STAGE: LazyLock<Script> =
     LazyLock::new(|| with_common(include_str!("scripts/testing_stage.lua")));
+#[cfg(any(test, feature = "testing"))]
+pub(crate) static WATCHED: LazyLock<Script> =
+    LazyLock::new(|| with_common(include_str!("scripts/testing_watched.lua")));
 #[cfg(any(test, feature = "testing"))]
 pub(crate) static CHECK_INDEX: LazyLock<Script> =
     LazyLock::new(|| with_common(include_str!("scripts/testing_check_index.lua")));

@@ -22,9 +22,36 @@ pub const PRESETS: &[&str] = &[
 /// Accepted `vcodec` values.
 pub const VCODECS: &[&str] = &["h264", "hevc", "h265"];
 
+/// The largest task JSON accepted, bytes: refused at submit and dead-lettered
+/// at placement, so no worker ever holds more.
+pub const MAX_TASK_BYTES: usize = 64 * 1024;
+/// The most of any one value a message quotes (reasons, log lines, dead
+/// letters), bytes.
+pub const QUOTE_BYTES: usize = 1024;
+
+/// `s` as a message may quote it: whole up to [`QUOTE_BYTES`] (or `limit`),
+/// otherwise its head cut at a character boundary and how long it was.
+pub fn quote(s: &str) -> std::borrow::Cow<'_, str> {
+    quote_at(s, QUOTE_BYTES)
+}
+
+fn quote_at(s: &str, limit: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= limit {
+        return s.into();
+    }
+    let keep = limit.saturating_sub(40);
+    let mut cut = keep.min(s.len());
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} bytes in all)", &s[..cut], s.len()).into()
+}
+
 /// Why a task is rejected.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum TaskError {
+    #[error("task is {0} bytes, more than the limit of {MAX_TASK_BYTES}")]
+    TooLarge(usize),
     #[error("malformed task JSON: {0}")]
     Malformed(String),
     #[error("invalid field `{field}`: {reason}")]
@@ -89,7 +116,10 @@ pub struct Task {
 impl Task {
     /// Parses a raw task; does not validate field values (see [`Task::validate`]).
     pub fn parse(raw: &str) -> Result<Task, TaskError> {
-        serde_json::from_str(raw).map_err(|e| TaskError::Malformed(e.to_string()))
+        if raw.len() > MAX_TASK_BYTES {
+            return Err(TaskError::TooLarge(raw.len()));
+        }
+        serde_json::from_str(raw).map_err(|e| TaskError::Malformed(quote(&e.to_string()).into()))
     }
 
     /// Parses and validates.
@@ -117,7 +147,11 @@ impl Task {
             "hevc" | "h265" => Ok("libx265"),
             other => Err(invalid(
                 "vcodec",
-                format!("`{other}` is not one of {}", VCODECS.join(", ")),
+                format!(
+                    "`{}` is not one of {}",
+                    quote_at(other, 64),
+                    VCODECS.join(", ")
+                ),
             )),
         }
     }
@@ -141,7 +175,7 @@ impl Task {
         {
             return Err(invalid(
                 "preset",
-                format!("`{p}` is not one of {}", PRESETS.join(", ")),
+                format!("`{}` is not one of {}", quote_at(p, 64), PRESETS.join(", ")),
             ));
         }
         check_range("crf", self.crf, 0, 51)?;
@@ -183,7 +217,12 @@ fn check_path(field: &'static str, p: &str) -> Result<(), TaskError> {
 
 /// Parses `W:H` (each 1..=16384).
 pub fn parse_scale(s: &str) -> Result<(u32, u32), TaskError> {
-    let bad = || invalid("scale", format!("`{s}` is not W:H with 1..=16384 each"));
+    let bad = || {
+        invalid(
+            "scale",
+            format!("`{}` is not W:H with 1..=16384 each", quote_at(s, 64)),
+        )
+    };
     let (w, h) = s.split_once(':').ok_or_else(bad)?;
     let parse = |x: &str| -> Result<u32, TaskError> {
         if x.is_empty() || !x.bytes().all(|b| b.is_ascii_digit()) {
@@ -206,7 +245,13 @@ pub fn parse_cpuset(s: &str) -> Result<Vec<u32>, String> {
             x.parse::<u32>()
                 .ok()
                 .filter(|&v| v < 65_536)
-                .ok_or_else(|| format!("`{x}` in `{s}` is not a CPU number"))
+                .ok_or_else(|| {
+                    format!(
+                        "`{}` in `{}` is not a CPU number",
+                        quote_at(x, 64),
+                        quote_at(s, 64)
+                    )
+                })
         };
         match part.split_once('-') {
             Some((a, b)) => {

@@ -162,7 +162,11 @@ async fn agent(
 ) -> anyhow::Result<()> {
     let mut r = tracekit_sched::mix::rng(seed);
     while !shared.stop.load(Ordering::Relaxed) {
-        match q.take_task_wait(&node, wait).await.context("take")? {
+        match q
+            .take_task_wait(&node, &format!("tok-{node}"), wait)
+            .await
+            .context("take")?
+        {
             Take::Task(raw) => {
                 let now = now_ms();
                 let enq = serde_json::from_str::<serde_json::Value>(&raw)
@@ -177,10 +181,10 @@ async fn agent(
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(ms)).await;
                     match q.complete_task(&node, &raw).await {
-                        Ok(true) => {
+                        Ok(c) if c.counts() => {
                             shared.completed.fetch_add(1, Ordering::Relaxed);
                         }
-                        Ok(false) => eprintln!("{node}: task no longer in flight"),
+                        Ok(_) => eprintln!("{node}: task no longer in flight"),
                         Err(e) => eprintln!("{node}: complete: {e}"),
                     }
                 });
@@ -198,7 +202,7 @@ async fn heartbeats(q: Queue, node: String, shared: Arc<Shared>) {
         if shared.stop.load(Ordering::Relaxed) {
             return;
         }
-        if let Err(e) = q.heartbeat(&node).await {
+        if let Err(e) = q.heartbeat(&node, &format!("tok-{node}")).await {
             eprintln!("{node}: heartbeat: {e}");
         }
     }
@@ -233,6 +237,12 @@ async fn run_one(a: &Args, nodes: usize, inputs: &Path) -> anyhow::Result<FleetR
                 parallel: 0,
                 reset_capacity: true,
                 clear_queue: false,
+                lease: tracekit_proto::Lease {
+                    token: format!("tok-{n}"),
+                    host: "bench".into(),
+                    pid: std::process::id(),
+                    lease_ms: 5000,
+                },
             })
             .await
             .with_context(|| format!("registering {n}"))?;

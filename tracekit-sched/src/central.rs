@@ -46,7 +46,10 @@ pub struct CentralArgs {
     /// Seconds without a heartbeat after which a node is dead and its work is taken back.
     #[arg(long, value_parser = secs, default_value = "10")]
     pub heartbeat_timeout: Duration,
-    /// Seconds between dead-node checks.
+    /// Seconds between dead-node checks. After a pause of the checks longer
+    /// than three of these (at least 2 s: Redis was unreachable, or no
+    /// central ran), nodes get a full --heartbeat-timeout before they can be
+    /// declared dead.
     #[arg(long, value_parser = secs, default_value = "1")]
     pub recover_interval: Duration,
     /// Seconds to wait before looking again when nothing can be placed.
@@ -61,6 +64,12 @@ pub struct CentralArgs {
 }
 
 const WAIT_NOTE_EVERY: Duration = Duration::from_secs(30);
+
+/// The longest pause between dead-node checks that still counts as watching
+/// the nodes (see `recover.lua`).
+fn watch_gap(recover_interval: Duration) -> Duration {
+    (recover_interval * 3).max(Duration::from_secs(2))
+}
 
 pub fn parse_weigher(s: &str) -> anyhow::Result<Weigher> {
     match s.trim().to_ascii_lowercase().as_str() {
@@ -138,7 +147,7 @@ pub async fn run(a: CentralArgs) -> anyhow::Result<()> {
     loop {
         if last_recover.is_none_or(|t| t.elapsed() >= a.recover_interval) {
             for r in queue
-                .recover_dead_nodes(a.heartbeat_timeout)
+                .recover_dead_nodes(a.heartbeat_timeout, watch_gap(a.recover_interval))
                 .await
                 .context("recovering dead nodes")?
             {

@@ -24,12 +24,17 @@ async fn dead_node_work_goes_to_a_live_node() {
     })
     .await
     .unwrap();
-    assert_eq!(q.take_task("a").await.unwrap(), Take::Task(task("t0", 1)));
+    assert_eq!(
+        q.take_task("a", "tok-a").await.unwrap(),
+        Take::Task(task("t0", 1))
+    );
     let mut c = q.conn().manager();
     // a's last heartbeat is made ancient; b heartbeats well within the
     // timeout (no timing assumptions on a loaded machine).
     let _: i64 = cmd(&mut c, &["ZADD", "nodes:alive", "1", "a"]).await;
 
+    // The centrals have been watching a long time (a is overdue now).
+    q.assume_watched().await.unwrap();
     let mut central = sched(&server);
     central.args([
         "central",
@@ -49,10 +54,10 @@ async fn dead_node_work_goes_to_a_live_node() {
             start.elapsed() < Duration::from_secs(60),
             "only finished {finished:?}"
         );
-        q.heartbeat("b").await.unwrap();
-        match q.take_task("b").await.unwrap() {
+        q.heartbeat("b", "tok-b").await.unwrap();
+        match q.take_task("b", "tok-b").await.unwrap() {
             Take::Task(t) => {
-                assert!(q.complete_task("b", &t).await.unwrap());
+                assert!(q.complete_task("b", &t).await.unwrap().counts());
                 finished.push(t);
             }
             _ => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -71,7 +76,7 @@ async fn dead_node_work_goes_to_a_live_node() {
     let attempts: Vec<String> = cmd(&mut c, &["HKEYS", "q:attempts"]).await;
     assert!(attempts.is_empty(), "completed tasks forget their attempts");
     assert_eq!(
-        q.heartbeat("a").await.unwrap(),
+        q.heartbeat("a", "tok-a").await.unwrap(),
         tracekit_proto::Heartbeat::Lost
     );
 

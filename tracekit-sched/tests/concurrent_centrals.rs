@@ -64,7 +64,7 @@ async fn three_centrals_never_lose_duplicate_or_overcommit() {
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 for (n, _, _) in [("n1", 0, 0), ("n2", 0, 0), ("n3", 0, 0), ("n4", 0, 0)] {
-                    q.heartbeat(n).await.unwrap();
+                    q.heartbeat(n, &format!("tok-{n}")).await.unwrap();
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -102,14 +102,15 @@ async fn three_centrals_never_lose_duplicate_or_overcommit() {
             workers.push(tokio::spawn(async move {
                 let mut r = rng(1 + k as u64);
                 while !stop.load(Ordering::Relaxed) {
-                    match wq.take_task(&node).await.unwrap() {
+                    match wq.take_task(&node, &format!("tok-{node}")).await.unwrap() {
                         Take::Task(t) => {
                             if uniform(&mut r, 3) == 0 {
                                 tokio::time::sleep(Duration::from_micros(uniform(&mut r, 1500)))
                                     .await;
                             }
                             assert!(
-                                wq.complete_task(&node, &t).await.unwrap(),
+                                wq.complete_task(&node, &t).await.unwrap()
+                                    == tracekit_proto::Completion::Accepted,
                                 "completed twice: {t}"
                             );
                             *done.lock().unwrap().entry(t).or_default() += 1;

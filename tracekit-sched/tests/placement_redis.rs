@@ -138,7 +138,7 @@ async fn strict_fifo_with_head_of_line_waiting() {
         vec![task("big2", 3), task("small", 1)]
     );
     // Capacity comes back: big2 goes first, then small.
-    let tracekit_proto::Take::Task(t) = q.take_task("a").await.unwrap() else {
+    let tracekit_proto::Take::Task(t) = q.take_task("a", "tok-a").await.unwrap() else {
         panic!()
     };
     q.complete_task("a", &t).await.unwrap();
@@ -171,7 +171,7 @@ async fn slot_tokens_gate_placement() {
     // No token left: the head waits although capacity is free.
     assert_eq!(q.place(&o).await.unwrap().status, PlaceStatus::Wait);
     assert!(lrange(&mut c, "slots:available").await.is_empty());
-    let tracekit_proto::Take::Task(t) = q.take_task("b").await.unwrap() else {
+    let tracekit_proto::Take::Task(t) = q.take_task("b", "tok-b").await.unwrap() else {
         panic!()
     };
     q.complete_task("b", &t).await.unwrap();
@@ -242,7 +242,7 @@ async fn nothing_is_dead_lettered_or_placed_without_live_nodes() {
         PlaceStatus::NoLiveNodes,
         "a's heartbeat is too old"
     );
-    q.heartbeat("a").await.unwrap();
+    q.heartbeat("a", "tok-a").await.unwrap();
     let o = PlaceOptions {
         heartbeat_timeout: Duration::from_secs(60),
         ..o

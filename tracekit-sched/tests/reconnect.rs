@@ -82,10 +82,10 @@ async fn killed_connections_lose_and_duplicate_nothing() {
                 let mut heartbeat = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
                     if heartbeat.elapsed() > Duration::from_secs(1) {
-                        wq.heartbeat(node).await.unwrap();
+                        wq.heartbeat(node, &format!("tok-{node}")).await.unwrap();
                         heartbeat = Instant::now();
                     }
-                    match wq.take_task(node).await.unwrap() {
+                    match wq.take_task(node, &format!("tok-{node}")).await.unwrap() {
                         Take::Task(t) => {
                             // A lost reply makes a retried completion report
                             // `false`: the first one went through.

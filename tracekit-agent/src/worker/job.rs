@@ -15,7 +15,7 @@ use super::args::binding_name;
 use super::cgroup::{Applied, TaskGroup};
 use super::command::Plan;
 use super::cores::cpu_list;
-use super::link::Report;
+use super::link::{Report, StagedOutput};
 use super::runas;
 use crate::clock;
 use crate::session::Session;
@@ -26,6 +26,8 @@ pub struct Job {
     pub(super) raw: String,
     pub(super) task: Task,
     pub(super) plan: Plan,
+    /// Where ffmpeg writes (beside the output, under a name of this run).
+    pub(super) staged: PathBuf,
     pub(super) trace_id: String,
     pub(super) child: Option<tokio::process::Child>,
     pub(super) pid: u32,
@@ -46,7 +48,7 @@ impl Worker {
         &mut self,
         raw: String,
         task: Task,
-        plan: Plan,
+        mut plan: Plan,
         cores: Vec<u32>,
         session: &mut Session,
     ) -> Result<()> {
@@ -64,6 +66,12 @@ impl Worker {
                 self.seq
             )
         });
+        // The output gets its name only when the completion counts: a run
+        // that does not (its node was declared dead meanwhile) leaves nothing.
+        let staged = staged_path(&plan.output, &trace_id);
+        if let Some(last) = plan.argv.last_mut() {
+            *last = staged.to_string_lossy().into_owned();
+        }
         let group = match &self.cgroups {
             Some(cg) => Some(
                 self.bind(cg, &trace_id, &plan, &cores)
@@ -105,6 +113,7 @@ impl Worker {
                 raw,
                 task,
                 plan,
+                staged,
                 trace_id,
                 child: Some(child),
                 pid,
@@ -210,8 +219,9 @@ impl Worker {
                 }
             }
         }
-        for (raw, _, _) in self.waiting.drain(..) {
-            let _ = self.reports.send(Report::Requeue {
+        let waiting: Vec<String> = self.waiting.drain(..).map(|(raw, _, _)| raw).collect();
+        for raw in waiting {
+            self.report(Report::Requeue {
                 raw,
                 failed: false,
                 reason: None,
@@ -224,22 +234,9 @@ impl Worker {
             );
             return Ok(());
         }
-        let pids: Vec<u32> = self.jobs.keys().copied().collect();
-        for pid in pids {
-            let Some(mut job) = self.jobs.remove(&pid) else {
-                continue;
-            };
-            if let Some(child) = job.child.as_mut() {
-                let _ = child.start_kill();
-            }
-            if let (Some(cg), Some(g)) = (&self.cgroups, &job.group) {
-                let _ = cg.destroy(g);
-            }
-            self.allocator.release(&job.cores);
-            // Its annotation stays: the stopped run gets no invocation line
-            // (the task runs again, and is recorded then).
+        for job in self.kill_all() {
             tracing::info!(trace_id = %job.trace_id, "stopped; handed back");
-            let _ = self.reports.send(Report::Requeue {
+            self.report(Report::Requeue {
                 raw: job.raw,
                 failed: false,
                 reason: None,
@@ -248,11 +245,68 @@ impl Worker {
         Ok(())
     }
 
+    /// This node's registration is over: everything it ran or held was
+    /// handed to others, so it stops every task (none is recorded: they run
+    /// again elsewhere), reports nothing for them, and forgets what waited.
+    pub(super) fn fence(&mut self, session: &mut Session) -> Result<()> {
+        // What ended before is finished as usual; its completion may still
+        // count (nobody took the task again yet).
+        self.reap()?;
+        let ended: Vec<u32> = self
+            .jobs
+            .values()
+            .filter(|j| j.exited.is_some())
+            .map(|j| j.pid)
+            .collect();
+        if !ended.is_empty() {
+            let done = session.recover_exits(&ended)?;
+            self.on_traced(done);
+            for pid in ended {
+                if let Some(job) = self.jobs.remove(&pid) {
+                    self.finish(job, session)?;
+                }
+            }
+        }
+        let dropped = self.waiting.len();
+        self.waiting.clear();
+        let stopped = self.kill_all();
+        tracing::warn!(
+            stopped = stopped.len(),
+            not_started = dropped,
+            "fenced: stopped every task of the ended registration"
+        );
+        Ok(())
+    }
+
+    /// Kill every running task, remove its group and staged output; the
+    /// jobs are returned (no invocation line is written for them: their
+    /// annotations stay, so the tracer's records of them are dropped).
+    fn kill_all(&mut self) -> Vec<Job> {
+        let pids: Vec<u32> = self.jobs.keys().copied().collect();
+        let mut out = Vec::new();
+        for pid in pids {
+            let Some(mut job) = self.jobs.remove(&pid) else {
+                continue;
+            };
+            if let Some(child) = job.child.as_mut() {
+                let _ = child.start_kill();
+                // Reaped here so the output it writes is closed before it is
+                // removed.
+                let _ = child.try_wait();
+            }
+            if let (Some(cg), Some(g)) = (&self.cgroups, &job.group) {
+                let _ = cg.destroy(g);
+            }
+            self.allocator.release(&job.cores);
+            staged_output(&job).discard();
+            out.push(job);
+        }
+        out
+    }
+
     pub(super) fn finish(&mut self, job: Job, session: &mut Session) -> Result<()> {
         let (status, exited_ms) = job.exited.context("finishing a running task")?;
-        let bytes_out = std::fs::metadata(&job.plan.output)
-            .map(|m| m.len())
-            .unwrap_or(0);
+        let bytes_out = std::fs::metadata(&job.staged).map(|m| m.len()).unwrap_or(0);
         let basename = |p: &Path| {
             p.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -315,9 +369,17 @@ impl Worker {
             run_ms = inv.ts_end - inv.ts_start,
             "task finished"
         );
+        let output = StagedOutput {
+            staged: job.staged,
+            path: job.plan.output,
+        };
         let report = if ok {
-            Report::Complete(job.raw)
+            Report::Complete {
+                output: Some(output),
+                raw: job.raw,
+            }
         } else {
+            output.discard();
             // A failure counts towards the central's --max-attempts.
             Report::Requeue {
                 raw: job.raw,
@@ -329,9 +391,27 @@ impl Worker {
                 }),
             }
         };
-        let _ = self.reports.send(report);
+        self.report(report);
         Ok(())
     }
+}
+
+fn staged_output(job: &Job) -> StagedOutput {
+    StagedOutput {
+        staged: job.staged.clone(),
+        path: job.plan.output.clone(),
+    }
+}
+
+/// Where a run writes `output` until its completion counts: the same
+/// directory (a rename, never a copy), a hidden name of this run, and the
+/// same extension (ffmpeg picks the container from it).
+pub fn staged_path(output: &Path, trace_id: &str) -> PathBuf {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    output.with_file_name(format!(".tracekit-{}.{name}", group_name(trace_id)))
 }
 
 /// A cgroup-safe name for a task.

@@ -2,16 +2,32 @@
 //! ([`heartbeat`]) and reports ([`reporter`]) each run in their own task and
 //! retry through outages, so the loop never blocks on Redis, running tasks go
 //! on, and completions are reported when Redis is back.
+//!
+//! Every registration holds the node's lease under a new token. A heartbeat
+//! that finds the lease gone (the node was declared dead, or another agent
+//! took the node over) fences the worker: the loop stops everything it
+//! runs (those tasks were handed to others) before the node registers again,
+//! and tasks taken under an old token are dropped, never run.
 
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tracekit_proto::{Heartbeat, Queue, Registration, Take};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracekit_proto::{Completion, Heartbeat, Lease, Queue, QueueError, Registration, Take};
+
+use super::journal::Journal;
 
 /// What happens to a task in flight, reported in order by [`reporter`].
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Report {
-    Complete(String),
+    Complete {
+        raw: String,
+        /// The run's output, written under a staged name: moved into place
+        /// only when the completion counts, removed when it is refused.
+        output: Option<StagedOutput>,
+    },
     Requeue {
         raw: String,
         failed: bool,
@@ -24,33 +40,71 @@ pub enum Report {
     },
 }
 
+/// Where a run wrote its output, and where the task wants it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StagedOutput {
+    pub staged: PathBuf,
+    pub path: PathBuf,
+}
+
+impl StagedOutput {
+    /// The run counts: its output takes the task's name.
+    fn publish(&self) {
+        match std::fs::rename(&self.staged, &self.path) {
+            Ok(()) => {}
+            // Already moved by a delivery whose note a crash lost.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.path.exists() => {}
+            Err(e) => tracing::error!(
+                "moving the output {} to {}: {e}",
+                self.staged.display(),
+                self.path.display()
+            ),
+        }
+    }
+
+    /// The run does not count: nothing of it stays.
+    pub fn discard(&self) {
+        match std::fs::remove_file(&self.staged) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("removing {}: {e}", self.staged.display()),
+        }
+    }
+}
+
+/// The current registration's lease token, shared by the link's tasks.
+pub type LeaseToken = watch::Receiver<String>;
+
 /// Takes tasks from the node's queue into its in-flight list, one at a time,
-/// and hands them to the loop. Its own task: a take is never cancelled
-/// half-way (which could strand a task in flight).
+/// and hands them to the loop with the lease token they were taken under.
+/// Its own task: a take is never cancelled half-way (which could strand a
+/// task in flight).
 pub async fn intake(
     queue: Queue,
     node: String,
-    tasks: mpsc::Sender<String>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    lease: LeaseToken,
+    tasks: mpsc::Sender<(String, String)>,
+    mut stop: watch::Receiver<bool>,
 ) {
     loop {
         if *stop.borrow() {
             return;
         }
+        let token = lease.borrow().clone();
         match queue
-            .take_task_wait(&node, Duration::from_millis(500))
+            .take_task_wait(&node, &token, Duration::from_millis(500))
             .await
         {
             Ok(Take::Task(raw)) => {
-                if tasks.send(raw).await.is_err() {
+                if tasks.send((token, raw)).await.is_err() {
                     return;
                 }
             }
             Ok(Take::Empty) => {}
             Ok(Take::Lost) => {
-                // The heartbeat task re-registers; wait for it.
+                // The heartbeat fences and registers again; wait for it.
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                     _ = stop.changed() => {}
                 }
             }
@@ -65,28 +119,66 @@ pub async fn intake(
     }
 }
 
-/// Heartbeats while the agent lives; re-registers if the node was declared
-/// dead (its work was taken back meanwhile).
+/// What the heartbeat asks of the loop.
+pub enum Fence {
+    /// This registration is over: stop every task, then reply.
+    StopAll(oneshot::Sender<()>),
+    /// Another agent holds the node id: the agent must end.
+    Replaced(String),
+}
+
+/// Heartbeats while the agent lives. When the registration is over (the
+/// node was declared dead, or replaced), the loop first stops what it runs,
+/// then the node registers again under a new token.
 pub async fn heartbeat(
     queue: Queue,
     registration: Registration,
     period: Duration,
-    stop: tokio::sync::watch::Receiver<bool>,
+    lease: watch::Sender<String>,
+    fence: mpsc::Sender<Fence>,
+    stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match queue.heartbeat(&registration.node).await {
+        let token = lease.borrow().clone();
+        match queue.heartbeat(&registration.node, &token).await {
             Ok(Heartbeat::Alive) => {}
             Ok(Heartbeat::Lost) if !*stop.borrow() => {
-                tracing::warn!("this node was declared dead: registering again");
+                tracing::warn!(
+                    "this node's registration is over (declared dead, or taken over): stopping its tasks, then registering again"
+                );
+                let (done_tx, done_rx) = oneshot::channel();
+                if fence.send(Fence::StopAll(done_tx)).await.is_err() || done_rx.await.is_err() {
+                    return;
+                }
                 let again = Registration {
                     reset_capacity: false,
                     clear_queue: false,
+                    lease: Lease::fresh(registration.lease.lease_ms),
                     ..registration.clone()
                 };
-                if let Err(e) = queue.register(&again).await {
-                    tracing::warn!("registering again: {e}");
+                loop {
+                    match queue.register(&again).await {
+                        Ok(r) => {
+                            tracing::info!(
+                                capacity = r.cap_total,
+                                free = r.cap,
+                                "registered again"
+                            );
+                            let _ = lease.send(again.lease.token.clone());
+                            break;
+                        }
+                        Err(e @ QueueError::Held { .. }) => {
+                            let _ = fence.send(Fence::Replaced(e.to_string())).await;
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!("registering again (will retry): {e}");
+                            tokio::time::sleep(period).await;
+                        }
+                    }
                 }
             }
             Ok(Heartbeat::Lost) => {}
@@ -96,41 +188,104 @@ pub async fn heartbeat(
 }
 
 /// Delivers reports in order, retrying through Redis outages until each is
-/// applied; ends when the loop is gone and everything is delivered.
-pub async fn reporter(queue: Queue, node: String, mut reports: mpsc::UnboundedReceiver<Report>) {
-    while let Some(report) = reports.recv().await {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            let result = match &report {
-                Report::Complete(raw) => queue.complete_task(&node, raw).await,
-                Report::Requeue {
-                    raw,
-                    failed,
-                    reason,
-                } => {
-                    queue
-                        .requeue_task(&node, raw, *failed, reason.as_deref())
-                        .await
-                }
-                Report::DeadLetter { raw, reason } => {
-                    queue.dead_letter_task(&node, raw, reason).await
-                }
-            };
-            match result {
-                Ok(true) => break,
-                Ok(false) => {
-                    tracing::warn!(
-                        ?report,
-                        "the task was no longer in flight (node declared dead meanwhile)"
-                    );
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!("reporting to Redis (will retry): {e}");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
+/// applied, and notes each delivery in the journal; ends when the loop is
+/// gone and everything is delivered, or when `give_up` is set (the agent
+/// stops while Redis is unreachable: the journal keeps the rest for the
+/// next agent of this node).
+pub async fn reporter(
+    queue: Queue,
+    node: String,
+    journal: Arc<Mutex<Journal>>,
+    mut reports: mpsc::UnboundedReceiver<(u64, Report)>,
+    mut give_up: watch::Receiver<bool>,
+) {
+    while let Some((id, report)) = reports.recv().await {
+        tokio::select! {
+            () = deliver(&queue, &node, &report) => {}
+            _ = give_up.wait_for(|g| *g) => {
+                let left = journal.lock().map(|j| j.undelivered()).unwrap_or(0);
+                tracing::error!(
+                    undelivered = left,
+                    "stopping with reports Redis has not received: they stay in the journal and are sent by the next agent of this node"
+                );
+                return;
             }
         }
+        match journal.lock() {
+            Ok(mut j) => {
+                if let Err(e) = j.delivered(id) {
+                    tracing::warn!("journal: {e:#}");
+                }
+            }
+            Err(_) => tracing::error!("journal lock poisoned"),
+        }
+    }
+}
+
+/// Applies one report, retrying until Redis answers, and then moves or
+/// removes the run's output.
+pub async fn deliver(queue: &Queue, node: &str, report: &Report) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let result = match report {
+            Report::Complete { raw, .. } => queue.complete_task(node, raw).await,
+            Report::Requeue {
+                raw,
+                failed,
+                reason,
+            } => queue
+                .requeue_task(node, raw, *failed, reason.as_deref())
+                .await
+                .map(applied),
+            Report::DeadLetter { raw, reason } => {
+                queue.dead_letter_task(node, raw, reason).await.map(applied)
+            }
+        };
+        match result {
+            Ok(outcome) => {
+                if let Report::Complete {
+                    output: Some(out), ..
+                } = report
+                {
+                    if outcome.counts() {
+                        out.publish();
+                    } else {
+                        out.discard();
+                    }
+                }
+                match outcome {
+                    Completion::Accepted => {}
+                    Completion::Late => tracing::info!(
+                        "completed after this node was declared dead, before anyone ran the task again: it counts"
+                    ),
+                    Completion::Refused => tracing::warn!(
+                        task = %tracekit_proto::task::quote(report_raw(report)),
+                        "the task was no longer in flight here (this node was declared dead and another runs it): this run does not count and its output is removed"
+                    ),
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("reporting to Redis (will retry): {e}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn applied(done: bool) -> Completion {
+    if done {
+        Completion::Accepted
+    } else {
+        Completion::Refused
+    }
+}
+
+fn report_raw(r: &Report) -> &str {
+    match r {
+        Report::Complete { raw, .. }
+        | Report::Requeue { raw, .. }
+        | Report::DeadLetter { raw, .. } => raw,
     }
 }

@@ -13,19 +13,22 @@ pub mod command;
 pub mod cores;
 pub mod fairshare;
 mod job;
+mod journal;
 mod link;
+mod node_lock;
 pub mod runas;
 
 pub use args::{Binding, WorkerArgs, check};
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
-use tracekit_proto::{Keys, Queue, Registration, Task};
+use tokio::sync::{mpsc, watch};
+use tracekit_proto::{Keys, Lease, Queue, Registration, Task};
 use tracekit_trace::Invocation;
 
 use crate::cli::{IdentityArgs, TracerArgs};
@@ -36,7 +39,9 @@ use cgroup::Cgroups;
 use command::{Limits, Plan};
 use cores::CoreAllocator;
 use job::Job;
-use link::{Report, heartbeat, intake, reporter};
+use journal::Journal;
+use link::{Fence, Report, heartbeat, intake, reporter};
+use node_lock::NodeLock;
 use runas::RunAs;
 
 /// Everything the loop owns.
@@ -51,7 +56,8 @@ struct Worker {
     allocator: CoreAllocator,
     waiting: VecDeque<(String, Task, Plan)>,
     jobs: HashMap<u32, Job>,
-    reports: mpsc::UnboundedSender<Report>,
+    reports: mpsc::UnboundedSender<(u64, Report)>,
+    journal: Arc<Mutex<Journal>>,
     stderr_dir: PathBuf,
     seq: u64,
     /// When this agent started (epoch ms), in the trace ids it makes.
@@ -65,6 +71,10 @@ struct Worker {
 const TRACE_GRACE_MS: i64 = 3000;
 /// The worker's tick while a task that ended awaits its exit record.
 const AWAIT_TRACE_TICK: Duration = Duration::from_millis(250);
+/// How long a stopping agent tries to reach Redis (leave, reports,
+/// deregistration, publishing) before it ends anyway: what was not
+/// delivered stays in the journal for the node's next agent.
+const STOP_REDIS_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Run the worker until SIGINT or SIGTERM.
 pub async fn run(args: WorkerArgs, tracer: TracerArgs, identity: IdentityArgs) -> Result<i32> {
@@ -133,6 +143,10 @@ pub async fn run_until(
             .with_context(|| format!("--outputs {}", args.outputs.display()))?,
         cores: cores_total,
     };
+    // Before anything under the node's cgroup is touched: what is left
+    // there belongs to an agent that is gone only if nobody holds the lock.
+    let node_lock = NodeLock::acquire(&id.node)?;
+    tracing::debug!(lock = %node_lock.path.display(), "holding the node lock");
     let (cgroups, binding_note) = binding::prepare(&args, &id.node)?;
 
     let node_dir = identity.node_dir(&id);
@@ -152,6 +166,26 @@ pub async fn run_until(
         slots: args.slots_key.clone(),
     };
     let queue = Queue::new(conn, keys);
+    // Reports a previous agent of this node could not deliver go first:
+    // registering would send their tasks back to pending, to run again.
+    std::fs::create_dir_all(&identity.logs)
+        .with_context(|| format!("creating {}", identity.logs.display()))?;
+    let journal_path = identity
+        .logs
+        .join(format!(".tracekit-{}.journal", job::group_name(&id.node)));
+    let (mut journal, undelivered) = Journal::open(&journal_path)?;
+    if !undelivered.is_empty() {
+        tracing::info!(
+            reports = undelivered.len(),
+            journal = %journal_path.display(),
+            "delivering the reports a previous agent of this node left"
+        );
+        for (report_id, report) in undelivered {
+            link::deliver(&queue, &id.node, &report).await;
+            journal.delivered(report_id)?;
+        }
+    }
+    let journal = Arc::new(Mutex::new(journal));
     let registration = Registration {
         node: id.node.clone(),
         capacity: i64::from(capacity),
@@ -160,6 +194,7 @@ pub async fn run_until(
         parallel: args.parallel,
         reset_capacity: args.reset_capacity,
         clear_queue: args.clear_queue,
+        lease: Lease::fresh(lease_ms(args.heartbeat_ms)),
     };
     let reg = queue.register(&registration).await?;
     let binding = match &binding_note {
@@ -180,16 +215,33 @@ pub async fn run_until(
     );
 
     let (report_tx, report_rx) = mpsc::unbounded_channel();
-    let (task_tx, mut task_rx) = mpsc::channel::<String>(64);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (task_tx, mut task_rx) = mpsc::channel::<(String, String)>(64);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (give_up_tx, give_up_rx) = watch::channel(false);
+    let (lease_tx, lease_rx) = watch::channel(registration.lease.token.clone());
+    let (fence_tx, mut fence_rx) = mpsc::channel::<Fence>(1);
     let heartbeat_task = tokio::spawn(heartbeat(
         queue.clone(),
         registration.clone(),
         Duration::from_millis(args.heartbeat_ms),
+        lease_tx,
+        fence_tx,
         stop_rx.clone(),
     ));
-    let intake_task = tokio::spawn(intake(queue.clone(), id.node.clone(), task_tx, stop_rx));
-    let reporter_task = tokio::spawn(reporter(queue.clone(), id.node.clone(), report_rx));
+    let intake_task = tokio::spawn(intake(
+        queue.clone(),
+        id.node.clone(),
+        lease_rx.clone(),
+        task_tx,
+        stop_rx,
+    ));
+    let reporter_task = tokio::spawn(reporter(
+        queue.clone(),
+        id.node.clone(),
+        journal.clone(),
+        report_rx,
+        give_up_rx,
+    ));
 
     let mut worker = Worker {
         args: args.clone(),
@@ -203,6 +255,7 @@ pub async fn run_until(
         waiting: VecDeque::new(),
         jobs: HashMap::new(),
         reports: report_tx,
+        journal,
         stderr_dir,
         seq: 0,
         started_ms: clock::epoch_ms(),
@@ -222,9 +275,11 @@ pub async fn run_until(
         () = std::future::ready(()) => false,
     };
     if stopping {
+        leave(&queue, &id.node, &lease_rx).await;
         worker.stop(&stop_tx, &mut session)?;
     }
     let mut intake_open = true;
+    let mut replaced: Option<String> = None;
 
     loop {
         tokio::select! {
@@ -241,14 +296,36 @@ pub async fn run_until(
                 worker.progress(&mut session)?;
             }
             _ = sigchld.recv() => worker.progress(&mut session)?,
-            raw = task_rx.recv(), if intake_open => {
-                match raw {
-                    Some(raw) => worker.accept(raw, &mut session),
+            taken = task_rx.recv(), if intake_open => {
+                match taken {
+                    Some((token, raw)) if token == *lease_rx.borrow() => worker.accept(raw, &mut session),
+                    // Taken under a registration that is over: that
+                    // registration's end sent it back to pending.
+                    Some(_) => tracing::info!("dropping a task taken before this node's registration ended"),
                     None => intake_open = false,
                 }
             }
+            fence = fence_rx.recv() => match fence {
+                Some(Fence::StopAll(done)) => {
+                    worker.fence(&mut session)?;
+                    // Tasks taken under the old registration are not run.
+                    while let Ok((token, _)) = task_rx.try_recv() {
+                        tracing::info!(%token, "dropping a task taken before this node's registration ended");
+                    }
+                    let _ = done.send(());
+                }
+                Some(Fence::Replaced(why)) => {
+                    tracing::error!("{why}: this agent stops");
+                    worker.fence(&mut session)?;
+                    let _ = stop_tx.send(true);
+                    replaced = Some(why);
+                    stopping = true;
+                }
+                None => {}
+            },
             () = &mut stop, if !stopping => {
                 stopping = true;
+                leave(&queue, &id.node, &lease_rx).await;
                 worker.stop(&stop_tx, &mut session)?;
             }
         }
@@ -265,13 +342,16 @@ pub async fn run_until(
             break;
         }
     }
-    // Tasks the intake delivered after the stop go straight back.
-    while let Ok(raw) = task_rx.try_recv() {
-        let _ = worker.reports.send(Report::Requeue {
-            raw,
-            failed: false,
-            reason: None,
-        });
+    // Tasks the intake delivered after the stop go straight back (those
+    // of an ended registration are back already).
+    while let Ok((token, raw)) = task_rx.try_recv() {
+        if replaced.is_none() && token == *lease_rx.borrow() {
+            worker.report(Report::Requeue {
+                raw,
+                failed: false,
+                reason: None,
+            });
+        }
     }
     if let Some(cg) = &worker.cgroups {
         cg.remove_base();
@@ -279,26 +359,68 @@ pub async fn run_until(
     drop(worker);
     let _ = intake_task.await;
     heartbeat_task.abort();
-    // The reporter ends once every report is delivered.
+    // The reporter ends once every report is delivered, or gives up when
+    // Redis stays out of reach (the journal keeps the rest).
+    let give_up = tokio::spawn(async move {
+        tokio::time::sleep(STOP_REDIS_TIMEOUT).await;
+        let _ = give_up_tx.send(true);
+    });
     match reporter_task.await {
         Ok(()) => {}
         Err(e) => tracing::error!("reporter: {e}"),
     }
-    match queue.deregister(&id.node).await {
-        Ok(n) => tracing::info!(handed_back = n, "deregistered"),
-        Err(e) => tracing::warn!("deregistering: {e}"),
+    give_up.abort();
+    if replaced.is_none() {
+        let token = lease_rx.borrow().clone();
+        match tokio::time::timeout(STOP_REDIS_TIMEOUT, queue.deregister(&id.node, &token)).await {
+            Ok(Ok(Some(n))) => tracing::info!(handed_back = n, "deregistered"),
+            Ok(Ok(None)) => tracing::warn!("not deregistered: another agent holds this node id"),
+            Ok(Err(e)) => tracing::warn!("deregistering: {e}"),
+            Err(_) => tracing::warn!(
+                "deregistering: Redis out of reach; the central declares the node dead after its heartbeat timeout"
+            ),
+        }
     }
     session.finish()?;
     if !args.no_publish {
-        match tracekit_proto::gather::publish(queue.conn(), &id.run_id, &id.node, &node_dir).await {
-            Ok(m) => tracing::info!(files = m.files.len(), "traces published for gather"),
-            Err(e) => tracing::error!(
+        let publish =
+            tracekit_proto::gather::publish(queue.conn(), &id.run_id, &id.node, &node_dir);
+        match tokio::time::timeout(STOP_REDIS_TIMEOUT, publish).await {
+            Ok(Ok(m)) => tracing::info!(files = m.files.len(), "traces published for gather"),
+            Ok(Err(e)) => tracing::error!(
                 "publishing traces: {e:#} (they stay in {})",
+                node_dir.display()
+            ),
+            Err(_) => tracing::error!(
+                "publishing traces: Redis out of reach (they stay in {})",
                 node_dir.display()
             ),
         }
     }
+    drop(node_lock);
+    if let Some(why) = replaced {
+        bail!("{why}");
+    }
     Ok(0)
+}
+
+/// How long after this agent's last heartbeat another host may take its
+/// node id over.
+fn lease_ms(heartbeat_ms: u64) -> u64 {
+    (heartbeat_ms * 5).max(3000)
+}
+
+/// A stopping node leaves placement before it hands anything back, so
+/// nothing is placed on it meanwhile. Without Redis it cannot, and need not:
+/// nothing is placed then either.
+async fn leave(queue: &Queue, node: &str, lease: &watch::Receiver<String>) {
+    let token = lease.borrow().clone();
+    match tokio::time::timeout(STOP_REDIS_TIMEOUT, queue.leave(node, &token)).await {
+        Ok(Ok(Some(n))) => tracing::info!(queued_handed_back = n, "left placement"),
+        Ok(Ok(None)) => tracing::warn!("leaving placement: another agent holds this node id"),
+        Ok(Err(e)) => tracing::warn!("leaving placement: {e}"),
+        Err(_) => tracing::warn!("leaving placement: Redis out of reach"),
+    }
 }
 
 impl Worker {
@@ -319,8 +441,27 @@ impl Worker {
     }
 
     fn dead_letter(&mut self, raw: String, reason: String) {
+        let reason = tracekit_proto::task::quote(&reason).into_owned();
         tracing::warn!(%reason, "task rejected: not run, sent to the dead-letter list");
-        let _ = self.reports.send(Report::DeadLetter { raw, reason });
+        self.report(Report::DeadLetter { raw, reason });
+    }
+
+    /// Journal `report` (on disk before it is sent), then send it.
+    fn report(&mut self, report: Report) {
+        let id = match self.journal.lock() {
+            Ok(mut j) => j.record(&report),
+            Err(_) => Err(anyhow::anyhow!("journal lock poisoned")),
+        };
+        match id {
+            Ok(id) => {
+                let _ = self.reports.send((id, report));
+            }
+            Err(e) => {
+                // Sent all the same: only a crash before delivery would lose it.
+                tracing::error!("journaling a report: {e:#}");
+                let _ = self.reports.send((u64::MAX, report));
+            }
+        }
     }
 
     /// Start waiting tasks, in order, while they fit.
@@ -344,10 +485,10 @@ impl Worker {
                 let reason = format!("{e:#}");
                 tracing::error!("starting a task: {reason}");
                 self.allocator.release(&cores);
-                let _ = self.reports.send(Report::Requeue {
+                self.report(Report::Requeue {
                     raw,
                     failed: true,
-                    reason: Some(reason),
+                    reason: Some(tracekit_proto::task::quote(&reason).into_owned()),
                 });
             }
         }

@@ -40,9 +40,35 @@ local function held_units(raw)
   return task_units(raw) or 1
 end
 
--- A dead-letter entry: the raw task (kept byte for byte), why, where, when.
+-- `s` as a message may quote it: whole up to QUOTE_BYTES, else its head cut
+-- at a UTF-8 character boundary and its length.
+local function quote(s)
+  if #s <= QUOTE_BYTES then
+    return s
+  end
+  local cut = QUOTE_BYTES - 40
+  while cut > 0 and string.byte(s, cut + 1) >= 0x80 and string.byte(s, cut + 1) < 0xC0 do
+    cut = cut - 1
+  end
+  return string.sub(s, 1, cut) .. '… (' .. #s .. ' bytes in all)'
+end
+
+-- Why a task can never be placed, judged on its size alone (nil = fine).
+local function too_large(raw)
+  if #raw > MAX_TASK_BYTES then
+    return 'task is ' .. #raw .. ' bytes, more than the limit of ' .. MAX_TASK_BYTES
+  end
+  return nil
+end
+
+-- A dead-letter entry: the raw task (kept byte for byte unless it is above
+-- the size limit: then its head, quoted), why (quoted), where, when.
 local function dead_entry(raw, reason, node)
-  local e = { task = raw, reason = reason, ts = now_ms() }
+  local task = raw
+  if #raw > MAX_TASK_BYTES then
+    task = quote(raw)
+  end
+  local e = { task = task, reason = quote(reason), ts = now_ms() }
   if node then
     e.node = node
   end

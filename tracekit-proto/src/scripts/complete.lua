@@ -1,12 +1,33 @@
 -- complete.lua: ARGV 1 node, 2 raw task. The task leaves the node's in-flight
--- list and gives back its capacity, run_count and slot token. Returns 1, or 0
--- (and changes nothing) when the task is no longer in flight there, so a
--- retried call never returns capacity twice.
+-- list and gives back its capacity, run_count and slot token: returns 1.
+-- A completion that comes after the task was taken back (its node was
+-- declared dead) still counts while nobody has taken the task again: it
+-- leaves pending, or the queue of the live node it was placed on (which gets
+-- back what the task held there): returns 2. Otherwise returns 0 and changes
+-- nothing, so a retried call never returns capacity twice, and a run that
+-- another node has started again is not completed under it.
 local node, raw = ARGV[1], ARGV[2]
-if redis.call('LREM', key_inflight(node), 1, raw) == 0 then
-  return 0
+local function done()
+  redis.call('HDEL', ATTEMPTS, raw)
+  redis.call('HDEL', LAST_ERROR, raw)
 end
-release(node, raw)
-redis.call('HDEL', ATTEMPTS, raw)
-redis.call('HDEL', LAST_ERROR, raw)
-return 1
+if redis.call('LREM', key_inflight(node), 1, raw) == 1 then
+  release(node, raw)
+  done()
+  return 1
+end
+if redis.call('LREM', PENDING, 1, raw) == 1 then
+  done()
+  return 2
+end
+-- Placed again but not taken: the node's queue holds it (rare, so a walk of
+-- the live nodes is affordable).
+for _, other in ipairs(redis.call('ZRANGE', ALIVE, 0, -1)) do
+  if redis.call('LPOS', key_queue(other), raw) then
+    redis.call('LREM', key_queue(other), 1, raw)
+    release(other, raw)
+    done()
+    return 2
+  end
+end
+return 0

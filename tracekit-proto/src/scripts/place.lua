@@ -227,7 +227,10 @@ local function dead(raw, reason)
   redis.call('HDEL', LAST_ERROR, raw)
   consumed = consumed + 1
   out[#out + 1] = 'dead'
-  out[#out + 1] = reason
+  out[#out + 1] = quote(reason)
+  if #raw > MAX_TASK_BYTES then
+    raw = quote(raw)
+  end
   out[#out + 1] = raw
 end
 
@@ -237,7 +240,11 @@ while consumed < batch do
     out[1] = 'empty'
     break
   end
-  local units, reason = task_units(raw)
+  local reason = too_large(raw)
+  local units = nil
+  if not reason then
+    units, reason = task_units(raw)
+  end
   if units and have_attempts then
     local a = num(redis.call('HGET', ATTEMPTS, raw))
     if a >= max_attempts then

@@ -12,7 +12,7 @@ if ARGV[3] == '1' then
   redis.call('HINCRBY', ATTEMPTS, raw, 1)
   -- The last attempt's reason, or none: never an older attempt's.
   if ARGV[4] and ARGV[4] ~= '' then
-    redis.call('HSET', LAST_ERROR, raw, ARGV[4])
+    redis.call('HSET', LAST_ERROR, raw, quote(ARGV[4]))
   else
     redis.call('HDEL', LAST_ERROR, raw)
   end

@@ -1,16 +1,20 @@
 -- take.lua: ARGV 1 node, 2 request token (unique per take, the same on a
--- retry). Moves the oldest queued task of the node to its in-flight list and
--- returns { 'task', raw }, or { 'empty' }, or { 'lost' } when the node is not
--- alive (its queue was taken back). The token remembers the answer for a
+-- retry), 3 lease token. Moves the oldest queued task of the node to its
+-- in-flight list and returns { 'task', raw }, or { 'empty' }, or { 'lost' }
+-- when the node is not alive (its queue was taken back) or this registration
+-- no longer holds its lease. The request token remembers the answer for a
 -- minute, so a call retried after a lost reply returns the same task instead
 -- of taking a second one.
-local node, token = ARGV[1], ARGV[2]
+local node, token, lease = ARGV[1], ARGV[2], ARGV[3]
 local memo = key_take_memo(token)
 local prev = redis.call('GET', memo)
 if prev then
   return { 'task', prev }
 end
 if not redis.call('ZSCORE', ALIVE, node) then
+  return { 'lost' }
+end
+if redis.call('HGET', key_lease(node), 'token') ~= lease then
   return { 'lost' }
 end
 local raw = redis.call('LMOVE', key_queue(node), key_inflight(node), 'LEFT', 'RIGHT')

@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 
 use redis::aio::ConnectionManager;
 use tracekit_proto::testing::RedisServer;
-use tracekit_proto::{Queue, Registration};
+use tracekit_proto::{Lease, Queue, Registration};
 
 pub fn reg(node: &str, capacity: i64, parallel: u32) -> Registration {
     Registration {
@@ -16,6 +16,17 @@ pub fn reg(node: &str, capacity: i64, parallel: u32) -> Registration {
         parallel,
         reset_capacity: true,
         clear_queue: false,
+        lease: lease(node),
+    }
+}
+
+/// The lease tests' registrations hold: token `tok-<node>`.
+pub fn lease(node: &str) -> Lease {
+    Lease {
+        token: format!("tok-{node}"),
+        host: "test-host".into(),
+        pid: 1,
+        lease_ms: 5000,
     }
 }
 
