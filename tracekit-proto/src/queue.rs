@@ -532,6 +532,23 @@ impl Queue {
         }
     }
 
+    /// Who holds `node`'s lease while it heartbeats within its lease time:
+    /// (host, pid), or `None`. A read for refusing early (before anything on
+    /// the host is touched); [`Queue::register`] checks again atomically.
+    pub async fn live_holder(&self, node: &str) -> Result<Option<(String, String)>, QueueError> {
+        let v = self
+            .eval("holder.lua", &scripts::HOLDER, &[], &[node.as_bytes()])
+            .await?;
+        match &v {
+            Value::Array(a) if a.len() == 2 => Ok(Some((
+                utf8(&a[0]).unwrap_or_default(),
+                utf8(&a[1]).unwrap_or_default(),
+            ))),
+            Value::Array(a) if a.is_empty() => Ok(None),
+            _ => Err(bad_reply("holder.lua", format!("{v:?}"))),
+        }
+    }
+
     /// Moves the node's oldest queued task to its in-flight list. A task that
     /// is not UTF-8 cannot be a task: it is dead-lettered and the next one taken.
     /// `lease`: the registration's token (a replaced one takes nothing).
@@ -969,6 +986,22 @@ impl Queue {
             ],
         )
         .await?;
+        Ok(())
+    }
+
+    /// Test support: `node`'s last heartbeat is made ancient (a test wants it
+    /// overdue without waiting for a timeout on a loaded machine).
+    pub async fn make_overdue(&self, node: &str) -> Result<(), QueueError> {
+        self.conn
+            .run("ZADD", |mut c| async move {
+                redis::cmd("ZADD")
+                    .arg(keys::ALIVE)
+                    .arg(1)
+                    .arg(node)
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await?;
         Ok(())
     }
 

@@ -44,6 +44,7 @@ scripts! {
     REQUEUE => "requeue.lua",
     DEREGISTER => "deregister.lua",
     LEAVE => "leave.lua",
+    HOLDER => "holder.lua",
     SUBMIT => "submit.lua",
 }
 

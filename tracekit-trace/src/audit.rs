@@ -232,6 +232,8 @@ pub struct NodeAudit {
     pub unbound_reason: Option<String>,
     /// The user tasks ran as, when they kept the agent's privileges.
     pub privileges_kept: Option<String>,
+    /// Runs left out because their completion was refused (`withdrawn.jsonl`).
+    pub withdrawn: usize,
     pub problems: Vec<String>,
     pub warnings: Vec<String>,
     pub markdown: String,
@@ -549,7 +551,9 @@ pub fn audit_node(node: &NodeDir) -> Result<NodeAudit> {
     c.torn_tails = u64::from(invocations_read.torn_tail) + u64::from(samples_read.torn_tail);
     c.bad_lines = invocations_read.bad_count + samples_read.bad_count;
 
+    let withdrawn = node.withdrawn()?.len();
     let mut audit = NodeAudit {
+        withdrawn,
         node: node.meta.node.clone(),
         stage: node.meta.stage.clone(),
         dir: node.dir.clone(),
@@ -631,6 +635,12 @@ fn judge(a: &mut NodeAudit) {
         warnings.push(format!(
             "{} file(s) end in a torn line (skipped; expected after a crash)",
             c.torn_tails
+        ));
+    }
+    if a.withdrawn > 0 {
+        warnings.push(format!(
+            "{} run(s) withdrawn and left out: their node had been declared dead and the task ran again elsewhere (withdrawn.jsonl)",
+            a.withdrawn
         ));
     }
     for (i, name) in InvocationRecord::REQUIRED.iter().enumerate() {

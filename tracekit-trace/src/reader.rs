@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use crate::schema::{
     CTS_DIR, INVOCATIONS_FILE, InvocationRecord, LEGACY_CTS_DIR, LEGACY_EVENTS_FILES,
     NODE_META_FILE, NODES_FILE, NodeInfo, NodeMeta, PROC_METRICS_FILE, SampleRecord,
-    TRACER_STATS_FILE, TracerStats,
+    TRACER_STATS_FILE, TracerStats, WITHDRAWN_FILE, Withdrawn,
 };
 
 /// How many bad lines are kept verbatim per file (all are counted).
@@ -250,12 +250,42 @@ impl NodeDir {
         self.cts.join(PROC_METRICS_FILE)
     }
 
-    /// Stream `CTS/invocations.jsonl`.
+    /// Stream `CTS/invocations.jsonl`, without the withdrawn runs
+    /// ([`NodeDir::withdrawn`]).
     pub fn read_invocations(
         &self,
-        f: impl FnMut(InvocationRecord, u64) -> Result<()>,
+        mut f: impl FnMut(InvocationRecord, u64) -> Result<()>,
     ) -> Result<ReadStats> {
-        read_jsonl(&self.invocations_path(), f, |_, _| {})
+        let withdrawn: std::collections::HashSet<String> =
+            self.withdrawn()?.into_iter().map(|w| w.trace_id).collect();
+        read_jsonl(
+            &self.invocations_path(),
+            |rec: InvocationRecord, line| {
+                if rec.trace_id.as_ref().is_some_and(|t| withdrawn.contains(t)) {
+                    return Ok(());
+                }
+                f(rec, line)
+            },
+            |_, _| {},
+        )
+    }
+
+    /// `CTS/withdrawn.jsonl`: runs whose completion was refused (empty
+    /// when the file is absent).
+    pub fn withdrawn(&self) -> Result<Vec<Withdrawn>> {
+        let path = self.cts.join(WITHDRAWN_FILE);
+        let mut out = Vec::new();
+        if path.is_file() {
+            read_jsonl(
+                &path,
+                |w: Withdrawn, _| {
+                    out.push(w);
+                    Ok(())
+                },
+                |_, _| {},
+            )?;
+        }
+        Ok(out)
     }
 
     /// The original's event file of this node, if it has one

@@ -14,6 +14,10 @@ pub const CTS_DIR: &str = "CTS";
 pub const INVOCATIONS_FILE: &str = "invocations.jsonl";
 /// `CTS/proc_metrics.jsonl`: one line per traced PID per interval.
 pub const PROC_METRICS_FILE: &str = "proc_metrics.jsonl";
+/// `CTS/withdrawn.jsonl`: runs whose completion was refused (their node had
+/// been declared dead and another node ran the task again): their lines in
+/// `invocations.jsonl` stay for the record, and readers leave them out.
+pub const WITHDRAWN_FILE: &str = "withdrawn.jsonl";
 /// `CTS/nodes.json`: the node list, rounded as OpenDC wants it.
 pub const NODES_FILE: &str = "nodes.json";
 /// `CTS/tracer_stats.json`: the collector's own cost and losses.
@@ -135,6 +139,15 @@ pub fn round_freq_mhz(mhz: f64) -> f64 {
 pub fn round_mem_mb_to_gib(mb: u64) -> u64 {
     let gib = ((mb as f64) / 1024.0).round().max(1.0) as u64;
     gib * 1024
+}
+
+/// One line of `CTS/withdrawn.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Withdrawn {
+    pub trace_id: String,
+    pub reason: String,
+    /// When the run was withdrawn, epoch ms.
+    pub ts: i64,
 }
 
 /// One line of `CTS/invocations.jsonl`: a task (worker) or a traced process.

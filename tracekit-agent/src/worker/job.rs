@@ -376,6 +376,7 @@ impl Worker {
         let report = if ok {
             Report::Complete {
                 output: Some(output),
+                trace_id: Some(job.trace_id.clone()),
                 raw: job.raw,
             }
         } else {

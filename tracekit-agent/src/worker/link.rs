@@ -9,7 +9,7 @@
 //! runs (those tasks were handed to others) before the node registers again,
 //! and tasks taken under an old token are dropped, never run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +24,9 @@ use super::journal::Journal;
 pub enum Report {
     Complete {
         raw: String,
+        /// The run's trace id: withdrawn from the trace if the completion is
+        /// refused.
+        trace_id: Option<String>,
         /// The run's output, written under a staged name: moved into place
         /// only when the completion counts, removed when it is refused.
         output: Option<StagedOutput>,
@@ -195,13 +198,14 @@ pub async fn heartbeat(
 pub async fn reporter(
     queue: Queue,
     node: String,
+    withdrawn: PathBuf,
     journal: Arc<Mutex<Journal>>,
     mut reports: mpsc::UnboundedReceiver<(u64, Report)>,
     mut give_up: watch::Receiver<bool>,
 ) {
     while let Some((id, report)) = reports.recv().await {
         tokio::select! {
-            () = deliver(&queue, &node, &report) => {}
+            () = deliver(&queue, &node, &withdrawn, &report) => {}
             _ = give_up.wait_for(|g| *g) => {
                 let left = journal.lock().map(|j| j.undelivered()).unwrap_or(0);
                 tracing::error!(
@@ -223,8 +227,9 @@ pub async fn reporter(
 }
 
 /// Applies one report, retrying until Redis answers, and then moves or
-/// removes the run's output.
-pub async fn deliver(queue: &Queue, node: &str, report: &Report) {
+/// removes the run's output; a refused completion's run is noted in
+/// `withdrawn` (the trace's `withdrawn.jsonl`).
+pub async fn deliver(queue: &Queue, node: &str, withdrawn: &Path, report: &Report) {
     let mut delay = Duration::from_millis(100);
     loop {
         let result = match report {
@@ -258,10 +263,19 @@ pub async fn deliver(queue: &Queue, node: &str, report: &Report) {
                     Completion::Late => tracing::info!(
                         "completed after this node was declared dead, before anyone ran the task again: it counts"
                     ),
-                    Completion::Refused => tracing::warn!(
-                        task = %tracekit_proto::task::quote(report_raw(report)),
-                        "the task was no longer in flight here (this node was declared dead and another runs it): this run does not count and its output is removed"
-                    ),
+                    Completion::Refused => {
+                        tracing::warn!(
+                            task = %tracekit_proto::task::quote(report_raw(report)),
+                            "the task was no longer in flight here (this node was declared dead and another runs it): this run does not count and its output is removed"
+                        );
+                        if let Report::Complete {
+                            trace_id: Some(trace_id),
+                            ..
+                        } = report
+                        {
+                            withdraw(withdrawn, trace_id);
+                        }
+                    }
                 }
                 return;
             }
@@ -271,6 +285,30 @@ pub async fn deliver(queue: &Queue, node: &str, report: &Report) {
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// Note in the trace that run `trace_id` does not count.
+fn withdraw(path: &Path, trace_id: &str) {
+    use std::io::Write;
+    let line = tracekit_trace::Withdrawn {
+        trace_id: trace_id.to_string(),
+        reason: "completion refused: the node had been declared dead and the task was taken again"
+            .into(),
+        ts: crate::clock::epoch_ms(),
+    };
+    let written = serde_json::to_string(&line)
+        .map_err(std::io::Error::other)
+        .and_then(|s| {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            f.write_all(format!("{s}\n").as_bytes())?;
+            f.sync_data()
+        });
+    if let Err(e) = written {
+        tracing::error!(%trace_id, "noting a withdrawn run in {}: {e}", path.display());
     }
 }
 

@@ -75,6 +75,11 @@ const AWAIT_TRACE_TICK: Duration = Duration::from_millis(250);
 /// deregistration, publishing) before it ends anyway: what was not
 /// delivered stays in the journal for the node's next agent.
 const STOP_REDIS_TIMEOUT: Duration = Duration::from_secs(15);
+/// Publishing the traces gets at least this long, even past that deadline.
+const PUBLISH_AT_LEAST: Duration = Duration::from_secs(3);
+/// How long a stopping agent tries to leave placement before it hands
+/// tasks back anyway.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Run the worker until SIGINT or SIGTERM.
 pub async fn run(args: WorkerArgs, tracer: TracerArgs, identity: IdentityArgs) -> Result<i32> {
@@ -147,6 +152,27 @@ pub async fn run_until(
     // there belongs to an agent that is gone only if nobody holds the lock.
     let node_lock = NodeLock::acquire(&id.node)?;
     tracing::debug!(lock = %node_lock.path.display(), "holding the node lock");
+    let conn = args.redis.connect().await?;
+    let keys = Keys {
+        pending: args.pending_key.clone(),
+        slots: args.slots_key.clone(),
+    };
+    let queue = Queue::new(conn, keys);
+    // And no live agent of another host holds the node id (registering
+    // checks again, atomically).
+    if let Some((host, pid)) = queue
+        .live_holder(&id.node)
+        .await
+        .context("reading the node's lease")?
+        && host != tracekit_proto::queue::host_name()
+    {
+        return Err(tracekit_proto::QueueError::Held {
+            node: id.node.clone(),
+            host,
+            pid,
+        }
+        .into());
+    }
     let (cgroups, binding_note) = binding::prepare(&args, &id.node)?;
 
     let node_dir = identity.node_dir(&id);
@@ -160,12 +186,6 @@ pub async fn run_until(
     std::fs::create_dir_all(&stderr_dir)
         .with_context(|| format!("creating {}", stderr_dir.display()))?;
 
-    let conn = args.redis.connect().await?;
-    let keys = Keys {
-        pending: args.pending_key.clone(),
-        slots: args.slots_key.clone(),
-    };
-    let queue = Queue::new(conn, keys);
     // Reports a previous agent of this node could not deliver go first:
     // registering would send their tasks back to pending, to run again.
     std::fs::create_dir_all(&identity.logs)
@@ -174,6 +194,11 @@ pub async fn run_until(
         .logs
         .join(format!(".tracekit-{}.journal", job::group_name(&id.node)));
     let (mut journal, undelivered) = Journal::open(&journal_path)?;
+    let withdrawn = session
+        .writer
+        .dir()
+        .join(tracekit_trace::CTS_DIR)
+        .join(tracekit_trace::WITHDRAWN_FILE);
     if !undelivered.is_empty() {
         tracing::info!(
             reports = undelivered.len(),
@@ -181,7 +206,7 @@ pub async fn run_until(
             "delivering the reports a previous agent of this node left"
         );
         for (report_id, report) in undelivered {
-            link::deliver(&queue, &id.node, &report).await;
+            link::deliver(&queue, &id.node, &withdrawn, &report).await;
             journal.delivered(report_id)?;
         }
     }
@@ -238,6 +263,7 @@ pub async fn run_until(
     let reporter_task = tokio::spawn(reporter(
         queue.clone(),
         id.node.clone(),
+        withdrawn,
         journal.clone(),
         report_rx,
         give_up_rx,
@@ -357,12 +383,23 @@ pub async fn run_until(
         cg.remove_base();
     }
     drop(worker);
-    let _ = intake_task.await;
+    // One deadline for everything that needs Redis from here on: a stopping
+    // agent ends even when Redis is out of reach.
+    let deadline = tokio::time::Instant::now() + STOP_REDIS_TIMEOUT;
+    // A take cut short is safe: what it took is handed back by the
+    // deregistration, or by the central once the node's heartbeats stop.
+    let intake_abort = intake_task.abort_handle();
+    if tokio::time::timeout_at(deadline, intake_task)
+        .await
+        .is_err()
+    {
+        intake_abort.abort();
+    }
     heartbeat_task.abort();
     // The reporter ends once every report is delivered, or gives up when
     // Redis stays out of reach (the journal keeps the rest).
     let give_up = tokio::spawn(async move {
-        tokio::time::sleep(STOP_REDIS_TIMEOUT).await;
+        tokio::time::sleep_until(deadline).await;
         let _ = give_up_tx.send(true);
     });
     match reporter_task.await {
@@ -372,7 +409,7 @@ pub async fn run_until(
     give_up.abort();
     if replaced.is_none() {
         let token = lease_rx.borrow().clone();
-        match tokio::time::timeout(STOP_REDIS_TIMEOUT, queue.deregister(&id.node, &token)).await {
+        match tokio::time::timeout_at(deadline, queue.deregister(&id.node, &token)).await {
             Ok(Ok(Some(n))) => tracing::info!(handed_back = n, "deregistered"),
             Ok(Ok(None)) => tracing::warn!("not deregistered: another agent holds this node id"),
             Ok(Err(e)) => tracing::warn!("deregistering: {e}"),
@@ -385,7 +422,8 @@ pub async fn run_until(
     if !args.no_publish {
         let publish =
             tracekit_proto::gather::publish(queue.conn(), &id.run_id, &id.node, &node_dir);
-        match tokio::time::timeout(STOP_REDIS_TIMEOUT, publish).await {
+        let until = deadline.max(tokio::time::Instant::now() + PUBLISH_AT_LEAST);
+        match tokio::time::timeout_at(until, publish).await {
             Ok(Ok(m)) => tracing::info!(files = m.files.len(), "traces published for gather"),
             Ok(Err(e)) => tracing::error!(
                 "publishing traces: {e:#} (they stay in {})",
@@ -415,7 +453,7 @@ fn lease_ms(heartbeat_ms: u64) -> u64 {
 /// nothing is placed then either.
 async fn leave(queue: &Queue, node: &str, lease: &watch::Receiver<String>) {
     let token = lease.borrow().clone();
-    match tokio::time::timeout(STOP_REDIS_TIMEOUT, queue.leave(node, &token)).await {
+    match tokio::time::timeout(LEAVE_TIMEOUT, queue.leave(node, &token)).await {
         Ok(Ok(Some(n))) => tracing::info!(queued_handed_back = n, "left placement"),
         Ok(Ok(None)) => tracing::warn!("leaving placement: another agent holds this node id"),
         Ok(Err(e)) => tracing::warn!("leaving placement: {e}"),
