@@ -269,3 +269,66 @@ fn a_stopping_node_gets_nothing_new() {
     let s = env.snapshot();
     assert_eq!(s.pending, 1, "the second task waits in pending: {s:?}");
 }
+
+/// Resident memory of a process, kB.
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// A task with a 5 MB field (pushed by something other than our
+/// dispatcher, which refuses it) is dead-lettered at placement in a short
+/// entry: the agent never holds it, and the next task runs as usual.
+#[test]
+fn an_oversized_task_never_reaches_the_agent() {
+    let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !ready("an_oversized_task_never_reaches_the_agent") {
+        return;
+    }
+    let mut env = Env::new(&[]);
+    let mut agent = env.agent("b1", &["--capacity-units", "1"]);
+    env.wait("registration", Duration::from_secs(30), |e| {
+        !e.snapshot().nodes.is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let before = rss_kb(agent.id());
+    let huge = env.task("short.mp4", 1, |v| v["scale"] = "9".repeat(5 << 20).into());
+    env.rt.block_on(async {
+        let mut c = env.queue.conn().manager();
+        let _: i64 = redis::cmd("RPUSH")
+            .arg("q:pending")
+            .arg(&huge)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    });
+    let ok = env.task("short.mp4", 1, |_| {});
+    env.submit(&[ok]);
+    env.wait("the next task done", Duration::from_secs(60), |e| {
+        e.invocations("b1").len() == 1
+    });
+    let dead: Vec<String> = env.rt.block_on(async {
+        let mut c = env.queue.conn().manager();
+        redis::cmd("LRANGE")
+            .arg("q:dead")
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut c)
+            .await
+            .unwrap()
+    });
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].len() <= 2048, "dead letter of {} bytes", dead[0].len());
+    assert!(dead[0].contains("more than the limit"), "{}", &dead[0][..200]);
+    let after = rss_kb(agent.id());
+    assert!(
+        after < before + 4096,
+        "agent RSS grew from {before} kB to {after} kB"
+    );
+    assert!(sigterm(&mut agent).success());
+    eprintln!("agent RSS {before} kB before, {after} kB after");
+}

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
+use tracekit_proto::task::quote;
 use tracekit_proto::{Keys, PlaceEvent, PlaceOptions, PlaceStatus, Task, Weigher, WeigherOrder};
 
 use crate::redis_conn::{RedisArgs, secs};
@@ -107,8 +108,8 @@ fn log_event(ev: &PlaceEvent) {
         PlaceEvent::Placed { node, task } => match Task::parse(task) {
             Ok(t) => tracing::info!(
                 node = %node,
-                input = %t.input,
-                output = %t.output,
+                input = %quote(&t.input),
+                output = %quote(&t.output),
                 cpu_units = t.units(),
                 seq = ?t.seq,
                 "placed"
@@ -117,7 +118,7 @@ fn log_event(ev: &PlaceEvent) {
         },
         PlaceEvent::Dead { reason, task } => {
             let head: String = task.chars().take(200).collect();
-            tracing::warn!(reason = %reason, task = %head, "dead-lettered");
+            tracing::warn!(reason = %quote(reason), task = %head, "dead-lettered");
         }
     }
 }

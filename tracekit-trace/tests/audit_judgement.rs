@@ -139,3 +139,38 @@ fn what_was_not_done_as_asked_comes_first() {
         );
     }
 }
+
+/// A run whose completion was refused (its node had been declared dead and
+/// the task ran again elsewhere) is left out of the trace by every reader,
+/// and the audit says so.
+#[test]
+fn withdrawn_runs_are_left_out() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ticks: Vec<i64> = (1..=10).map(|i| 1000 + i * 100).collect();
+    let (kept, mut samples) = task(7, &ticks, json!({}));
+    let (refused, more) = task(8, &ticks, json!({}));
+    samples.extend(more);
+    node(tmp.path(), json!({}), &[kept, refused], &samples);
+    write_lines(
+        &tmp.path().join("CTS/withdrawn.jsonl"),
+        &[json!({"trace_id": "t8", "reason": "completion refused", "ts": 5000})],
+    );
+    let dir = tracekit_trace::reader::NodeDir::open(tmp.path()).expect("node dir");
+    let mut seen = Vec::new();
+    dir.read_invocations(|rec, _| {
+        seen.push(rec.trace_id.unwrap_or_default());
+        Ok(())
+    })
+    .expect("invocations");
+    assert_eq!(seen, vec!["t7".to_string()]);
+    let a = audit(tmp.path()).expect("audit");
+    assert_eq!(a.nodes[0].withdrawn, 1);
+    assert!(
+        a.nodes[0]
+            .warnings
+            .iter()
+            .any(|w| w.contains("1 run(s) withdrawn")),
+        "{:?}",
+        a.nodes[0].warnings
+    );
+}

@@ -104,7 +104,7 @@ impl Worker {
             pid,
             units = plan.units,
             cores = %cpu_list(&cores),
-            input = %plan.input.display(),
+            input = %tracekit_proto::task::quote(&plan.input.to_string_lossy()),
             "task started"
         );
         self.jobs.insert(
