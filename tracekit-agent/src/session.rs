@@ -24,6 +24,7 @@ pub struct Session {
     pub collector: Collector,
     pub table: ProcessTable,
     pub writer: TraceWriter,
+    meta: NodeMeta,
     clock: Clock,
     events: Vec<Event>,
     interval: Duration,
@@ -71,6 +72,7 @@ impl Session {
             collector: selected.collector,
             table,
             writer,
+            meta,
             clock: Clock::new(),
             events: Vec::new(),
             interval,
@@ -90,6 +92,12 @@ impl Session {
             "tracing"
         );
         Ok(session)
+    }
+
+    /// Change what `node_meta.json` says (rewritten atomically).
+    pub fn update_meta(&mut self, change: impl FnOnce(&mut NodeMeta)) -> Result<()> {
+        change(&mut self.meta);
+        self.writer.write_meta(&self.meta)
     }
 
     /// The agent's clock, its first tick one period from now.

@@ -322,8 +322,16 @@ fn an_oversized_task_never_reaches_the_agent() {
             .unwrap()
     });
     assert_eq!(dead.len(), 1);
-    assert!(dead[0].len() <= 2048, "dead letter of {} bytes", dead[0].len());
-    assert!(dead[0].contains("more than the limit"), "{}", &dead[0][..200]);
+    assert!(
+        dead[0].len() <= 2048,
+        "dead letter of {} bytes",
+        dead[0].len()
+    );
+    assert!(
+        dead[0].contains("more than the limit"),
+        "{}",
+        &dead[0][..200]
+    );
     let after = rss_kb(agent.id());
     assert!(
         after < before + 4096,
@@ -331,4 +339,14 @@ fn an_oversized_task_never_reaches_the_agent() {
     );
     assert!(sigterm(&mut agent).success());
     eprintln!("agent RSS {before} kB before, {after} kB after");
+    // The node's clock against Redis, measured with the heartbeats (both
+    // on this host: within a few ms).
+    let meta: serde_json::Value =
+        tracekit_tests::read_json(&env.path("logs/b1/run/node_meta.json")).unwrap();
+    let offset = meta["clock"]["offset_ms"].as_f64().expect("clock offset");
+    assert!(offset.abs() < 50.0, "{meta}");
+    assert!(
+        meta["clock"]["samples"].as_u64().unwrap_or(0) >= 2,
+        "{meta}"
+    );
 }

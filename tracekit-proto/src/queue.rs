@@ -532,6 +532,30 @@ impl Queue {
         }
     }
 
+    /// One reading of this host's clock against Redis `TIME` (midpoint of
+    /// the round trip): (this clock minus Redis's, round trip), ms.
+    pub async fn clock_offset(&self) -> Result<(f64, f64), QueueError> {
+        let epoch_us = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as f64)
+                .unwrap_or(0.0)
+        };
+        let before = epoch_us();
+        let (secs, micros): (i64, i64) = self
+            .conn
+            .run("TIME", |mut c| async move {
+                redis::cmd("TIME").query_async(&mut c).await
+            })
+            .await?;
+        let after = epoch_us();
+        let server = secs as f64 * 1e6 + micros as f64;
+        Ok((
+            ((before + after) / 2.0 - server) / 1000.0,
+            (after - before) / 1000.0,
+        ))
+    }
+
     /// Who holds `node`'s lease while it heartbeats within its lease time:
     /// (host, pid), or `None`. A read for refusing early (before anything on
     /// the host is touched); [`Queue::register`] checks again atomically.

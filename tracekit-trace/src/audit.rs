@@ -20,7 +20,8 @@ use anyhow::{Context, Result};
 use crate::join::TaskIndex;
 use crate::reader::{BadLine, NodeDir, ReadStats, discover};
 use crate::schema::{
-    AUDIT_REPORT_FILE, CollectorKind, InvocationRecord, SampleRecord, TaskTimes, TracerStats,
+    AUDIT_REPORT_FILE, ClockSkew, CollectorKind, InvocationRecord, SampleRecord, TaskTimes,
+    TracerStats,
 };
 
 /// How many offending tasks each list keeps (all are counted).
@@ -234,6 +235,8 @@ pub struct NodeAudit {
     pub privileges_kept: Option<String>,
     /// Runs left out because their completion was refused (`withdrawn.jsonl`).
     pub withdrawn: usize,
+    /// The node's clock against Redis, as its worker measured it.
+    pub clock: Option<ClockSkew>,
     pub problems: Vec<String>,
     pub warnings: Vec<String>,
     pub markdown: String,
@@ -329,6 +332,9 @@ struct AuditTask {
     cpu_ms: Option<f64>,
     trace_id: Option<String>,
 }
+
+/// A node clock further than this from Redis `TIME` is worth a warning, ms.
+pub const CLOCK_SKEW_WARN_MS: f64 = 50.0;
 
 /// Audit one node directory.
 pub fn audit_node(node: &NodeDir) -> Result<NodeAudit> {
@@ -554,6 +560,7 @@ pub fn audit_node(node: &NodeDir) -> Result<NodeAudit> {
     let withdrawn = node.withdrawn()?.len();
     let mut audit = NodeAudit {
         withdrawn,
+        clock: node.meta.clock,
         node: node.meta.node.clone(),
         stage: node.meta.stage.clone(),
         dir: node.dir.clone(),
@@ -635,6 +642,15 @@ fn judge(a: &mut NodeAudit) {
         warnings.push(format!(
             "{} file(s) end in a torn line (skipped; expected after a crash)",
             c.torn_tails
+        ));
+    }
+    if let Some(clock) = a.clock
+        && clock.offset_ms.abs() > CLOCK_SKEW_WARN_MS
+    {
+        warnings.push(format!(
+            "this node's clock is {:+.0} ms off Redis TIME (±{:.0} ms): its start and end times are that far from the submission times",
+            clock.offset_ms,
+            clock.rtt_ms / 2.0
         ));
     }
     if a.withdrawn > 0 {

@@ -45,6 +45,7 @@ pub fn detect(id: &NodeIdentity, freq_override: Option<f64>) -> NodeMeta {
             .ok()
             .map(|s| s.trim().to_string()),
         ffmpeg: ffmpeg_version(),
+        clock: None,
     }
 }
 

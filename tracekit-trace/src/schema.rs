@@ -101,6 +101,24 @@ pub struct NodeMeta {
     /// The first line of `ffmpeg -version`, when ffmpeg is installed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ffmpeg: Option<String>,
+    /// This node's clock against Redis `TIME` (the clock submissions are
+    /// compared with), measured by the worker with its heartbeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<ClockSkew>,
+}
+
+/// A node's clock offset from Redis `TIME`: the offset of the measurement
+/// with the shortest round trip (its error is at most half that round trip).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ClockSkew {
+    /// This node's clock minus Redis's, ms (positive: the node is ahead).
+    pub offset_ms: f64,
+    /// Round trip of that measurement, ms.
+    pub rtt_ms: f64,
+    /// Measurements taken.
+    pub samples: u64,
+    /// The largest |offset| measured (any round trip), ms.
+    pub max_abs_offset_ms: f64,
 }
 
 /// One entry of `CTS/nodes.json`: frequency rounded to 100 MHz, memory to whole

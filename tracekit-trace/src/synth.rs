@@ -168,6 +168,7 @@ pub fn write_node(dir: &Path, cfg: &SynthNode) -> Result<Vec<TruthTask>> {
         tracekit: None,
         kernel: None,
         ffmpeg: None,
+        clock: None,
     };
     let mut w = TraceWriter::create(dir, &meta)?;
     let mut rng = Rng(cfg.seed ^ 0x5EED);

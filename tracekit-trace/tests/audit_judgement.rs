@@ -174,3 +174,28 @@ fn withdrawn_runs_are_left_out() {
         a.nodes[0].warnings
     );
 }
+
+/// A node clock far from Redis's is a warning that names the offset.
+#[test]
+fn a_skewed_clock_is_a_warning() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ticks: Vec<i64> = (1..=10).map(|i| 1000 + i * 100).collect();
+    let (inv, samples) = task(7, &ticks, json!({}));
+    let clock =
+        json!({"offset_ms": -120.4, "rtt_ms": 0.6, "samples": 30, "max_abs_offset_ms": 121.0});
+    node(tmp.path(), json!({ "clock": clock }), &[inv], &samples);
+    let a = audit(tmp.path()).expect("audit");
+    assert!(
+        a.nodes[0]
+            .warnings
+            .iter()
+            .any(|w| w.contains("-120 ms off Redis TIME")),
+        "{:?}",
+        a.nodes[0].warnings
+    );
+    let (inv, samples) = task(7, &ticks, json!({}));
+    let near = json!({"offset_ms": 3.0, "rtt_ms": 0.6, "samples": 30, "max_abs_offset_ms": 4.0});
+    node(tmp.path(), json!({ "clock": near }), &[inv], &samples);
+    let a = audit(tmp.path()).expect("audit");
+    assert!(!a.nodes[0].warnings.iter().any(|w| w.contains("Redis TIME")));
+}

@@ -37,6 +37,7 @@ fn meta() -> NodeMeta {
         tracekit: None,
         kernel: None,
         ffmpeg: None,
+        clock: None,
     }
 }
 

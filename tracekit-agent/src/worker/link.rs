@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracekit_proto::{Completion, Heartbeat, Lease, Queue, QueueError, Registration, Take};
 
+use super::clock_skew::ClockTracker;
 use super::journal::Journal;
+use tracekit_trace::ClockSkew;
 
 /// What happens to a task in flight, reported in order by [`reporter`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -139,12 +141,21 @@ pub async fn heartbeat(
     period: Duration,
     lease: watch::Sender<String>,
     fence: mpsc::Sender<Fence>,
+    clock: watch::Sender<Option<ClockSkew>>,
     stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut skew = ClockTracker::default();
     loop {
         tick.tick().await;
+        // The clock the node's times are compared with is Redis's.
+        match queue.clock_offset().await {
+            Ok((offset, rtt)) => {
+                let _ = clock.send(Some(skew.add(offset, rtt)));
+            }
+            Err(e) => tracing::debug!("reading Redis TIME: {e}"),
+        }
         let token = lease.borrow().clone();
         match queue.heartbeat(&registration.node, &token).await {
             Ok(Heartbeat::Alive) => {}

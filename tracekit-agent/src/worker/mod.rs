@@ -9,6 +9,7 @@
 mod args;
 mod binding;
 pub mod cgroup;
+mod clock_skew;
 pub mod command;
 pub mod cores;
 pub mod fairshare;
@@ -245,12 +246,14 @@ pub async fn run_until(
     let (give_up_tx, give_up_rx) = watch::channel(false);
     let (lease_tx, lease_rx) = watch::channel(registration.lease.token.clone());
     let (fence_tx, mut fence_rx) = mpsc::channel::<Fence>(1);
+    let (clock_tx, mut clock_rx) = watch::channel(None);
     let heartbeat_task = tokio::spawn(heartbeat(
         queue.clone(),
         registration.clone(),
         Duration::from_millis(args.heartbeat_ms),
         lease_tx,
         fence_tx,
+        clock_tx,
         stop_rx.clone(),
     ));
     let intake_task = tokio::spawn(intake(
@@ -306,6 +309,7 @@ pub async fn run_until(
     }
     let mut intake_open = true;
     let mut replaced: Option<String> = None;
+    let mut clock_written = None;
 
     loop {
         tokio::select! {
@@ -349,6 +353,16 @@ pub async fn run_until(
                 }
                 None => {}
             },
+            Ok(()) = clock_rx.changed() => {
+                let skew = *clock_rx.borrow_and_update();
+                if let Some(s) = skew
+                    && clock_skew::worth_writing(clock_written.as_ref(), &s)
+                {
+                    tracing::debug!(offset_ms = s.offset_ms, rtt_ms = s.rtt_ms, "clock against Redis");
+                    session.update_meta(|m| m.clock = Some(s))?;
+                    clock_written = Some(s);
+                }
+            }
             () = &mut stop, if !stopping => {
                 stopping = true;
                 leave(&queue, &id.node, &lease_rx).await;
@@ -417,6 +431,10 @@ pub async fn run_until(
                 "deregistering: Redis out of reach; the central declares the node dead after its heartbeat timeout"
             ),
         }
+    }
+    // The clock's last estimate, with every reading counted.
+    if let Some(s) = *clock_rx.borrow() {
+        session.update_meta(|m| m.clock = Some(s))?;
     }
     session.finish()?;
     if !args.no_publish {
