@@ -16,6 +16,16 @@ pub const DEAD: &str = "q:dead";
 pub const ATTEMPTS: &str = "q:attempts";
 /// Hash raw task → why its last failed attempt failed.
 pub const LAST_ERROR: &str = "q:last_error";
+/// Hash of the run's cumulative counters: `submitted`, `done`, `failed`
+/// (failed attempts), `dead` (dead-lettered, less those requeued from the
+/// dead-letter list). A `run start` resets them (with [`DONE_TIMES`]).
+pub const STATS_RUN: &str = "stats:run";
+/// Sorted set of the last minute's completions (score = ms, Redis time),
+/// trimmed by every completion: the throughput.
+pub const DONE_TIMES: &str = "stats:done_times";
+/// Hash of gauges kept by the transitions: `placed` (tasks on node queues)
+/// and `running` (tasks in flight). Never reset: they describe what exists.
+pub const STATS_LIVE: &str = "stats:live";
 /// Placement index: sorted set of the nodes placement may consider (alive and
 /// not found stale), scored by `cap_total`.
 pub const INDEX_LIVE: &str = "idx:live";
@@ -36,6 +46,9 @@ const FIXED: &[(&str, &str)] = &[
     ("DEAD", DEAD),
     ("ATTEMPTS", ATTEMPTS),
     ("LAST_ERROR", LAST_ERROR),
+    ("STATS_RUN", STATS_RUN),
+    ("DONE_TIMES", DONE_TIMES),
+    ("STATS_LIVE", STATS_LIVE),
     ("IDX_LIVE", INDEX_LIVE),
     ("IDX_CAPS", INDEX_CAPS),
     ("IDX_FAMILIES", INDEX_FAMILIES),
@@ -60,6 +73,8 @@ builders! {
     queue => "q:",
     /// Tasks `node`'s worker has taken and not finished.
     inflight => "inflight:",
+    /// Hash: each of `node`'s in-flight tasks (raw) → when it was taken (ms).
+    taken_at => "taken_at:",
     /// Free capacity units of `node`.
     cap => "cap:",
     /// Total capacity units of `node`.

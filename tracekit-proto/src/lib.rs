@@ -77,24 +77,28 @@
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod conn;
+pub mod dead;
 pub mod gather;
 pub mod keys;
 #[cfg(any(test, feature = "testing"))]
 #[path = "scripts/place_model.rs"]
 pub mod place_model;
 pub mod queue;
+pub mod run_stats;
 mod scripts;
 pub mod task;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use conn::{RedisConn, RedisOptions};
+pub use dead::DeadEntry;
 pub use keys::Keys;
 pub use queue::{
     DeadLetter, Heartbeat, NodeState, PlaceEvent, PlaceOptions, PlaceOutcome, PlaceStatus, Queue,
-    QueueError, Recovered, Registered, Registration, Snapshot, SubmitTarget, Take, Weigher,
-    WeigherOrder,
+    QueueError, Recovered, Registered, Registration, RunningTask, Snapshot, SubmitTarget, Take,
+    Weigher, WeigherOrder,
 };
+pub use run_stats::RunStats;
 pub use task::{Task, TaskError};
 
 #[cfg(test)]

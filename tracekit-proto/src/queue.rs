@@ -22,7 +22,7 @@ pub enum QueueError {
     },
 }
 
-fn bad_reply(script: &'static str, detail: impl Into<String>) -> QueueError {
+pub(crate) fn bad_reply(script: &'static str, detail: impl Into<String>) -> QueueError {
     QueueError::Reply {
         script,
         detail: detail.into(),
@@ -198,6 +198,18 @@ pub struct NodeState {
     /// The worker's CPU binding as it reported it ("shared", "exclusive",
     /// or "UNBOUND: why").
     pub binding: Option<String>,
+    /// Its in-flight tasks, oldest first.
+    pub running: Vec<RunningTask>,
+}
+
+/// A task in flight on a node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningTask {
+    /// The raw task JSON.
+    pub raw: String,
+    /// When its worker took it (ms, Redis time; None for a task taken by
+    /// a version that did not note it).
+    pub taken_ms: Option<i64>,
 }
 
 /// The queue state, for `status` and tests: every node
@@ -216,6 +228,9 @@ pub struct Snapshot {
     pub alive: usize,
     pub pending: usize,
     pub dead: usize,
+    /// Registered nodes left out because they left (deregistered, or
+    /// declared dead and their work taken back); 0 when they are included.
+    pub retired: usize,
 }
 
 /// One entry of `q:dead`.
@@ -226,6 +241,10 @@ pub struct DeadLetter {
     #[serde(default)]
     pub node: Option<String>,
     pub ts: i64,
+    /// Failed attempts when it was dead-lettered (absent in letters written
+    /// before the count was kept).
+    #[serde(default)]
+    pub attempts: Option<i64>,
 }
 
 /// The protocol on one connection.
@@ -235,7 +254,7 @@ pub struct Queue {
     keys: Keys,
 }
 
-fn utf8(v: &Value) -> Option<String> {
+pub(crate) fn utf8(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
         Value::SimpleString(s) => Some(s.clone()),
@@ -244,7 +263,7 @@ fn utf8(v: &Value) -> Option<String> {
     }
 }
 
-fn int(v: &Value) -> Option<i64> {
+pub(crate) fn int(v: &Value) -> Option<i64> {
     match v {
         Value::Int(i) => Some(*i),
         other => utf8(other).and_then(|s| s.parse().ok()),
@@ -266,7 +285,7 @@ impl Queue {
 
     /// Runs a script with KEYS = [pending, slots, extra…] and `args`, retrying
     /// transient failures (every script is safe to repeat).
-    async fn eval(
+    pub(crate) async fn eval(
         &self,
         name: &'static str,
         script: &redis::Script,
@@ -665,13 +684,36 @@ impl Queue {
         offset: usize,
         limit: Option<usize>,
     ) -> Result<Snapshot, QueueError> {
+        self.snapshot_view(heartbeat_timeout, offset, limit, true)
+            .await
+    }
+
+    /// Like [`Queue::snapshot_page`]; without `include_retired`, only the
+    /// nodes that have not left (deregistered, or declared dead and their
+    /// work taken back) are paged through, and [`Snapshot::retired`] counts
+    /// the others. That reads the names of the nodes in `nodes:alive` (one
+    /// command), not their counters.
+    pub async fn snapshot_view(
+        &self,
+        heartbeat_timeout: Duration,
+        offset: usize,
+        limit: Option<usize>,
+        include_retired: bool,
+    ) -> Result<Snapshot, QueueError> {
         let keys = &self.keys;
-        let stop: i64 = match limit {
-            Some(0) => return self.snapshot_counts(heartbeat_timeout, offset).await,
-            Some(l) => (offset + l - 1) as i64,
-            None => -1,
+        if limit == Some(0) {
+            return self.snapshot_counts(heartbeat_timeout, offset).await;
+        }
+        let stop: i64 = match (include_retired, limit) {
+            (true, Some(l)) => (offset + l - 1) as i64,
+            _ => -1,
         };
-        let (time, names, registered, pending, dead, tokens): (
+        let range_of = if include_retired {
+            keys::REGISTRY
+        } else {
+            keys::ALIVE
+        };
+        let (time, mut names, registered, pending, dead, tokens): (
             (i64, i64),
             Vec<String>,
             usize,
@@ -684,8 +726,8 @@ impl Queue {
                 redis::pipe()
                     .cmd("TIME")
                     .cmd("ZRANGE")
-                    .arg(keys::REGISTRY)
-                    .arg(offset)
+                    .arg(range_of)
+                    .arg(if include_retired { offset } else { 0 })
                     .arg(stop)
                     .cmd("ZCARD")
                     .arg(keys::REGISTRY)
@@ -701,6 +743,17 @@ impl Queue {
                     .await
             })
             .await?;
+        let mut retired = 0;
+        if !include_retired {
+            // nodes:alive is ordered by heartbeat: page by name here.
+            retired = registered.saturating_sub(names.len());
+            names.sort_unstable();
+            let end = limit.map_or(names.len(), |l| (offset + l).min(names.len()));
+            names = names
+                .get(offset..end)
+                .map(<[String]>::to_vec)
+                .unwrap_or_default();
+        }
         let now_ms = time.0 * 1000 + time.1 / 1000;
         let timeout_ms = heartbeat_timeout.as_millis() as i64;
         let alive = self.count_alive(now_ms - timeout_ms).await?;
@@ -726,20 +779,22 @@ impl Queue {
                             .arg(keys::binding(n));
                         p.cmd("ZSCORE").arg(keys::ALIVE).arg(n);
                         p.cmd("LLEN").arg(keys::queue(n));
-                        p.cmd("LLEN").arg(keys::inflight(n));
+                        p.cmd("LRANGE").arg(keys::inflight(n)).arg(0).arg(-1);
+                        p.cmd("HGETALL").arg(keys::taken_at(n));
                     }
                     p.query_async(&mut c).await
                 })
                 .await?
         };
         let mut nodes = Vec::with_capacity(names.len());
-        for (name, row) in names.iter().zip(rows.chunks(4)) {
-            let [Value::Array(vals), hb, q, inf] = row else {
+        for (name, row) in names.iter().zip(rows.chunks(5)) {
+            let [Value::Array(vals), hb, q, inf, since] = row else {
                 return Err(bad_reply("snapshot", format!("{row:?}")));
             };
             let get = |i: usize| vals.get(i).and_then(int).unwrap_or(0);
             let text = |i: usize| vals.get(i).and_then(utf8);
             let last = score(hb);
+            let running = running_tasks(inf, since);
             nodes.push(NodeState {
                 name: name.clone(),
                 alive: last.is_some_and(|l| l > now_ms - timeout_ms),
@@ -751,9 +806,10 @@ impl Queue {
                 phys: text(4),
                 ratio: text(5),
                 queued: int(q).unwrap_or(0) as usize,
-                inflight: int(inf).unwrap_or(0) as usize,
+                inflight: running.len(),
                 slot_tokens: token_count.get(name.as_str()).copied().unwrap_or(0),
                 binding: text(6),
+                running,
             });
         }
         Ok(Snapshot {
@@ -764,6 +820,7 @@ impl Queue {
             alive,
             pending,
             dead,
+            retired,
         })
     }
 
@@ -816,6 +873,7 @@ impl Queue {
             alive,
             pending,
             dead,
+            retired: 0,
         })
     }
 }
@@ -856,6 +914,41 @@ impl Queue {
         };
         Ok(items.iter().filter_map(utf8).collect())
     }
+}
+
+/// A node's in-flight list joined with its `taken_at` hash (a RESP2 flat
+/// list or a RESP3 map).
+fn running_tasks(inflight: &Value, taken: &Value) -> Vec<RunningTask> {
+    let mut at: HashMap<String, i64> = HashMap::new();
+    match taken {
+        Value::Array(flat) => {
+            for kv in flat.chunks(2) {
+                if let [k, v] = kv
+                    && let (Some(k), Some(v)) = (utf8(k), int(v))
+                {
+                    at.insert(k, v);
+                }
+            }
+        }
+        Value::Map(pairs) => {
+            for (k, v) in pairs {
+                if let (Some(k), Some(v)) = (utf8(k), int(v)) {
+                    at.insert(k, v);
+                }
+            }
+        }
+        _ => {}
+    }
+    let Value::Array(list) = inflight else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(utf8)
+        .map(|raw| RunningTask {
+            taken_ms: at.get(&raw).copied(),
+            raw,
+        })
+        .collect()
 }
 
 /// A sorted-set score as Redis returns it (RESP2 text or RESP3 double).

@@ -18,12 +18,16 @@ for _, raw in ipairs(orphans) do
   redis.call('HSET', LAST_ERROR, raw, 'its node restarted while running it')
   back[#back + 1] = raw
 end
-redis.call('DEL', key_inflight(node))
+redis.call('DEL', key_inflight(node), key_taken_at(node))
+stat('failed', #orphans)
+gauge('running', -#orphans)
 if clear then
-  for _, raw in ipairs(redis.call('LRANGE', key_queue(node), 0, -1)) do
+  local cleared = redis.call('LRANGE', key_queue(node), 0, -1)
+  for _, raw in ipairs(cleared) do
     back[#back + 1] = raw
   end
   redis.call('DEL', key_queue(node))
+  gauge('placed', -#cleared)
 end
 push_head(back)
 local queued = redis.call('LRANGE', key_queue(node), 0, -1)
