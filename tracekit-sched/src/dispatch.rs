@@ -442,7 +442,7 @@ pub async fn run(a: DispatchArgs) -> anyhow::Result<()> {
     let _ = std::fs::create_dir_all(&a.outputs);
     let queue = a
         .redis
-        .queue(Keys {
+        .queue_once(Keys {
             pending: a.pending_key.clone(),
             ..Keys::default()
         })

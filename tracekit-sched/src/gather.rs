@@ -21,7 +21,7 @@ pub struct GatherArgs {
 }
 
 pub async fn run(args: GatherArgs) -> Result<()> {
-    let conn = args.redis.connect().await?;
+    let conn = args.redis.connect_once().await?;
     let gathered = tracekit_proto::gather::gather(&conn, &args.run_id, &args.out).await?;
     for g in &gathered {
         println!("{}: {} file(s), {} bytes", g.node, g.files, g.bytes);
