@@ -23,6 +23,7 @@ pub struct RedisArgs {
     #[arg(
         long,
         env = "TRACEKIT_REDIS",
+        hide_env_values = true,
         default_value = "redis://localhost:6379/0",
         value_name = "URL"
     )]

@@ -23,11 +23,12 @@ pub struct DeadArgs {
 /// The options every `dead` action takes.
 #[derive(Args, Debug)]
 pub struct Common {
-    #[command(flatten)]
-    pub redis: RedisArgs,
     /// Name of the global pending list (where requeued tasks go).
     #[arg(long, default_value = "q:pending")]
     pub pending: String,
+
+    #[command(flatten)]
+    pub redis: RedisArgs,
 }
 
 #[derive(Subcommand, Debug)]

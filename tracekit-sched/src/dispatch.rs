@@ -44,8 +44,6 @@ pub enum Policy {
 
 #[derive(Args, Debug)]
 pub struct DispatchArgs {
-    #[command(flatten)]
-    pub redis: RedisArgs,
     /// Directory of input videos (its *.mp4 files, sorted by name).
     #[arg(long)]
     pub inputs: PathBuf,
@@ -115,6 +113,9 @@ pub struct DispatchArgs {
     /// Print the tasks as JSON lines instead of submitting them.
     #[arg(long)]
     pub dry_run: bool,
+
+    #[command(flatten)]
+    pub redis: RedisArgs,
 }
 
 /// A task and, in the per-node modes, its node.

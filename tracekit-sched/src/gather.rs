@@ -10,14 +10,15 @@ use crate::redis_conn::RedisArgs;
 
 #[derive(Debug, Args)]
 pub struct GatherArgs {
-    #[command(flatten)]
-    pub redis: RedisArgs,
     /// The run to gather.
     #[arg(long, env = "RUN_ID")]
     pub run_id: String,
     /// Directory that receives <RUN_ID>/<node>/.
     #[arg(long, default_value = "logs")]
     pub out: PathBuf,
+
+    #[command(flatten)]
+    pub redis: RedisArgs,
 }
 
 pub async fn run(args: GatherArgs) -> Result<()> {

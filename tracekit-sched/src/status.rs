@@ -14,8 +14,6 @@ use crate::task_label::TaskLabel;
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    #[command(flatten)]
-    pub redis: RedisArgs,
     /// Name of the global pending list.
     #[arg(long, default_value = "q:pending")]
     pub pending: String,
@@ -43,6 +41,9 @@ pub struct StatusArgs {
     /// declared dead and their work taken back) included; overrides --limit.
     #[arg(long)]
     pub all: bool,
+
+    #[command(flatten)]
+    pub redis: RedisArgs,
 }
 
 /// The run's counters, throughput and ETA.

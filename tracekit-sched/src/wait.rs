@@ -23,8 +23,6 @@ const SHOW_DEAD: i64 = 20;
 
 #[derive(Args, Debug)]
 pub struct WaitArgs {
-    #[command(flatten)]
-    pub redis: RedisArgs,
     /// Name of the global pending list.
     #[arg(long, default_value = "q:pending")]
     pub pending: String,
@@ -34,6 +32,9 @@ pub struct WaitArgs {
     /// Seconds between two reads of the counters.
     #[arg(long, value_parser = secs, default_value = "1", value_name = "SECONDS")]
     pub interval: Duration,
+
+    #[command(flatten)]
+    pub redis: RedisArgs,
 }
 
 /// Whether the run is over: something was submitted and nothing is
@@ -68,7 +69,7 @@ pub async fn run(a: WaitArgs) -> anyhow::Result<u8> {
         progress.update((st.done + st.dead) as u64, st.submitted as u64, &note(&st));
         if finished(&st) {
             progress.finish();
-            return Ok(report(&queue, &st).await?);
+            return report(&queue, &st).await;
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             progress.finish();
