@@ -18,6 +18,7 @@ use tracekit_proto::{Keys, Queue, SubmitTarget, Task};
 
 use crate::mix;
 use crate::profiles::{Profile, Profiles};
+use crate::progress::Progress;
 use crate::redis_conn::{RedisArgs, secs};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -397,6 +398,8 @@ struct Submitter {
     next_index: u64,
     clock: Clock,
     submitted: usize,
+    total: usize,
+    progress: Progress,
 }
 
 impl Submitter {
@@ -412,6 +415,8 @@ impl Submitter {
             .await
             .context("submitting tasks")?;
         self.submitted += tasks.len();
+        self.progress
+            .update(self.submitted as u64, self.total as u64, "");
         Ok(())
     }
 
@@ -456,6 +461,8 @@ pub async fn run(a: DispatchArgs) -> anyhow::Result<()> {
         next_index: 0,
         clock: Clock { last: 0 },
         submitted: 0,
+        total: planned.len(),
+        progress: Progress::bar_only("tasks submitted", planned.len() as u64),
     };
     let total = planned.len();
     if a.pending {
@@ -486,6 +493,7 @@ pub async fn run(a: DispatchArgs) -> anyhow::Result<()> {
             .collect();
         tracing::info!("enqueued {} tasks: {}", s.submitted, counts.join(", "));
     }
+    s.progress.finish();
     tracing::info!(submitted = s.submitted, total, "done");
     Ok(())
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
+use crate::progress::Progress;
 use crate::redis_conn::RedisArgs;
 
 #[derive(Debug, Args)]
@@ -23,7 +24,13 @@ pub struct GatherArgs {
 
 pub async fn run(args: GatherArgs) -> Result<()> {
     let conn = args.redis.connect_once().await?;
-    let gathered = tracekit_proto::gather::gather(&conn, &args.run_id, &args.out).await?;
+    let mut progress = Progress::new("nodes gathered", 0);
+    let gathered =
+        tracekit_proto::gather::gather_with(&conn, &args.run_id, &args.out, |done, total, g| {
+            progress.update(done as u64, total as u64, &g.node);
+        })
+        .await?;
+    progress.finish();
     for g in &gathered {
         println!("{}: {} file(s), {} bytes", g.node, g.files, g.bytes);
     }

@@ -14,6 +14,8 @@ pub struct Progress {
     bar: Option<ProgressBar>,
     what: &'static str,
     last_log: Option<Instant>,
+    /// Off a terminal, say nothing (the command logs its own lines).
+    silent_off_tty: bool,
 }
 
 impl Progress {
@@ -34,6 +36,16 @@ impl Progress {
             bar,
             what,
             last_log: None,
+            silent_off_tty: false,
+        }
+    }
+
+    /// A bar on a terminal, nothing elsewhere: for commands that already
+    /// log their progress.
+    pub fn bar_only(what: &'static str, total: u64) -> Progress {
+        Progress {
+            silent_off_tty: true,
+            ..Progress::new(what, total)
         }
     }
 
@@ -50,6 +62,7 @@ impl Progress {
                 bar.set_position(pos);
                 bar.set_message(note.to_string());
             }
+            None if self.silent_off_tty => {}
             None => {
                 if self.last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
                     self.last_log = Some(Instant::now());

@@ -351,3 +351,56 @@ async fn a_password_in_the_url_is_warned_about() {
     let quiet = sched(&server).arg("status").output().unwrap();
     assert!(!text(&quiet).1.contains("ps`"));
 }
+
+/// `dispatch` and `gather` draw a bar on a terminal, and none elsewhere.
+#[tokio::test]
+async fn dispatch_and_gather_show_a_bar_on_a_terminal_only() {
+    let server = RedisServer::start().expect("redis");
+    let inputs = tempfile::tempdir().unwrap();
+    std::fs::write(inputs.path().join("clip.mp4"), b"").unwrap();
+    let mut dispatch = sched(&server);
+    dispatch
+        .arg("dispatch")
+        .arg("--inputs")
+        .arg(inputs.path())
+        .args(["--outputs", "/out", "--mix", "light1c=1", "--total", "5"])
+        .args([
+            "--pending",
+            "--pending-mode",
+            "fifo",
+            "--pending-max",
+            "100",
+        ]);
+    let screen = on_a_tty(&dispatch);
+    assert!(screen.contains("5/5 tasks submitted"), "{screen}");
+    let piped = dispatch.output().unwrap();
+    let (_, stderr) = text(&piped);
+    assert!(piped.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("tasks submitted") && !stderr.contains("=]"),
+        "{stderr}"
+    );
+    assert_eq!(
+        queue(&server).await.run_stats().await.unwrap().submitted,
+        10
+    );
+
+    let conn = server.conn().await.unwrap();
+    let node_dir = tempfile::tempdir().unwrap();
+    std::fs::write(node_dir.path().join("node_meta.json"), b"{}").unwrap();
+    for node in ["n1", "n2"] {
+        tracekit_proto::gather::publish(&conn, "r1", node, node_dir.path())
+            .await
+            .unwrap();
+    }
+    let out = tempfile::tempdir().unwrap();
+    let mut gather = sched(&server);
+    gather
+        .args(["gather", "--run-id", "r1", "--out"])
+        .arg(out.path());
+    let screen = on_a_tty(&gather);
+    assert!(screen.contains("2/2 nodes gathered"), "{screen}");
+    let piped = gather.output().unwrap();
+    assert!(piped.status.success(), "{:?}", text(&piped));
+    assert!(text(&piped).0.contains("gathered 2 node(s) of run r1"));
+}
