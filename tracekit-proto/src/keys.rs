@@ -8,6 +8,9 @@
 pub const REGISTRY: &str = "nodes:registry";
 /// Sorted set node → last heartbeat (ms, Redis server time).
 pub const ALIVE: &str = "nodes:alive";
+/// Sorted set node → when it left the alive set (ms): deregistered, or
+/// declared dead and its work taken back; a registration takes it out.
+pub const LEFT: &str = "nodes:left";
 /// Set of nodes that use slot tokens (`parallel` > 0).
 pub const SLOTTED: &str = "nodes:slotted";
 /// Dead-letter list.
@@ -43,6 +46,7 @@ const FIXED: &[(&str, &str)] = &[
     ("REGISTRY", REGISTRY),
     ("ALIVE", ALIVE),
     ("SLOTTED", SLOTTED),
+    ("LEFT", LEFT),
     ("DEAD", DEAD),
     ("ATTEMPTS", ATTEMPTS),
     ("LAST_ERROR", LAST_ERROR),

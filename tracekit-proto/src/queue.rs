@@ -684,22 +684,23 @@ impl Queue {
         offset: usize,
         limit: Option<usize>,
     ) -> Result<Snapshot, QueueError> {
-        self.snapshot_view(heartbeat_timeout, offset, limit, true)
+        self.snapshot_view(heartbeat_timeout, offset, limit, None)
             .await
     }
 
-    /// Like [`Queue::snapshot_page`]; without `include_retired`, only the
-    /// nodes that have not left (deregistered, or declared dead and their
-    /// work taken back) are paged through, and [`Snapshot::retired`] counts
-    /// the others. That reads the names of the nodes in `nodes:alive` (one
-    /// command), not their counters.
+    /// Like [`Queue::snapshot_page`]; with `retired_after` = Some(d), the
+    /// nodes that left (deregistered, or declared dead and their work taken
+    /// back) more than `d` ago are not paged through, and
+    /// [`Snapshot::retired`] counts them. That reads the names in
+    /// `nodes:alive` and `nodes:left` (two commands), not their counters.
     pub async fn snapshot_view(
         &self,
         heartbeat_timeout: Duration,
         offset: usize,
         limit: Option<usize>,
-        include_retired: bool,
+        retired_after: Option<Duration>,
     ) -> Result<Snapshot, QueueError> {
+        let include_retired = retired_after.is_none();
         let keys = &self.keys;
         if limit == Some(0) {
             return self.snapshot_counts(heartbeat_timeout, offset).await;
@@ -713,9 +714,10 @@ impl Queue {
         } else {
             keys::ALIVE
         };
-        let (time, mut names, registered, pending, dead, tokens): (
+        let (time, mut names, left, registered, pending, dead, tokens): (
             (i64, i64),
             Vec<String>,
+            Vec<(String, f64)>,
             usize,
             usize,
             usize,
@@ -729,6 +731,11 @@ impl Queue {
                     .arg(range_of)
                     .arg(if include_retired { offset } else { 0 })
                     .arg(stop)
+                    .cmd("ZRANGE")
+                    .arg(keys::LEFT)
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES")
                     .cmd("ZCARD")
                     .arg(keys::REGISTRY)
                     .cmd("LLEN")
@@ -743,18 +750,25 @@ impl Queue {
                     .await
             })
             .await?;
+        let now_ms = time.0 * 1000 + time.1 / 1000;
         let mut retired = 0;
-        if !include_retired {
+        if let Some(after) = retired_after {
+            let since = now_ms - after.as_millis() as i64;
+            names.extend(
+                left.into_iter()
+                    .filter(|(_, at)| *at as i64 > since)
+                    .map(|(n, _)| n),
+            );
             // nodes:alive is ordered by heartbeat: page by name here.
-            retired = registered.saturating_sub(names.len());
             names.sort_unstable();
+            names.dedup();
+            retired = registered.saturating_sub(names.len());
             let end = limit.map_or(names.len(), |l| (offset + l).min(names.len()));
             names = names
                 .get(offset..end)
                 .map(<[String]>::to_vec)
                 .unwrap_or_default();
         }
-        let now_ms = time.0 * 1000 + time.1 / 1000;
         let timeout_ms = heartbeat_timeout.as_millis() as i64;
         let alive = self.count_alive(now_ms - timeout_ms).await?;
         let mut token_count: HashMap<&str, usize> = HashMap::new();

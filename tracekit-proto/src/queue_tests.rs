@@ -454,19 +454,36 @@ async fn the_live_view_hides_nodes_that_left() {
         q.register(&reg(n, 2, 0)).await.unwrap();
     }
     q.deregister("b").await.unwrap();
+    // Just left: still shown.
     let v = q
-        .snapshot_view(Duration::from_secs(60), 0, Some(10), false)
+        .snapshot_view(
+            Duration::from_secs(60),
+            0,
+            Some(10),
+            Some(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    assert_eq!((v.nodes.len(), v.retired), (3, 0));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let v = q
+        .snapshot_view(
+            Duration::from_secs(60),
+            0,
+            Some(10),
+            Some(Duration::from_millis(10)),
+        )
         .await
         .unwrap();
     let names: Vec<&str> = v.nodes.iter().map(|n| n.name.as_str()).collect();
     assert_eq!((names, v.retired, v.registered), (vec!["a", "c"], 1, 3));
     let page = q
-        .snapshot_view(Duration::from_secs(60), 1, Some(1), false)
+        .snapshot_view(Duration::from_secs(60), 1, Some(1), Some(Duration::ZERO))
         .await
         .unwrap();
     assert_eq!(page.nodes[0].name, "c");
     let all = q
-        .snapshot_view(Duration::from_secs(60), 0, None, true)
+        .snapshot_view(Duration::from_secs(60), 0, None, None)
         .await
         .unwrap();
     assert_eq!((all.nodes.len(), all.retired), (3, 0));

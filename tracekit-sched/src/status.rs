@@ -37,10 +37,14 @@ pub struct StatusArgs {
     /// Skip this many nodes before the first one shown.
     #[arg(long, default_value_t = 0)]
     pub offset: usize,
-    /// Show every registered node, those that left (deregistered, or
-    /// declared dead and their work taken back) included; overrides --limit.
+    /// Show every registered node, those that left long ago included;
+    /// overrides --limit.
     #[arg(long)]
     pub all: bool,
+    /// Hide nodes that left (deregistered, or declared dead and their work
+    /// taken back) more than this many seconds ago.
+    #[arg(long, value_parser = secs, default_value = "600", value_name = "SECONDS")]
+    pub retired_after: Duration,
 
     #[command(flatten)]
     pub redis: RedisArgs,
@@ -153,7 +157,7 @@ pub fn render(s: &Snapshot) -> String {
     if s.retired > 0 {
         let _ = writeln!(
             out,
-            "{} node(s) that left are hidden (--all shows them)",
+            "{} node(s) that left long ago are hidden (--all shows them)",
             s.retired
         );
     }
@@ -221,7 +225,12 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
     loop {
         let limit = (!a.all).then_some(a.limit);
         let snap = queue
-            .snapshot_view(a.heartbeat_timeout, a.offset, limit, a.all)
+            .snapshot_view(
+                a.heartbeat_timeout,
+                a.offset,
+                limit,
+                (!a.all).then_some(a.retired_after),
+            )
             .await?;
         let stats = queue.run_stats().await?;
         if a.json {

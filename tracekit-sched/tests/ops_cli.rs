@@ -76,7 +76,14 @@ async fn status_shows_counters_running_tasks_and_hides_nodes_that_left() {
         panic!("no task")
     };
 
-    let out = sched(&server).arg("status").output().unwrap();
+    // A node that just left is still shown; one that left long ago is not.
+    let recent = sched(&server).arg("status").output().unwrap();
+    assert!(text(&recent).0.contains("\ngone "), "{:?}", text(&recent));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let out = sched(&server)
+        .args(["status", "--retired-after", "0.01"])
+        .output()
+        .unwrap();
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(
@@ -92,13 +99,16 @@ async fn status_shows_counters_running_tasks_and_hides_nodes_that_left() {
     );
     assert!(!stdout.contains("gone"), "{stdout}");
     assert!(
-        stdout.contains("1 node(s) that left are hidden"),
+        stdout.contains("1 node(s) that left long ago are hidden"),
         "{stdout}"
     );
     let all = sched(&server).args(["status", "--all"]).output().unwrap();
     assert!(text(&all).0.contains("gone"));
 
-    let json = sched(&server).args(["status", "--json"]).output().unwrap();
+    let json = sched(&server)
+        .args(["status", "--json", "--retired-after", "0"])
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["stats"]["done"], 1);
     assert_eq!(v["stats"]["running"], 1);

@@ -5,4 +5,5 @@ local node = ARGV[1]
 local tasks = take_back(node, false)
 push_head(tasks)
 redis.call('ZREM', ALIVE, node)
+redis.call('ZADD', LEFT, now_ms(), node)
 return #tasks

@@ -14,6 +14,7 @@ for _, node in ipairs(expired) do
     back[#back + 1] = raw
   end
   redis.call('ZREM', ALIVE, node)
+  redis.call('ZADD', LEFT, now, node)
   out[#out + 1] = node
   out[#out + 1] = #tasks
 end

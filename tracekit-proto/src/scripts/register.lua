@@ -58,6 +58,7 @@ else
   redis.call('SREM', SLOTTED, node)
 end
 redis.call('ZADD', REGISTRY, 0, node)
+redis.call('ZREM', LEFT, node)
 redis.call('ZADD', ALIVE, now_ms(), node)
 index_node(node)
 return { total, total - held, #orphans, #queued }
