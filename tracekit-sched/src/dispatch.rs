@@ -19,6 +19,7 @@ use tracekit_proto::{Keys, Queue, SubmitTarget, Task};
 use crate::mix;
 use crate::profiles::{Profile, Profiles};
 use crate::progress::Progress;
+use crate::py_random::PyRandom;
 use crate::redis_conn::{RedisArgs, secs};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -181,7 +182,7 @@ pub fn plan_mix(
     files: &[PathBuf],
     profiles: &Profiles,
     nodes: &[String],
-    rng: &mut impl RngCore,
+    rng: &mut PyRandom,
 ) -> anyhow::Result<Vec<Planned>> {
     let weights = mix::parse_mix(&a.mix)?;
     for (name, _) in &weights {
@@ -364,7 +365,7 @@ pub fn plan(a: &DispatchArgs, probe: &dyn Fn(&Path) -> f64) -> anyhow::Result<Ve
         bail!("--nodes names no node");
     }
     tracekit_proto::task::parse_scale(&a.scale).context("--scale")?;
-    let mut rng = mix::rng(a.seed);
+    let mut rng = mix::py_rng(a.seed);
     if !a.mix.trim().is_empty() {
         plan_mix(a, &files, &profiles, &nodes, &mut rng)
     } else {

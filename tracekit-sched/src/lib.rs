@@ -12,6 +12,7 @@ pub mod mix;
 pub mod output;
 pub mod profiles;
 pub mod progress;
+pub mod py_random;
 pub mod redis_conn;
 pub mod report;
 pub mod stats;
