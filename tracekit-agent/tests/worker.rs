@@ -762,17 +762,7 @@ fn an_unreadable_input_is_dead_lettered_at_once_and_a_failure_quotes_ffmpeg() {
     env.wait("registration", Duration::from_secs(30), |e| {
         e.snapshot().nodes.iter().any(|n| n.alive)
     });
-    let unreadable = env.task("secret.mp4", 1, |_| {});
-    env.submit(&[unreadable]);
-    env.wait(
-        "the unreadable task's dead letter",
-        Duration::from_secs(30),
-        |e| e.snapshot().dead == 1,
-    );
-    let dead = env
-        .rt
-        .block_on(env.queue.dead_letters(0, -1))
-        .expect("dead letters");
+    let dead = dead_after(&mut env, "secret.mp4", 1);
     let reason = &dead[0].reason;
     assert!(
         reason.starts_with("the run-as user nobody") && reason.contains("cannot read the input"),
@@ -783,17 +773,7 @@ fn an_unreadable_input_is_dead_lettered_at_once_and_a_failure_quotes_ffmpeg() {
     assert_eq!(dead[0].attempts, Some(0));
     assert!(env.invocations("acc").is_empty());
 
-    let garbage = env.task("garbage.mp4", 1, |_| {});
-    env.submit(&[garbage]);
-    env.wait(
-        "the failing task's dead letter",
-        Duration::from_secs(60),
-        |e| e.snapshot().dead == 2,
-    );
-    let dead = env
-        .rt
-        .block_on(env.queue.dead_letters(0, -1))
-        .expect("dead letters");
+    let dead = dead_after(&mut env, "garbage.mp4", 2);
     let reason = &dead[1].reason;
     assert!(
         reason.starts_with("failed 3 attempts (max 3): ffmpeg exited with"),
@@ -808,4 +788,17 @@ fn an_unreadable_input_is_dead_lettered_at_once_and_a_failure_quotes_ffmpeg() {
     assert_eq!(dead[1].attempts, Some(3));
     assert_eq!(sigterm(&mut agent).code(), Some(0));
     env.assert_books_balanced();
+}
+
+/// Submits a task on `input` and waits until the dead-letter list holds
+/// `count` letters; returns them.
+fn dead_after(env: &mut Env, input: &str, count: usize) -> Vec<tracekit_proto::DeadLetter> {
+    let task = env.task(input, 1, |_| {});
+    env.submit(&[task]);
+    env.wait("the dead letter", Duration::from_secs(60), |e| {
+        e.snapshot().dead == count
+    });
+    env.rt
+        .block_on(env.queue.dead_letters(0, -1))
+        .expect("dead letters")
 }

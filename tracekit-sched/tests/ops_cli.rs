@@ -27,6 +27,16 @@ fn traced(name: &str) -> String {
     )
 }
 
+/// Submits one traced task per name, in order.
+async fn submit_traced(q: &tracekit_proto::Queue, names: &[&str]) {
+    let items: Vec<(u64, String)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (i as u64, traced(n)))
+        .collect();
+    q.submit("d", SubmitTarget::Pending, &items).await.unwrap();
+}
+
 fn place_all() -> PlaceOptions {
     PlaceOptions {
         batch: 100,
@@ -61,12 +71,7 @@ async fn status_shows_counters_running_tasks_and_hides_nodes_that_left() {
     q.register(&reg("n1", 4, 0)).await.unwrap();
     q.register(&reg("gone", 4, 0)).await.unwrap();
     q.deregister("gone").await.unwrap();
-    let items: Vec<(u64, String)> = ["a", "b", "c"]
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (i as u64, traced(n)))
-        .collect();
-    q.submit("d", SubmitTarget::Pending, &items).await.unwrap();
+    submit_traced(&q, &["a", "b", "c"]).await;
     q.place(&place_all()).await.unwrap();
     let Take::Task(a) = q.take_task("n1").await.unwrap() else {
         panic!("no task")
@@ -225,12 +230,7 @@ async fn dead_letters_are_listed_requeued_and_cleared() {
     let server = RedisServer::start().expect("redis");
     let q = queue(&server).await;
     q.register(&reg("n1", 4, 0)).await.unwrap();
-    let items: Vec<(u64, String)> = ["x", "y", "z"]
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (i as u64, traced(n)))
-        .collect();
-    q.submit("d", SubmitTarget::Pending, &items).await.unwrap();
+    submit_traced(&q, &["x", "y", "z"]).await;
     q.place(&place_all()).await.unwrap();
     for reason in ["bad x", "bad y", "bad z"] {
         let Take::Task(t) = q.take_task("n1").await.unwrap() else {
