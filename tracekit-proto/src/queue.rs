@@ -714,15 +714,7 @@ impl Queue {
         } else {
             keys::ALIVE
         };
-        let (time, mut names, left, registered, pending, dead, tokens): (
-            (i64, i64),
-            Vec<String>,
-            Vec<(String, f64)>,
-            usize,
-            usize,
-            usize,
-            Vec<String>,
-        ) = self
+        let (time, mut names, left, registered, pending, dead, tokens): SnapshotHead = self
             .conn
             .run("snapshot", |mut c| async move {
                 redis::pipe()
@@ -929,6 +921,18 @@ impl Queue {
         Ok(items.iter().filter_map(utf8).collect())
     }
 }
+
+/// The first pipeline of a snapshot: server time, node names, nodes that
+/// left (with when), registered nodes, pending, dead letters, slot tokens.
+type SnapshotHead = (
+    (i64, i64),
+    Vec<String>,
+    Vec<(String, f64)>,
+    usize,
+    usize,
+    usize,
+    Vec<String>,
+);
 
 /// A node's in-flight list joined with its `taken_at` hash (a RESP2 flat
 /// list or a RESP3 map).

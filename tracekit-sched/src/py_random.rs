@@ -20,7 +20,7 @@ impl PyRandom {
         let (lo, hi) = (seed as u32, (seed >> 32) as u32);
         let key: Vec<u32> = if hi == 0 { vec![lo] } else { vec![lo, hi] };
         PyRandom {
-            mt: Mt::new_with_key(key.into_iter()),
+            mt: Mt::new_with_key(key),
         }
     }
 
@@ -28,7 +28,7 @@ impl PyRandom {
     pub fn from_os(os: &mut impl RngCore) -> PyRandom {
         let key: Vec<u32> = (0..624).map(|_| os.next_u32()).collect();
         PyRandom {
-            mt: Mt::new_with_key(key.into_iter()),
+            mt: Mt::new_with_key(key),
         }
     }
 
