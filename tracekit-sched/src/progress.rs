@@ -49,11 +49,6 @@ impl Progress {
         }
     }
 
-    /// Whether a bar is drawn (stderr is a terminal).
-    pub fn is_bar(&self) -> bool {
-        self.bar.is_some()
-    }
-
     /// `pos` of `total` done, with a short note.
     pub fn update(&mut self, pos: u64, total: u64, note: &str) {
         match &self.bar {

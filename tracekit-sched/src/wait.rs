@@ -44,6 +44,9 @@ pub fn finished(st: &RunStats) -> bool {
 }
 
 fn note(st: &RunStats) -> String {
+    if st.submitted == 0 {
+        return "(nothing submitted yet)".into();
+    }
     let eta = st
         .eta_secs()
         .map(|s| format!("ETA {}s", s.round()))
@@ -79,9 +82,6 @@ pub async fn run(a: WaitArgs) -> anyhow::Result<u8> {
                 note(&st)
             );
             return Ok(EXIT_TIMEOUT);
-        }
-        if st.submitted == 0 && !progress.is_bar() {
-            tracing::debug!("nothing submitted yet");
         }
         tokio::select! {
             _ = tokio::time::sleep(a.interval) => {}
