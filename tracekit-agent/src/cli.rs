@@ -14,15 +14,16 @@ use crate::tracer::select::CollectorChoice;
 pub const DEFAULT_MATCH: &str = "^ffmpeg$|^ffprobe$";
 
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Tracer")]
 pub struct TracerArgs {
     /// Sampling interval in ms: one sample per live traced process.
-    #[arg(long, env = "PROC_INTERVAL_MS", default_value_t = 200,
+    #[arg(long, env = "PROC_INTERVAL_MS", default_value_t = 200, value_name = "MS",
           value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub interval_ms: u64,
 
     /// Trace processes whose command (comm, or the exec'd file's base name)
     /// matches this regex.
-    #[arg(long = "match", env = "PROC_MATCH", default_value = DEFAULT_MATCH)]
+    #[arg(long = "match", env = "PROC_MATCH", default_value = DEFAULT_MATCH, value_name = "REGEX")]
     pub proc_match: String,
 
     /// Which processes are traced: this agent's descendants (worker) or
@@ -41,6 +42,7 @@ pub struct TracerArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Identity")]
 pub struct IdentityArgs {
     /// Run id: traces go to <logs>/<RUN_ID>/ (default: run-<UTC time>).
     #[arg(long, env = "RUN_ID")]
@@ -56,16 +58,16 @@ pub struct IdentityArgs {
 
     /// CPU frequency in MHz to record (default: the CPU's maximum, else its
     /// current frequency).
-    #[arg(long, env = "CPU_FREQ_MHZ")]
+    #[arg(long, env = "CPU_FREQ_MHZ", value_name = "MHZ")]
     pub cpu_freq_mhz: Option<f64>,
 
     /// Directory that holds <RUN_ID>/.
-    #[arg(long, default_value = "logs")]
+    #[arg(long, default_value = "logs", value_name = "DIR")]
     pub logs: PathBuf,
 
     /// Write this node's trace directory here instead of <logs>/<RUN_ID>/
     /// (e.g. logs/<RUN_ID>/<node> when several agents share a host).
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     pub node_dir: Option<PathBuf>,
 }
 

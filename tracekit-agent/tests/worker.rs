@@ -483,3 +483,60 @@ fn a_binding_that_fails_fails_the_task_with_its_reason() {
     assert_eq!(sigterm(&mut agent).code(), Some(0));
     env.assert_books_balanced();
 }
+
+#[test]
+fn an_unreadable_input_is_dead_lettered_at_once_and_a_failure_quotes_ffmpeg() {
+    let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !ready("an_unreadable_input_is_dead_lettered_at_once_and_a_failure_quotes_ffmpeg") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mut env = Env::new(&[]);
+    let secret = env.path("inputs/secret.mp4");
+    std::fs::copy(env.path("inputs/short.mp4"), &secret).expect("copy");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::fs::write(env.path("inputs/garbage.mp4"), b"this is not a video\n").expect("write");
+    let mut agent = env.agent("acc", &["--capacity-units", "2", "--cpu-binding", "shared"]);
+    env.wait("registration", Duration::from_secs(30), |e| {
+        e.snapshot().nodes.iter().any(|n| n.alive)
+    });
+    let dead = dead_after(&mut env, "secret.mp4", 1);
+    let reason = &dead[0].reason;
+    assert!(
+        reason.starts_with("the run-as user nobody") && reason.contains("cannot read the input"),
+        "{reason}"
+    );
+    assert!(reason.contains("mode 0600"), "{reason}");
+    // At once: no attempt was made.
+    assert_eq!(dead[0].attempts, Some(0));
+    assert!(env.invocations("acc").is_empty());
+
+    let dead = dead_after(&mut env, "garbage.mp4", 2);
+    let reason = &dead[1].reason;
+    assert!(
+        reason.starts_with("failed 3 attempts (max 3): ffmpeg exited with"),
+        "{reason}"
+    );
+    assert!(reason.contains("/ffmpeg/"), "{reason}");
+    assert!(
+        reason.contains("Invalid data found when processing input"),
+        "{reason}"
+    );
+    assert!(reason.len() <= 1024 + "failed 3 attempts (max 3): ".len());
+    assert_eq!(dead[1].attempts, Some(3));
+    assert_eq!(sigterm(&mut agent).code(), Some(0));
+    env.assert_books_balanced();
+}
+
+/// Submits a task on `input` and waits until the dead-letter list holds
+/// `count` letters; returns them.
+fn dead_after(env: &mut Env, input: &str, count: usize) -> Vec<tracekit_proto::DeadLetter> {
+    let task = env.task(input, 1, |_| {});
+    env.submit(&[task]);
+    env.wait("the dead letter", Duration::from_secs(60), |e| {
+        e.snapshot().dead == count
+    });
+    env.rt
+        .block_on(env.queue.dead_letters(0, -1))
+        .expect("dead letters")
+}

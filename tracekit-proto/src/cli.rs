@@ -7,10 +7,15 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use crate::conn::resolve_password;
+use crate::conn::{redact, resolve_password, url_has_password};
 use crate::{Keys, Queue, RedisConn, RedisOptions};
 
+/// How long a one-shot command (status, gather, dispatch, wait, dead) waits
+/// for an unreachable Redis by default.
+pub const ONE_SHOT_RETRY: Duration = Duration::from_secs(30);
+
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Redis")]
 pub struct RedisArgs {
     /// Redis URL: redis://[:PASSWORD@]HOST[:PORT][/DB] or rediss:// for TLS
     /// (`#insecure` skips certificate checks). Prefer REDIS_PASSWORD or
@@ -18,29 +23,67 @@ pub struct RedisArgs {
     #[arg(
         long,
         env = "TRACEKIT_REDIS",
-        default_value = "redis://localhost:6379/0"
+        hide_env_values = true,
+        default_value = "redis://localhost:6379/0",
+        value_name = "URL"
     )]
     pub redis: String,
+    /// Redis password (overrides the URL's). Set it in the environment: given
+    /// as a flag it shows in `ps`.
+    #[arg(
+        long,
+        env = "REDIS_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASSWORD"
+    )]
+    pub redis_password: Option<String>,
     /// File holding the Redis password (overrides REDIS_PASSWORD and the URL).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub redis_password_file: Option<PathBuf>,
-    /// Give up after Redis has been unreachable this many seconds (default: never).
-    #[arg(long)]
+    /// Give up after Redis has been unreachable this many seconds (default:
+    /// 30 for the one-shot commands status, gather, dispatch, wait and dead;
+    /// never for central and the agent).
+    #[arg(long, value_name = "SECONDS")]
     pub redis_retry_for: Option<f64>,
     /// PEM file of the CA that signed the Redis server's certificate
     /// (rediss:// only; default: the system's trust store).
-    #[arg(long, env = "TRACEKIT_REDIS_CA_FILE")]
+    #[arg(long, env = "TRACEKIT_REDIS_CA_FILE", value_name = "FILE")]
     pub redis_ca_file: Option<PathBuf>,
 }
 
 impl RedisArgs {
+    /// Connects, retrying for `--redis-retry-for` (default: for ever, as a
+    /// long-running service does).
     pub async fn connect(&self) -> anyhow::Result<RedisConn> {
-        let password = resolve_password(self.redis_password_file.as_deref())?;
-        let retry_for = self
-            .redis_retry_for
+        self.connect_within(self.retry_for()?).await
+    }
+
+    /// Connects for a one-shot command: gives up after `--redis-retry-for`
+    /// (default [`ONE_SHOT_RETRY`]) with a message that says so.
+    pub async fn connect_once(&self) -> anyhow::Result<RedisConn> {
+        let limit = self.retry_for()?.unwrap_or(ONE_SHOT_RETRY);
+        self.connect_within(Some(limit)).await.with_context(|| {
+            format!(
+                "cannot reach Redis at {} (gave up after {} s; --redis-retry-for SECONDS waits longer)",
+                redact(&self.redis),
+                limit.as_secs_f64()
+            )
+        })
+    }
+
+    fn retry_for(&self) -> anyhow::Result<Option<Duration>> {
+        self.redis_retry_for
             .map(Duration::try_from_secs_f64)
             .transpose()
-            .context("--redis-retry-for must be a non-negative number of seconds")?;
+            .context("--redis-retry-for must be a non-negative number of seconds")
+    }
+
+    async fn connect_within(&self, retry_for: Option<Duration>) -> anyhow::Result<RedisConn> {
+        self.warn_visible_password();
+        let password = match resolve_password(self.redis_password_file.as_deref())? {
+            Some(p) => Some(p),
+            None => self.redis_password.clone().filter(|p| !p.is_empty()),
+        };
         RedisConn::connect(&RedisOptions {
             url: self.redis.clone(),
             password,
@@ -50,7 +93,33 @@ impl RedisArgs {
         .await
     }
 
+    /// A password on the command line shows in `ps` to every user.
+    fn warn_visible_password(&self) {
+        let argv: Vec<String> = std::env::args().collect();
+        let on_command_line = |v: &str| argv.iter().any(|a| a.contains(v));
+        if url_has_password(&self.redis) && on_command_line(&self.redis) {
+            tracing::warn!(
+                "the Redis URL holds a password, which every user sees in `ps`: set REDIS_PASSWORD or use --redis-password-file instead"
+            );
+        }
+        if let Some(p) = &self.redis_password
+            && !p.is_empty()
+            && argv
+                .iter()
+                .any(|a| a == "--redis-password" || a.starts_with("--redis-password="))
+        {
+            tracing::warn!(
+                "--redis-password shows in `ps` to every user: set REDIS_PASSWORD or use --redis-password-file instead"
+            );
+        }
+    }
+
     pub async fn queue(&self, keys: Keys) -> anyhow::Result<Queue> {
         Ok(Queue::new(self.connect().await?, keys))
+    }
+
+    /// [`RedisArgs::queue`] for a one-shot command (see [`RedisArgs::connect_once`]).
+    pub async fn queue_once(&self, keys: Keys) -> anyhow::Result<Queue> {
+        Ok(Queue::new(self.connect_once().await?, keys))
     }
 }

@@ -30,17 +30,20 @@ pub struct RedisOptions {
     pub ca_file: Option<PathBuf>,
 }
 
-/// The password to use: `file` if given, else `REDIS_PASSWORD`, else none
-/// (the URL's own password then applies). Trailing newlines are stripped.
+/// The password in `file`, if given (trailing newlines stripped); else
+/// none (`REDIS_PASSWORD`, then the URL's own password apply).
 pub fn resolve_password(file: Option<&Path>) -> anyhow::Result<Option<String>> {
-    if let Some(f) = file {
-        let s = std::fs::read_to_string(f)
-            .with_context(|| format!("reading the Redis password file {}", f.display()))?;
-        return Ok(Some(s.trim_end_matches(['\n', '\r']).to_string()));
-    }
-    Ok(std::env::var("REDIS_PASSWORD")
-        .ok()
-        .filter(|p| !p.is_empty()))
+    let Some(f) = file else { return Ok(None) };
+    let s = std::fs::read_to_string(f)
+        .with_context(|| format!("reading the Redis password file {}", f.display()))?;
+    Ok(Some(s.trim_end_matches(['\n', '\r']).to_string()))
+}
+
+/// Whether a Redis URL carries a password (in its user part or the
+/// original's `?password=`).
+pub fn url_has_password(url: &str) -> bool {
+    url::Url::parse(url)
+        .is_ok_and(|u| u.password().is_some() || u.query_pairs().any(|(k, _)| k == "password"))
 }
 
 /// The URL with any password replaced by `***`, for logs.
@@ -255,5 +258,8 @@ mod tests {
         assert!(!redact("redis://:secret@h:1/0").contains("secret"));
         assert!(!redact("redis://h:1/0?password=secret").contains("secret"));
         assert!(split_query_password("http://h").is_err());
+        assert!(url_has_password("redis://:pw@h:1/0"));
+        assert!(url_has_password("redis://h:1/0?password=pw"));
+        assert!(!url_has_password("redis://h:1/0"));
     }
 }

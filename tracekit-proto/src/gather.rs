@@ -131,6 +131,17 @@ pub struct Gathered {
 /// leave the node directory, and a node directory that already holds another
 /// run's traces.
 pub async fn gather(conn: &RedisConn, run: &str, out: &Path) -> Result<Vec<Gathered>> {
+    gather_with(conn, run, out, |_, _, _| {}).await
+}
+
+/// [`gather`], calling `on_node(done, total, node)` after each node is written
+/// (for a progress display).
+pub async fn gather_with(
+    conn: &RedisConn,
+    run: &str,
+    out: &Path,
+    mut on_node: impl FnMut(usize, usize, &Gathered),
+) -> Result<Vec<Gathered>> {
     let set = nodes_key(run);
     let mut nodes: Vec<String> = conn
         .run("listing published nodes", |mut c| {
@@ -144,6 +155,7 @@ pub async fn gather(conn: &RedisConn, run: &str, out: &Path) -> Result<Vec<Gathe
         bail!("no node has published traces for run {run}");
     }
     let mut gathered = Vec::new();
+    let total = nodes.len();
     for node in nodes {
         let hash = node_key(run, &node);
         let fields: Vec<(String, Vec<u8>)> = conn
@@ -153,7 +165,9 @@ pub async fn gather(conn: &RedisConn, run: &str, out: &Path) -> Result<Vec<Gathe
             })
             .await
             .with_context(|| format!("reading {hash}"))?;
-        gathered.push(write_node(run, &node, fields, out)?);
+        let g = write_node(run, &node, fields, out)?;
+        on_node(gathered.len() + 1, total, &g);
+        gathered.push(g);
     }
     Ok(gathered)
 }

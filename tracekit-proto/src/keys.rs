@@ -8,6 +8,9 @@
 pub const REGISTRY: &str = "nodes:registry";
 /// Sorted set node → last heartbeat (ms, Redis server time).
 pub const ALIVE: &str = "nodes:alive";
+/// Sorted set node → when it left the alive set (ms): deregistered, or
+/// declared dead and its work taken back; a registration takes it out.
+pub const LEFT: &str = "nodes:left";
 /// Set of nodes that use slot tokens (`parallel` > 0).
 pub const SLOTTED: &str = "nodes:slotted";
 /// Dead-letter list.
@@ -26,6 +29,16 @@ pub const WATCH_LAST: &str = "nodes:watch_last";
 /// timeout of watching, so an outage of Redis (or of every central) never
 /// counts against the nodes.
 pub const WATCH_SINCE: &str = "nodes:watch_since";
+/// Hash of the run's cumulative counters: `submitted`, `done`, `failed`
+/// (failed attempts), `dead` (dead-lettered, less those requeued from the
+/// dead-letter list). A `run start` resets them (with [`DONE_TIMES`]).
+pub const STATS_RUN: &str = "stats:run";
+/// Sorted set of the last minute's completions (score = ms, Redis time),
+/// trimmed by every completion: the throughput.
+pub const DONE_TIMES: &str = "stats:done_times";
+/// Hash of gauges kept by the transitions: `placed` (tasks on node queues)
+/// and `running` (tasks in flight). Never reset: they describe what exists.
+pub const STATS_LIVE: &str = "stats:live";
 /// Placement index: sorted set of the nodes placement may consider (alive and
 /// not found stale), scored by `cap_total`.
 pub const INDEX_LIVE: &str = "idx:live";
@@ -43,12 +56,16 @@ const FIXED: &[(&str, &str)] = &[
     ("REGISTRY", REGISTRY),
     ("ALIVE", ALIVE),
     ("SLOTTED", SLOTTED),
+    ("LEFT", LEFT),
     ("DEAD", DEAD),
     ("ATTEMPTS", ATTEMPTS),
     ("LAST_ERROR", LAST_ERROR),
     ("LEAVING", LEAVING),
     ("WATCH_LAST", WATCH_LAST),
     ("WATCH_SINCE", WATCH_SINCE),
+    ("STATS_RUN", STATS_RUN),
+    ("DONE_TIMES", DONE_TIMES),
+    ("STATS_LIVE", STATS_LIVE),
     ("IDX_LIVE", INDEX_LIVE),
     ("IDX_CAPS", INDEX_CAPS),
     ("IDX_FAMILIES", INDEX_FAMILIES),
@@ -73,6 +90,8 @@ builders! {
     queue => "q:",
     /// Tasks `node`'s worker has taken and not finished.
     inflight => "inflight:",
+    /// Hash: each of `node`'s in-flight tasks (raw) → when it was taken (ms).
+    taken_at => "taken_at:",
     /// Free capacity units of `node`.
     cap => "cap:",
     /// Total capacity units of `node`.

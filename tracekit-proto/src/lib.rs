@@ -20,6 +20,11 @@
 //! | `parallel:<node>` | int | *new*: slots of the node (0 = capacity only, no slot tokens) |
 //! | `slots:available` | list | slot tokens (value = node id), one per free slot (name configurable: [`Keys::slots`]) |
 //! | `nodes:registry` | sorted set | *new*: every node that ever registered, all scores 0 so the set is in byte order of names (the tie order of placement) |
+//! | `nodes:left` | sorted set | *new*: node → when it left the alive set (ms; deregistered or declared dead), until it registers again; `status` hides nodes that left long ago |
+//! | `stats:run` | hash | *new*: the run's counters `submitted`, `done`, `failed` (attempts), `dead` (less those requeued from `q:dead`), kept by the transition scripts; a `run start` resets them |
+//! | `stats:done_times` | sorted set | *new*: completions of the last minute (score = ms), trimmed by each completion: the throughput |
+//! | `stats:live` | hash | *new*: gauges `placed` (on node queues) and `running` (in flight), kept by the transition scripts |
+//! | `taken_at:<node>` | hash | *new*: raw in-flight task → when the node's worker took it (ms), for `status` |
 //! | `nodes:slotted` | set | *new*: nodes with `parallel` > 0 (placement reads it instead of every `parallel:<node>`) |
 //! | `idx:live` | sorted set | *new*, placement index: nodes placement may consider (alive, not found stale), scored by `cap_total` |
 //! | `idx:caps` | sorted set | *new*, placement index: free capacities (member = score) whose buckets may hold nodes (never misses one; a placement drops the empty ones it meets) |
@@ -28,7 +33,7 @@
 //! | `binding:<node>` | string | *new*: how the node's worker binds tasks to CPUs ("shared", "exclusive", "UNBOUND: why") |
 //! | `take:<token>` | string | *new*: the task a take call returned, kept 60 s so a retried call returns the same task |
 //! | `nodes:alive` | sorted set | *new*: node → last heartbeat (Redis server time, ms). A node is alive while `now − heartbeat < timeout`. A sorted set rather than keys with a TTL because one command lists both the live and the expired nodes; an expired key could not say whose it was. |
-//! | `q:dead` | list | *new*: dead letters, JSON `{"task": <raw task string>, "reason": …, "node": …, "ts": ms}` |
+//! | `q:dead` | list | *new*: dead letters, JSON `{"task": <raw task string>, "reason": …, "node": …, "ts": ms, "attempts": n}`; a letter's id is the SHA-1 of its entry |
 //! | `q:attempts` | hash | *new*: raw task → failed attempts so far (deleted when the task finishes) |
 //! | `q:last_error` | hash | *new*: raw task → why its last failed attempt failed (the dead letter quotes it; deleted with `q:attempts`) |
 //! | `binding:<node>` | string | *new*: the node's CPU binding as its worker reports it (`shared`, `exclusive`, or `UNBOUND: why`), for `status` |
@@ -85,24 +90,28 @@
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod conn;
+pub mod dead;
 pub mod gather;
 pub mod keys;
 #[cfg(any(test, feature = "testing"))]
 #[path = "scripts/place_model.rs"]
 pub mod place_model;
 pub mod queue;
+pub mod run_stats;
 mod scripts;
 pub mod task;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use conn::{RedisConn, RedisOptions};
+pub use dead::DeadEntry;
 pub use keys::Keys;
 pub use queue::{
     Completion, DeadLetter, Heartbeat, Lease, NodeState, PlaceEvent, PlaceOptions, PlaceOutcome,
-    PlaceStatus, Queue, QueueError, Recovered, Registered, Registration, Snapshot, SubmitTarget,
-    Take, Weigher, WeigherOrder,
+    PlaceStatus, Queue, QueueError, Recovered, Registered, Registration, RunningTask, Snapshot,
+    SubmitTarget, Take, Weigher, WeigherOrder,
 };
+pub use run_stats::RunStats;
 pub use task::{Task, TaskError};
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ pub enum QueueError {
     },
 }
 
-fn bad_reply(script: &'static str, detail: impl Into<String>) -> QueueError {
+pub(crate) fn bad_reply(script: &'static str, detail: impl Into<String>) -> QueueError {
     QueueError::Reply {
         script,
         detail: detail.into(),
@@ -269,6 +269,18 @@ pub struct NodeState {
     /// The worker's CPU binding as it reported it ("shared", "exclusive",
     /// or "UNBOUND: why").
     pub binding: Option<String>,
+    /// Its in-flight tasks, oldest first.
+    pub running: Vec<RunningTask>,
+}
+
+/// A task in flight on a node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningTask {
+    /// The raw task JSON.
+    pub raw: String,
+    /// When its worker took it (ms, Redis time; None for a task taken by
+    /// a version that did not note it).
+    pub taken_ms: Option<i64>,
 }
 
 /// The queue state, for `status` and tests: every node
@@ -287,6 +299,9 @@ pub struct Snapshot {
     pub alive: usize,
     pub pending: usize,
     pub dead: usize,
+    /// Registered nodes left out because they left (deregistered, or
+    /// declared dead and their work taken back); 0 when they are included.
+    pub retired: usize,
 }
 
 /// One entry of `q:dead`.
@@ -297,6 +312,10 @@ pub struct DeadLetter {
     #[serde(default)]
     pub node: Option<String>,
     pub ts: i64,
+    /// Failed attempts when it was dead-lettered (absent in letters written
+    /// before the count was kept).
+    #[serde(default)]
+    pub attempts: Option<i64>,
 }
 
 /// The protocol on one connection.
@@ -306,7 +325,7 @@ pub struct Queue {
     keys: Keys,
 }
 
-fn utf8(v: &Value) -> Option<String> {
+pub(crate) fn utf8(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
         Value::SimpleString(s) => Some(s.clone()),
@@ -315,7 +334,7 @@ fn utf8(v: &Value) -> Option<String> {
     }
 }
 
-fn int(v: &Value) -> Option<i64> {
+pub(crate) fn int(v: &Value) -> Option<i64> {
     match v {
         Value::Int(i) => Some(*i),
         other => utf8(other).and_then(|s| s.parse().ok()),
@@ -337,7 +356,7 @@ impl Queue {
 
     /// Runs a script with KEYS = [pending, slots, extra…] and `args`, retrying
     /// transient failures (every script is safe to repeat).
-    async fn eval(
+    pub(crate) async fn eval(
         &self,
         name: &'static str,
         script: &redis::Script,
@@ -833,28 +852,50 @@ impl Queue {
         offset: usize,
         limit: Option<usize>,
     ) -> Result<Snapshot, QueueError> {
+        self.snapshot_view(heartbeat_timeout, offset, limit, None)
+            .await
+    }
+
+    /// Like [`Queue::snapshot_page`]; with `retired_after` = Some(d), the
+    /// nodes that left (deregistered, or declared dead and their work taken
+    /// back) more than `d` ago are not paged through, and
+    /// [`Snapshot::retired`] counts them. That reads the names in
+    /// `nodes:alive` and `nodes:left` (two commands), not their counters.
+    pub async fn snapshot_view(
+        &self,
+        heartbeat_timeout: Duration,
+        offset: usize,
+        limit: Option<usize>,
+        retired_after: Option<Duration>,
+    ) -> Result<Snapshot, QueueError> {
+        let include_retired = retired_after.is_none();
         let keys = &self.keys;
-        let stop: i64 = match limit {
-            Some(0) => return self.snapshot_counts(heartbeat_timeout, offset).await,
-            Some(l) => (offset + l - 1) as i64,
-            None => -1,
+        if limit == Some(0) {
+            return self.snapshot_counts(heartbeat_timeout, offset).await;
+        }
+        let stop: i64 = match (include_retired, limit) {
+            (true, Some(l)) => (offset + l - 1) as i64,
+            _ => -1,
         };
-        let (time, names, registered, pending, dead, tokens): (
-            (i64, i64),
-            Vec<String>,
-            usize,
-            usize,
-            usize,
-            Vec<String>,
-        ) = self
+        let range_of = if include_retired {
+            keys::REGISTRY
+        } else {
+            keys::ALIVE
+        };
+        let (time, mut names, left, registered, pending, dead, tokens): SnapshotHead = self
             .conn
             .run("snapshot", |mut c| async move {
                 redis::pipe()
                     .cmd("TIME")
                     .cmd("ZRANGE")
-                    .arg(keys::REGISTRY)
-                    .arg(offset)
+                    .arg(range_of)
+                    .arg(if include_retired { offset } else { 0 })
                     .arg(stop)
+                    .cmd("ZRANGE")
+                    .arg(keys::LEFT)
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES")
                     .cmd("ZCARD")
                     .arg(keys::REGISTRY)
                     .cmd("LLEN")
@@ -870,6 +911,24 @@ impl Queue {
             })
             .await?;
         let now_ms = time.0 * 1000 + time.1 / 1000;
+        let mut retired = 0;
+        if let Some(after) = retired_after {
+            let since = now_ms - after.as_millis() as i64;
+            names.extend(
+                left.into_iter()
+                    .filter(|(_, at)| *at as i64 > since)
+                    .map(|(n, _)| n),
+            );
+            // nodes:alive is ordered by heartbeat: page by name here.
+            names.sort_unstable();
+            names.dedup();
+            retired = registered.saturating_sub(names.len());
+            let end = limit.map_or(names.len(), |l| (offset + l).min(names.len()));
+            names = names
+                .get(offset..end)
+                .map(<[String]>::to_vec)
+                .unwrap_or_default();
+        }
         let timeout_ms = heartbeat_timeout.as_millis() as i64;
         let alive = self.count_alive(now_ms - timeout_ms).await?;
         let mut token_count: HashMap<&str, usize> = HashMap::new();
@@ -894,20 +953,22 @@ impl Queue {
                             .arg(keys::binding(n));
                         p.cmd("ZSCORE").arg(keys::ALIVE).arg(n);
                         p.cmd("LLEN").arg(keys::queue(n));
-                        p.cmd("LLEN").arg(keys::inflight(n));
+                        p.cmd("LRANGE").arg(keys::inflight(n)).arg(0).arg(-1);
+                        p.cmd("HGETALL").arg(keys::taken_at(n));
                     }
                     p.query_async(&mut c).await
                 })
                 .await?
         };
         let mut nodes = Vec::with_capacity(names.len());
-        for (name, row) in names.iter().zip(rows.chunks(4)) {
-            let [Value::Array(vals), hb, q, inf] = row else {
+        for (name, row) in names.iter().zip(rows.chunks(5)) {
+            let [Value::Array(vals), hb, q, inf, since] = row else {
                 return Err(bad_reply("snapshot", format!("{row:?}")));
             };
             let get = |i: usize| vals.get(i).and_then(int).unwrap_or(0);
             let text = |i: usize| vals.get(i).and_then(utf8);
             let last = score(hb);
+            let running = running_tasks(inf, since);
             nodes.push(NodeState {
                 name: name.clone(),
                 alive: last.is_some_and(|l| l > now_ms - timeout_ms),
@@ -919,9 +980,10 @@ impl Queue {
                 phys: text(4),
                 ratio: text(5),
                 queued: int(q).unwrap_or(0) as usize,
-                inflight: int(inf).unwrap_or(0) as usize,
+                inflight: running.len(),
                 slot_tokens: token_count.get(name.as_str()).copied().unwrap_or(0),
                 binding: text(6),
+                running,
             });
         }
         Ok(Snapshot {
@@ -932,6 +994,7 @@ impl Queue {
             alive,
             pending,
             dead,
+            retired,
         })
     }
 
@@ -984,6 +1047,7 @@ impl Queue {
             alive,
             pending,
             dead,
+            retired: 0,
         })
     }
 }
@@ -1048,6 +1112,53 @@ impl Queue {
         };
         Ok(items.iter().filter_map(utf8).collect())
     }
+}
+
+/// The first pipeline of a snapshot: server time, node names, nodes that
+/// left (with when), registered nodes, pending, dead letters, slot tokens.
+type SnapshotHead = (
+    (i64, i64),
+    Vec<String>,
+    Vec<(String, f64)>,
+    usize,
+    usize,
+    usize,
+    Vec<String>,
+);
+
+/// A node's in-flight list joined with its `taken_at` hash (a RESP2 flat
+/// list or a RESP3 map).
+fn running_tasks(inflight: &Value, taken: &Value) -> Vec<RunningTask> {
+    let mut at: HashMap<String, i64> = HashMap::new();
+    match taken {
+        Value::Array(flat) => {
+            for kv in flat.chunks(2) {
+                if let [k, v] = kv
+                    && let (Some(k), Some(v)) = (utf8(k), int(v))
+                {
+                    at.insert(k, v);
+                }
+            }
+        }
+        Value::Map(pairs) => {
+            for (k, v) in pairs {
+                if let (Some(k), Some(v)) = (utf8(k), int(v)) {
+                    at.insert(k, v);
+                }
+            }
+        }
+        _ => {}
+    }
+    let Value::Array(list) = inflight else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(utf8)
+        .map(|raw| RunningTask {
+            taken_ms: at.get(&raw).copied(),
+            raw,
+        })
+        .collect()
 }
 
 /// A sorted-set score as Redis returns it (RESP2 text or RESP3 double).

@@ -598,3 +598,141 @@ async fn oversized_tasks_are_refused_and_their_dead_letters_are_short() {
     let dead = q.dead_letters(1, 1).await.unwrap();
     assert!(dead[0].reason.len() <= 1100, "{}", dead[0].reason.len());
 }
+
+/// The run's counters and gauges follow every transition, and the dead
+/// letters can be listed, requeued (attempts reset) and cleared.
+#[tokio::test]
+async fn counters_follow_the_transitions_and_dead_letters_come_back() {
+    let s = RedisServer::start().expect("redis");
+    let q = s.queue().await.expect("queue");
+    q.register(&reg("w1", 8, 0)).await.expect("register");
+    let items: Vec<(u64, String)> = (0..4).map(|i| (i, task(i, 1))).collect();
+    q.submit("d1", SubmitTarget::Pending, &items).await.unwrap();
+    // A task too big for any node is dead-lettered by placement.
+    q.submit("d1", SubmitTarget::Pending, &[(9, task(9, 99))])
+        .await
+        .unwrap();
+    let st = q.run_stats().await.unwrap();
+    assert_eq!((st.submitted, st.pending, st.placed), (5, 5, 0));
+    q.place(&place_opts()).await.unwrap();
+    let st = q.run_stats().await.unwrap();
+    assert_eq!(
+        (st.pending, st.placed, st.dead, st.dead_letters),
+        (0, 4, 1, 1)
+    );
+    let mut taken = Vec::new();
+    for _ in 0..3 {
+        let Take::Task(t) = q.take_task("w1", "tok-w1").await.unwrap() else {
+            panic!("no task")
+        };
+        taken.push(t);
+    }
+    let st = q.run_stats().await.unwrap();
+    assert_eq!((st.placed, st.running), (1, 3));
+    let snap = q.snapshot(Duration::from_secs(10)).await.unwrap();
+    let running = &snap.nodes[0].running;
+    assert_eq!(running.len(), 3);
+    assert!(running.iter().all(|r| r.taken_ms.is_some_and(|t| t > 0)));
+    assert_eq!(
+        q.complete_task("w1", &taken[0]).await.unwrap(),
+        Completion::Accepted
+    );
+    assert!(
+        q.requeue_task("w1", &taken[1], true, Some("ffmpeg exited with 1"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        q.dead_letter_task("w1", &taken[2], "cannot read the input")
+            .await
+            .unwrap()
+    );
+    let st = q.run_stats().await.unwrap();
+    assert_eq!(
+        (
+            st.done, st.failed, st.dead, st.running, st.placed, st.pending
+        ),
+        (1, 1, 2, 0, 1, 1)
+    );
+    assert_eq!(st.done_last_minute, 1);
+    assert_eq!(st.outstanding(), 2);
+    assert!(st.eta_secs().is_some());
+
+    // Its node dies with one task in flight: one failed attempt, both back.
+    let Take::Task(_) = q.take_task("w1", "tok-w1").await.unwrap() else {
+        panic!("no task")
+    };
+    q.deregister("w1", "tok-w1").await.unwrap();
+    let st = q.run_stats().await.unwrap();
+    assert_eq!((st.running, st.placed, st.pending), (0, 0, 2));
+
+    let dead = q.dead_entries(0, -1).await.unwrap();
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[1].letter.reason, "cannot read the input");
+    assert_eq!(dead[1].letter.attempts, Some(0));
+    assert_eq!(dead[1].id.len(), 40);
+    // An id that matches nothing requeues nothing.
+    assert_eq!(q.requeue_dead(Some("zzzz")).await.unwrap(), (0, 0));
+    let one = &dead[1];
+    assert_eq!(q.requeue_dead(Some(&one.id[..8])).await.unwrap(), (1, 1));
+    let pending = q.pending_tasks().await.unwrap();
+    assert_eq!(pending.last(), Some(&one.letter.task));
+    let st = q.run_stats().await.unwrap();
+    assert_eq!((st.dead, st.dead_letters, st.pending), (1, 1, 3));
+    assert_eq!(q.requeue_dead(None).await.unwrap(), (1, 1));
+    assert_eq!(q.run_stats().await.unwrap().dead, 0);
+    // Cleared letters still count as dead.
+    q.submit("d1", SubmitTarget::Pending, &[(10, task(10, 99))])
+        .await
+        .unwrap();
+    q.register(&reg("w1", 8, 0)).await.unwrap();
+    q.place(&place_opts()).await.unwrap();
+    // The requeued task too big for any node dies again, with the new one.
+    assert_eq!(q.clear_dead().await.unwrap(), 2);
+    let st = q.run_stats().await.unwrap();
+    assert_eq!((st.dead, st.dead_letters), (2, 0));
+}
+
+/// Nodes that left are hidden from the default view, counted as retired.
+#[tokio::test]
+async fn the_live_view_hides_nodes_that_left() {
+    let s = RedisServer::start().expect("redis");
+    let q = s.queue().await.expect("queue");
+    for n in ["c", "a", "b"] {
+        q.register(&reg(n, 2, 0)).await.unwrap();
+    }
+    q.deregister("b", "tok-b").await.unwrap();
+    // Just left: still shown.
+    let v = q
+        .snapshot_view(
+            Duration::from_secs(60),
+            0,
+            Some(10),
+            Some(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    assert_eq!((v.nodes.len(), v.retired), (3, 0));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let v = q
+        .snapshot_view(
+            Duration::from_secs(60),
+            0,
+            Some(10),
+            Some(Duration::from_millis(10)),
+        )
+        .await
+        .unwrap();
+    let names: Vec<&str> = v.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!((names, v.retired, v.registered), (vec!["a", "c"], 1, 3));
+    let page = q
+        .snapshot_view(Duration::from_secs(60), 1, Some(1), Some(Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(page.nodes[0].name, "c");
+    let all = q
+        .snapshot_view(Duration::from_secs(60), 0, None, None)
+        .await
+        .unwrap();
+    assert_eq!((all.nodes.len(), all.retired), (3, 0));
+}

@@ -46,6 +46,10 @@ scripts! {
     LEAVE => "leave.lua",
     HOLDER => "holder.lua",
     SUBMIT => "submit.lua",
+    STATS => "stats.lua",
+    DEAD_LIST => "dead_list.lua",
+    DEAD_REQUEUE => "dead_requeue.lua",
+    DEAD_CLEAR => "dead_clear.lua",
 }
 
 /// Test support: sets a node's counters and re-files it in the placement

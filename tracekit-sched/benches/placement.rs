@@ -79,6 +79,8 @@ struct Args {
     tasks: usize,
     rounds: usize,
     max_secs: f64,
+    /// Only the housekeeping figures (dead-node check, status).
+    housekeeping_only: bool,
 }
 
 fn list(v: &str) -> anyhow::Result<Vec<usize>> {
@@ -121,6 +123,7 @@ fn parse_args() -> anyhow::Result<Args> {
             .transpose()
             .context("--max-secs S")?
             .unwrap_or(2.0),
+        housekeeping_only: argv.iter().any(|a| a == "--housekeeping-only"),
     })
 }
 
@@ -141,7 +144,12 @@ async fn setup(
             parallel: 0,
             reset_capacity: true,
             clear_queue: false,
-            lease: tracekit_proto::Lease::fresh(5000),
+            lease: tracekit_proto::Lease {
+                token: format!("tok-node{i:05}"),
+                host: "bench".into(),
+                pid: std::process::id(),
+                lease_ms: 5000,
+            },
         })
         .await?;
     }
@@ -240,6 +248,9 @@ async fn run(a: &Args) -> anyhow::Result<()> {
     let server = RedisServer::start().context("starting redis-server")?;
     let q = server.queue().await?;
     let mut c = q.conn().manager();
+    if a.housekeeping_only {
+        return housekeeping(&q, &mut c, a.nodes.iter().copied().max().unwrap_or(0)).await;
+    }
     let legacy = redis::Script::new(LEGACY);
     let weighers = [
         (Weigher::None, WeigherOrder::Min, "none", "-"),
@@ -333,13 +344,25 @@ async fn run(a: &Args) -> anyhow::Result<()> {
 }
 
 /// What the central and `status` do besides placing, at the largest fleet:
-/// the dead-node check (every `--recover-interval`), one status page, and a
-/// full snapshot (the old `status`), median of 5 each.
+/// the dead-node check (every `--recover-interval`), one status page of the
+/// registry, one of the default view (nodes that left long ago hidden), the
+/// run's counters, and a full snapshot (the old `status`), median of 5 each.
 async fn housekeeping(q: &Queue, c: &mut ConnectionManager, nodes: usize) -> anyhow::Result<()> {
     setup(q, c, nodes, 0).await?;
+    // A tenth of the fleet left long ago (their entry in nodes:left is old).
+    for i in (0..nodes).step_by(10) {
+        let node = format!("node{i:05}");
+        q.deregister(&node, &format!("tok-{node}")).await?;
+        let _: i64 = redis::cmd("ZADD")
+            .arg(tracekit_proto::keys::LEFT)
+            .arg(0)
+            .arg(&node)
+            .query_async(c)
+            .await?;
+    }
     // Watched for long: each check reads the heartbeats, as in a running fleet.
     q.assume_watched().await?;
-    let mut times: [Vec<f64>; 3] = Default::default();
+    let mut times: [Vec<f64>; 5] = Default::default();
     for _ in 0..5 {
         let t = Instant::now();
         q.recover_dead_nodes(Duration::from_secs(3600), Duration::from_secs(3600))
@@ -352,15 +375,35 @@ async fn housekeeping(q: &Queue, c: &mut ConnectionManager, nodes: usize) -> any
         let t = Instant::now();
         q.snapshot(Duration::from_secs(3600)).await?;
         times[2].push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let view = q
+            .snapshot_view(
+                Duration::from_secs(3600),
+                0,
+                Some(100),
+                Some(Duration::from_secs(600)),
+            )
+            .await?;
+        times[3].push(t.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(
+            view.retired == nodes.div_ceil(10),
+            "{} retired",
+            view.retired
+        );
+        let t = Instant::now();
+        q.run_stats().await?;
+        times[4].push(t.elapsed().as_secs_f64() * 1e3);
     }
     let med = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     };
     println!(
-        "{nodes} live nodes: dead-node check {:.2} ms, status page of 100 nodes {:.2} ms, every node (status --all) {:.1} ms",
+        "{nodes} nodes: dead-node check {:.2} ms, registry page of 100 nodes {:.2} ms, status page of 100 nodes (those that left long ago hidden) {:.2} ms, run counters {:.2} ms, every node (old status --all) {:.1} ms",
         med(&mut times[0]),
         med(&mut times[1]),
+        med(&mut times[3]),
+        med(&mut times[4]),
         med(&mut times[2])
     );
     Ok(())

@@ -19,8 +19,6 @@ pub enum OrderArg {
 
 #[derive(Args, Debug)]
 pub struct CentralArgs {
-    #[command(flatten)]
-    pub redis: RedisArgs,
     /// Name of the global pending list.
     #[arg(long, default_value = "q:pending")]
     pub pending: String,
@@ -62,6 +60,9 @@ pub struct CentralArgs {
     /// Exit once pending is empty (for scripted runs and tests).
     #[arg(long)]
     pub exit_when_empty: bool,
+
+    #[command(flatten)]
+    pub redis: RedisArgs,
 }
 
 const WAIT_NOTE_EVERY: Duration = Duration::from_secs(30);

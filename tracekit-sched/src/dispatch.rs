@@ -18,6 +18,8 @@ use tracekit_proto::{Keys, Queue, SubmitTarget, Task};
 
 use crate::mix;
 use crate::profiles::{Profile, Profiles};
+use crate::progress::Progress;
+use crate::py_random::PyRandom;
 use crate::redis_conn::{RedisArgs, secs};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -44,8 +46,6 @@ pub enum Policy {
 
 #[derive(Args, Debug)]
 pub struct DispatchArgs {
-    #[command(flatten)]
-    pub redis: RedisArgs,
     /// Directory of input videos (its *.mp4 files, sorted by name).
     #[arg(long)]
     pub inputs: PathBuf,
@@ -115,6 +115,9 @@ pub struct DispatchArgs {
     /// Print the tasks as JSON lines instead of submitting them.
     #[arg(long)]
     pub dry_run: bool,
+
+    #[command(flatten)]
+    pub redis: RedisArgs,
 }
 
 /// A task and, in the per-node modes, its node.
@@ -179,7 +182,7 @@ pub fn plan_mix(
     files: &[PathBuf],
     profiles: &Profiles,
     nodes: &[String],
-    rng: &mut impl RngCore,
+    rng: &mut PyRandom,
 ) -> anyhow::Result<Vec<Planned>> {
     let weights = mix::parse_mix(&a.mix)?;
     for (name, _) in &weights {
@@ -362,7 +365,7 @@ pub fn plan(a: &DispatchArgs, probe: &dyn Fn(&Path) -> f64) -> anyhow::Result<Ve
         bail!("--nodes names no node");
     }
     tracekit_proto::task::parse_scale(&a.scale).context("--scale")?;
-    let mut rng = mix::rng(a.seed);
+    let mut rng = mix::py_rng(a.seed);
     if !a.mix.trim().is_empty() {
         plan_mix(a, &files, &profiles, &nodes, &mut rng)
     } else {
@@ -396,6 +399,8 @@ struct Submitter {
     next_index: u64,
     clock: Clock,
     submitted: usize,
+    total: usize,
+    progress: Progress,
 }
 
 impl Submitter {
@@ -411,6 +416,8 @@ impl Submitter {
             .await
             .context("submitting tasks")?;
         self.submitted += tasks.len();
+        self.progress
+            .update(self.submitted as u64, self.total as u64, "");
         Ok(())
     }
 
@@ -442,7 +449,7 @@ pub async fn run(a: DispatchArgs) -> anyhow::Result<()> {
     let _ = std::fs::create_dir_all(&a.outputs);
     let queue = a
         .redis
-        .queue(Keys {
+        .queue_once(Keys {
             pending: a.pending_key.clone(),
             ..Keys::default()
         })
@@ -455,6 +462,8 @@ pub async fn run(a: DispatchArgs) -> anyhow::Result<()> {
         next_index: 0,
         clock: Clock { last: 0 },
         submitted: 0,
+        total: planned.len(),
+        progress: Progress::bar_only("tasks submitted", planned.len() as u64),
     };
     let total = planned.len();
     if a.pending {
@@ -485,6 +494,7 @@ pub async fn run(a: DispatchArgs) -> anyhow::Result<()> {
             .collect();
         tracing::info!("enqueued {} tasks: {}", s.submitted, counts.join(", "));
     }
+    s.progress.finish();
     tracing::info!(submitted = s.submitted, total, "done");
     Ok(())
 }

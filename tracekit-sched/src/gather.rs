@@ -6,23 +6,31 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
+use crate::progress::Progress;
 use crate::redis_conn::RedisArgs;
 
 #[derive(Debug, Args)]
 pub struct GatherArgs {
-    #[command(flatten)]
-    pub redis: RedisArgs,
     /// The run to gather.
     #[arg(long, env = "RUN_ID")]
     pub run_id: String,
     /// Directory that receives <RUN_ID>/<node>/.
     #[arg(long, default_value = "logs")]
     pub out: PathBuf,
+
+    #[command(flatten)]
+    pub redis: RedisArgs,
 }
 
 pub async fn run(args: GatherArgs) -> Result<()> {
-    let conn = args.redis.connect().await?;
-    let gathered = tracekit_proto::gather::gather(&conn, &args.run_id, &args.out).await?;
+    let conn = args.redis.connect_once().await?;
+    let mut progress = Progress::new("nodes gathered", 0);
+    let gathered =
+        tracekit_proto::gather::gather_with(&conn, &args.run_id, &args.out, |done, total, g| {
+            progress.update(done as u64, total as u64, &g.node);
+        })
+        .await?;
+    progress.finish();
     for g in &gathered {
         println!("{}: {} file(s), {} bytes", g.node, g.files, g.bytes);
     }

@@ -4,14 +4,19 @@
 
 pub mod central;
 pub mod compare;
+pub mod dead;
 pub mod dispatch;
 pub mod fmt;
 pub mod gather;
 pub mod mix;
 pub mod output;
 pub mod profiles;
+pub mod progress;
+pub mod py_random;
 pub mod redis_conn;
 pub mod report;
 pub mod stats;
 pub mod status;
 pub mod svg;
+pub mod task_label;
+pub mod wait;

@@ -1,7 +1,9 @@
 //! `tracekit-sched`: the controller's commands.
 
 use clap::{Parser, Subcommand};
-use tracekit_sched::{central, compare, dispatch, gather, report, status};
+use std::process::ExitCode;
+
+use tracekit_sched::{central, compare, dead, dispatch, gather, report, status, wait};
 use tracing_subscriber::EnvFilter;
 
 /// Tracekit's controller: central scheduler, dispatcher, status, audit,
@@ -19,8 +21,14 @@ enum Command {
     Central(central::CentralArgs),
     /// Build a task mix and submit it (pulse or fifo arrival, or per-node modes).
     Dispatch(dispatch::DispatchArgs),
-    /// Show nodes (alive, capacity, run_count, queued, in flight) and queues.
+    /// Show the run's counters (throughput, ETA) and the nodes (alive,
+    /// capacity, run_count, queued, running tasks).
     Status(status::StatusArgs),
+    /// Wait until everything submitted is finished: exit 0 when all is done,
+    /// 3 when tasks were dead-lettered (with why), 4 on --timeout.
+    Wait(wait::WaitArgs),
+    /// List, requeue or clear dead-lettered tasks.
+    Dead(dead::DeadArgs),
     /// Write every node's published trace directory of a run under
     /// <out>/<RUN_ID>/<node>/ (checksummed; runs never mix).
     Gather(gather::GatherArgs),
@@ -37,7 +45,7 @@ enum Command {
     Compare(compare::CompareArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -46,12 +54,24 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // One clean message, whatever RUST_BACKTRACE says: these are the
+    // user's errors (a bad flag value, Redis out of reach), not bugs.
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
     // Audit, export, report and compare are plain file work: no runtime.
     match &cli.command {
-        Command::Audit(a) => return tracekit_trace::cli::run_audit(a).map(|_| ()),
-        Command::ExportOpendc(a) => return tracekit_trace::cli::run_export(a),
-        Command::Report(a) => return report::run(a).map(|_| ()),
-        Command::Compare(a) => return compare::run(a).map(|_| ()),
+        Command::Audit(a) => return tracekit_trace::cli::run_audit(a).map(|_| 0),
+        Command::ExportOpendc(a) => return tracekit_trace::cli::run_export(a).map(|_| 0),
+        Command::Report(a) => return report::run(a).map(|_| 0),
+        Command::Compare(a) => return compare::run(a).map(|_| 0),
         _ => {}
     }
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -59,14 +79,16 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async {
         match cli.command {
-            Command::Central(a) => central::run(a).await,
-            Command::Dispatch(a) => dispatch::run(a).await,
-            Command::Status(a) => status::run(a).await,
-            Command::Gather(a) => gather::run(a).await,
+            Command::Central(a) => central::run(a).await.map(|_| 0),
+            Command::Dispatch(a) => dispatch::run(a).await.map(|_| 0),
+            Command::Status(a) => status::run(a).await.map(|_| 0),
+            Command::Wait(a) => wait::run(a).await,
+            Command::Dead(a) => dead::run(a).await.map(|_| 0),
+            Command::Gather(a) => gather::run(a).await.map(|_| 0),
             Command::Audit(_)
             | Command::ExportOpendc(_)
             | Command::Report(_)
-            | Command::Compare(_) => Ok(()),
+            | Command::Compare(_) => Ok(0),
         }
     })
 }

@@ -1,16 +1,30 @@
-//! Mix splitting and the seeded generator (pure; SPEC "Dispatcher").
+//! Mix splitting and the seeded task sequence (pure; SPEC "Dispatcher").
 //!
-//! Generator: ChaCha8 (`rand_chacha::ChaCha8Rng::seed_from_u64(seed)`), a
-//! stream cipher whose output is fixed by its specification, so a seed gives
-//! the same sequence on every platform and release. Integers in `0..=n` come
-//! from [`uniform`] (rejection sampling on `next_u64`, no modulo bias), and
-//! shuffles are Fisher–Yates from the last element down ([`shuffle`]); both are
-//! written out here rather than taken from `rand` so that no library upgrade
-//! can change a seeded task list. Seed 0 means "unseeded" (OS entropy).
+//! The task sequence draws from Python's `random.Random(seed)` exactly as
+//! the original dispatcher did ([`PyRandom`]: its Mersenne Twister, `shuffle`
+//! and `randint`), so a seed gives the original's sequence. Seed 0 means
+//! "unseeded" (OS entropy), as in the original.
+//!
+//! Other draws (tests, benchmarks, the dispatcher's id) use ChaCha8
+//! ([`rng`]), whose output is fixed by its specification: [`uniform`] is
+//! rejection sampling on `next_u64` (no modulo bias), [`shuffle`]
+//! Fisher–Yates from the last element down.
 
 use anyhow::{Context, bail};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
+
+use crate::py_random::PyRandom;
+
+/// The task sequence's generator for `seed`: Python's `random.Random(seed)`,
+/// or for 0 one seeded from the OS (the original's `random.Random()`).
+pub fn py_rng(seed: u64) -> PyRandom {
+    if seed == 0 {
+        PyRandom::from_os(&mut rng(0))
+    } else {
+        PyRandom::seeded(seed)
+    }
+}
 
 /// The generator for `seed` (0 = a random seed from the OS).
 pub fn rng(seed: u64) -> ChaCha8Rng {
@@ -87,21 +101,23 @@ pub fn split(mix: &[(String, u64)], total: u64) -> Vec<u64> {
     counts
 }
 
-/// The shuffled profile sequence for `--mix` with `--total`.
-pub fn sequence(mix: &[(String, u64)], total: u64, rng: &mut impl RngCore) -> Vec<String> {
+/// The shuffled profile sequence for `--mix` with `--total`: in mix order,
+/// then `random.shuffle`d.
+pub fn sequence(mix: &[(String, u64)], total: u64, rng: &mut PyRandom) -> Vec<String> {
     let mut seq = Vec::with_capacity(total as usize);
     for ((name, _), n) in mix.iter().zip(split(mix, total)) {
         seq.extend(std::iter::repeat_n(name.clone(), n as usize));
     }
-    shuffle(rng, &mut seq);
+    rng.shuffle(&mut seq);
     seq
 }
 
-/// One profile drawn by weight (for `--mix` without `--total`).
-pub fn draw<'a>(mix: &'a [(String, u64)], rng: &mut impl RngCore) -> &'a str {
+/// One profile drawn by weight (for `--mix` without `--total`), as the
+/// original: `randint(1, Σw)`, then the first bucket whose cumulative
+/// weight reaches it.
+pub fn draw<'a>(mix: &'a [(String, u64)], rng: &mut PyRandom) -> &'a str {
     let sum: u64 = mix.iter().map(|(_, w)| w).sum();
-    // r in 1..=sum, then the first bucket whose cumulative weight reaches r.
-    let r = uniform(rng, sum - 1) + 1;
+    let r = rng.randint(1, sum);
     let mut acc = 0;
     for (name, w) in mix {
         acc += w;
@@ -147,10 +163,10 @@ mod tests {
     #[test]
     fn seeded_sequences_are_stable() {
         let m = mix("a=3,b=2,c=1");
-        let s1 = sequence(&m, 60, &mut rng(20250901));
-        let s2 = sequence(&m, 60, &mut rng(20250901));
+        let s1 = sequence(&m, 60, &mut py_rng(20250901));
+        let s2 = sequence(&m, 60, &mut py_rng(20250901));
         assert_eq!(s1, s2);
-        assert_ne!(s1, sequence(&m, 60, &mut rng(7)));
+        assert_ne!(s1, sequence(&m, 60, &mut py_rng(7)));
         assert_eq!(s1.iter().filter(|x| *x == "a").count(), 30);
         // Pin the generator: this must never change between releases.
         let mut r = rng(42);
@@ -169,8 +185,9 @@ mod tests {
             }
         }
         let m = mix("a=1,b=0,c=1");
+        let mut p = py_rng(1);
         for _ in 0..200 {
-            assert_ne!(draw(&m, &mut r), "b");
+            assert_ne!(draw(&m, &mut p), "b");
         }
     }
 }

@@ -1,18 +1,19 @@
-//! `tracekit-sched status`: one table of nodes and queue lengths, once or
-//! refreshed with `--watch`.
+//! `tracekit-sched status`: the run's counters (submitted, placed, running,
+//! done, failed, dead; throughput and ETA), then one table of nodes with
+//! their running tasks, once or refreshed with `--watch`.
 
 use std::fmt::Write as _;
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::Args;
-use tracekit_proto::{Keys, Snapshot};
+use tracekit_proto::{Keys, RunStats, Snapshot};
 
 use crate::redis_conn::{RedisArgs, secs};
+use crate::task_label::TaskLabel;
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    #[command(flatten)]
-    pub redis: RedisArgs,
     /// Name of the global pending list.
     #[arg(long, default_value = "q:pending")]
     pub pending: String,
@@ -20,10 +21,11 @@ pub struct StatusArgs {
     #[arg(long, default_value = "slots:available")]
     pub slots: String,
     /// Seconds without a heartbeat after which a node counts as dead.
-    #[arg(long, value_parser = secs, default_value = "10")]
+    #[arg(long, value_parser = secs, default_value = "10", value_name = "SECONDS")]
     pub heartbeat_timeout: Duration,
-    /// Refresh every this many seconds until interrupted.
-    #[arg(long, value_parser = secs)]
+    /// Refresh every this many seconds until interrupted: redrawn in place
+    /// on a terminal, otherwise one snapshot after another.
+    #[arg(long, value_parser = secs, value_name = "SECONDS")]
     pub watch: Option<Duration>,
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -35,9 +37,38 @@ pub struct StatusArgs {
     /// Skip this many nodes before the first one shown.
     #[arg(long, default_value_t = 0)]
     pub offset: usize,
-    /// Show every node (overrides --limit).
+    /// Show every registered node, those that left long ago included;
+    /// overrides --limit.
     #[arg(long)]
     pub all: bool,
+    /// Hide nodes that left (deregistered, or declared dead and their work
+    /// taken back) more than this many seconds ago.
+    #[arg(long, value_parser = secs, default_value = "600", value_name = "SECONDS")]
+    pub retired_after: Duration,
+
+    #[command(flatten)]
+    pub redis: RedisArgs,
+}
+
+/// The run's counters, throughput and ETA.
+pub fn render_stats(st: &RunStats) -> String {
+    let eta = match st.eta_secs() {
+        _ if st.outstanding() == 0 => "-".to_string(),
+        Some(s) => format!("{}s", s.round()),
+        None => "unknown (nothing done in the last minute)".into(),
+    };
+    format!(
+        "tasks: {} submitted   {} pending   {} placed   {} running   {} done   {} failed attempts   {} dead\nthroughput: {}/min   ETA: {}\n",
+        st.submitted,
+        st.pending,
+        st.placed,
+        st.running,
+        st.done,
+        st.failed,
+        st.dead,
+        st.done_last_minute,
+        eta
+    )
 }
 
 /// The status table.
@@ -79,6 +110,17 @@ pub fn render(s: &Snapshot) -> String {
             hb,
             n.binding.as_deref().unwrap_or("-")
         );
+        for t in &n.running {
+            let l = TaskLabel::of(&t.raw);
+            let _ = writeln!(
+                out,
+                "{:<w$}    running {}  profile {}  {}",
+                "",
+                l.id(),
+                l.profile.as_deref().unwrap_or("-"),
+                elapsed(s.now_ms, t.taken_ms)
+            );
+        }
     }
     let unbound: Vec<&str> = s
         .nodes
@@ -112,7 +154,22 @@ pub fn render(s: &Snapshot) -> String {
         "nodes: {} alive / {} registered   pending: {}   dead letters: {}",
         s.alive, s.registered, s.pending, s.dead
     );
+    if s.retired > 0 {
+        let _ = writeln!(
+            out,
+            "{} node(s) that left long ago are hidden (--all shows them)",
+            s.retired
+        );
+    }
     out
+}
+
+/// How long a task has run, from when its worker took it.
+fn elapsed(now_ms: i64, taken_ms: Option<i64>) -> String {
+    match taken_ms {
+        Some(t) => format!("{:.1}s", (now_ms - t).max(0) as f64 / 1000.0),
+        None => "-".into(),
+    }
 }
 
 /// A worker's binding as it reports one it could not apply.
@@ -120,7 +177,7 @@ fn is_unbound(binding: &str) -> bool {
     binding.starts_with("UNBOUND")
 }
 
-fn to_json(s: &Snapshot) -> String {
+fn to_json(s: &Snapshot, st: &RunStats) -> String {
     let nodes: Vec<serde_json::Value> = s
         .nodes
         .iter()
@@ -132,13 +189,24 @@ fn to_json(s: &Snapshot) -> String {
                 "queued": n.queued, "inflight": n.inflight, "phys": n.phys, "ratio": n.ratio,
                 "binding": n.binding,
                 "unbound": n.binding.as_deref().is_some_and(is_unbound),
+                "running": n.running.iter().map(|t| {
+                    let l = TaskLabel::of(&t.raw);
+                    serde_json::json!({
+                        "trace_id": l.trace_id, "seq": l.seq, "profile": l.profile,
+                        "input": l.input,
+                        "elapsed_ms": t.taken_ms.map(|at| (s.now_ms - at).max(0)),
+                    })
+                }).collect::<Vec<_>>(),
             })
         })
         .collect();
     serde_json::json!({
         "now_ms": s.now_ms, "nodes": nodes, "offset": s.offset,
         "registered": s.registered, "alive": s.alive,
-        "pending": s.pending, "dead": s.dead,
+        "pending": s.pending, "dead": s.dead, "retired": s.retired,
+        "stats": st,
+        "throughput_per_min": st.done_last_minute,
+        "eta_s": st.eta_secs(),
     })
     .to_string()
 }
@@ -146,24 +214,34 @@ fn to_json(s: &Snapshot) -> String {
 pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
     let queue = a
         .redis
-        .queue(Keys {
+        .queue_once(Keys {
             pending: a.pending.clone(),
             slots: a.slots.clone(),
         })
         .await?;
+    // Redrawing in place only makes sense on a terminal; elsewhere (a pipe,
+    // a log file) each refresh is a snapshot of its own.
+    let redraw = a.watch.is_some() && !a.json && std::io::stdout().is_terminal();
     loop {
         let limit = (!a.all).then_some(a.limit);
         let snap = queue
-            .snapshot_page(a.heartbeat_timeout, a.offset, limit)
+            .snapshot_view(
+                a.heartbeat_timeout,
+                a.offset,
+                limit,
+                (!a.all).then_some(a.retired_after),
+            )
             .await?;
+        let stats = queue.run_stats().await?;
         if a.json {
-            println!("{}", to_json(&snap));
+            println!("{}", to_json(&snap, &stats));
         } else {
-            if a.watch.is_some() {
-                // Clear the screen between refreshes.
+            if redraw {
                 print!("\x1b[2J\x1b[H");
+            } else if a.watch.is_some() {
+                println!("--- {}", crate::fmt::utc(snap.now_ms));
             }
-            print!("{}", render(&snap));
+            print!("{}{}", render_stats(&stats), render(&snap));
         }
         let Some(every) = a.watch else { return Ok(()) };
         tokio::select! {

@@ -347,3 +347,61 @@ async fn duration_greedy_and_drip() {
     assert!(child.wait().unwrap().success());
     assert_eq!(stems(got), vec!["a", "b", "c"]);
 }
+
+/// The same `--seed` gives the original dispatcher's task sequence. The
+/// fixture holds what the original (`tools/scheduler/dispatcher.py`) pushed
+/// when run under CPython with a recording stand-in for its Redis client,
+/// per case: mix, total, seed, number of inputs, and each task's profile
+/// and input in `_seq` order.
+#[test]
+fn the_seed_reproduces_the_original_python_sequences() {
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/python_sequences.json")).unwrap();
+    let cases = fixture["cases"].as_array().unwrap();
+    assert!(cases.len() >= 5);
+    for case in cases {
+        let n = case["files"].as_u64().unwrap() as usize;
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..n {
+            std::fs::write(d.path().join(format!("clip{i:02}.mp4")), b"").unwrap();
+        }
+        let (mix, total, seed) = (
+            case["mix"].as_str().unwrap(),
+            case["total"].as_u64().unwrap().to_string(),
+            case["seed"].as_u64().unwrap().to_string(),
+        );
+        let mut args = vec!["--mix", mix, "--seed", &seed];
+        if total != "0" {
+            args.extend(["--total", &total]);
+        }
+        let tasks = dry(d.path(), &args);
+        let profiles: Vec<&str> = tasks
+            .iter()
+            .map(|t| t.profile.as_deref().unwrap())
+            .collect();
+        let want: Vec<&str> = case["profiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        assert_eq!(profiles, want, "{case}");
+        let inputs: Vec<String> = tasks
+            .iter()
+            .map(|t| {
+                Path::new(&t.input)
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        let want: Vec<&str> = case["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        assert_eq!(inputs, want, "{case}");
+    }
+}

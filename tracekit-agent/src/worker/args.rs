@@ -20,21 +20,19 @@ pub enum Binding {
 /// The worker's flags (the original's names and meanings, plus `--inputs`,
 /// `--run-as` and `--drain`).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Worker")]
 pub struct WorkerArgs {
-    #[command(flatten)]
-    pub redis: RedisArgs,
-
     /// Root that task outputs must lie under (created, and given to
     /// --run-as).
-    #[arg(long, default_value = "outputs")]
+    #[arg(long, default_value = "outputs", value_name = "DIR")]
     pub outputs: PathBuf,
 
     /// Root that task inputs must lie under.
-    #[arg(long, default_value = "inputs")]
+    #[arg(long, default_value = "inputs", value_name = "DIR")]
     pub inputs: PathBuf,
 
     /// Slot tokens to register for this node (0 = capacity only).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_name = "SLOTS")]
     pub parallel: u32,
 
     /// Name of the slot-token list.
@@ -47,11 +45,11 @@ pub struct WorkerArgs {
 
     /// Capacity units (absent or 0, as in the original: max(1, floor(ratio ×
     /// logical cores))).
-    #[arg(long)]
+    #[arg(long, value_name = "UNITS")]
     pub capacity_units: Option<u32>,
 
     /// Units per logical core.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_name = "UNITS_PER_CORE")]
     pub allocation_ratio: f64,
 
     /// How tasks get CPU.
@@ -65,7 +63,7 @@ pub struct WorkerArgs {
     pub allow_unbound: bool,
 
     /// Shared binding: CPU weight per unit (100 = a normal process).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_name = "WEIGHT")]
     pub cpuweight_per_vcpu: u64,
 
     /// Overwrite stale capacity values in Redis.
@@ -77,7 +75,7 @@ pub struct WorkerArgs {
     pub clear_queue: bool,
 
     /// Run ffmpeg as this user (no capabilities, no_new_privs).
-    #[arg(long, default_value = "nobody")]
+    #[arg(long, default_value = "nobody", value_name = "USER")]
     pub run_as: String,
 
     /// On SIGINT/SIGTERM finish the running tasks (default: stop them and
@@ -87,7 +85,7 @@ pub struct WorkerArgs {
 
     /// Heartbeat period, ms; the node counts as dead when the central's
     /// --heartbeat-timeout (10 s by default) passes without one.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub heartbeat_ms: u64,
 
     /// Do not publish this node's trace directory through Redis at stop
@@ -96,8 +94,11 @@ pub struct WorkerArgs {
     pub no_publish: bool,
 
     /// Largest ffmpeg stderr kept per task, bytes.
-    #[arg(long, default_value_t = 64 * 1024)]
+    #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
     pub stderr_limit: usize,
+
+    #[command(flatten)]
+    pub redis: RedisArgs,
 }
 
 /// `--cpu-binding`'s value as the command line spells it.

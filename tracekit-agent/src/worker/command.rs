@@ -3,9 +3,12 @@
 //! `ffmpeg -i IN -vf scale=S -c:v LIB -preset P -crf C [-threads:v VT]
 //! [-filter_threads FT] -c:a copy OUT`.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use tracekit_proto::Task;
+
+use super::runas::RunAs;
 
 /// The worker's limits on a task.
 #[derive(Debug, Clone)]
@@ -179,6 +182,81 @@ fn resolve_output(raw: &str, root: &Path) -> Result<PathBuf, Rejection> {
     Ok(out)
 }
 
+/// Permission bits, as in a mode's classes.
+const READ: u32 = 4;
+const WRITE: u32 = 2;
+const SEARCH: u32 = 1;
+
+/// Whether `user` may read the input and write the output where the plan
+/// puts them, judged from owners and mode bits the way the kernel does
+/// without ACLs (the owner class alone decides for the owner, the group
+/// class for members of the file's group). Checked before ffmpeg starts, so
+/// a task that can never run as this user says why at once instead of
+/// failing its attempts. A file with POSIX ACLs may be judged wrongly: its
+/// group bits are then the ACL's mask.
+pub fn check_access(plan: &Plan, user: &RunAs) -> Result<(), Rejection> {
+    if user.is_root() {
+        return Ok(());
+    }
+    let denied = |what: &str, path: &Path, m: &std::fs::Metadata| {
+        reject(format!(
+            "the run-as user {} (uid {}) cannot {what} {} (mode {:04o}, owner {}:{})",
+            user.name,
+            user.uid,
+            path.display(),
+            m.mode() & 0o7777,
+            m.uid(),
+            m.gid()
+        ))
+    };
+    let meta = |p: &Path| {
+        std::fs::metadata(p).map_err(|e| reject(format!("checking {}: {e}", p.display())))
+    };
+    let search_ancestors = |p: &Path| -> Result<(), Rejection> {
+        for dir in p.ancestors().skip(1) {
+            let m = meta(dir)?;
+            if !allows(&m, user, SEARCH) {
+                return Err(denied("enter", dir, &m));
+            }
+        }
+        Ok(())
+    };
+    search_ancestors(&plan.input)?;
+    let m = meta(&plan.input)?;
+    if !allows(&m, user, READ) {
+        return Err(denied("read the input", &plan.input, &m));
+    }
+    let out_dir = plan
+        .output
+        .parent()
+        .ok_or_else(|| reject(format!("{} has no directory", plan.output.display())))?;
+    search_ancestors(&plan.output)?;
+    let m = meta(out_dir)?;
+    if !allows(&m, user, WRITE | SEARCH) {
+        return Err(denied("write in the output folder", out_dir, &m));
+    }
+    // ffmpeg -y truncates an existing output: that needs write on the file.
+    if let Ok(m) = std::fs::metadata(&plan.output)
+        && !allows(&m, user, WRITE)
+    {
+        return Err(denied("overwrite the output", &plan.output, &m));
+    }
+    Ok(())
+}
+
+/// Whether the mode bits of `m` grant `want` to `user` (not root).
+fn allows(m: &std::fs::Metadata, user: &RunAs, want: u32) -> bool {
+    let mode = m.mode();
+    let class = if m.uid() == user.uid {
+        mode >> 6
+    } else if m.gid() == user.gid || user.groups.contains(&m.gid()) {
+        mode >> 3
+    } else {
+        mode
+    };
+    class & want == want
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,5 +377,54 @@ mod tests {
             let e = plan(&t, &f.limits).expect_err(&format!("{t:?} must be rejected"));
             assert!(e.0.contains(field), "{field}: {e}");
         }
+    }
+
+    #[test]
+    fn access_is_judged_as_the_run_as_user() {
+        use std::os::unix::fs::PermissionsExt;
+        let f = fixture();
+        let p = plan(&task(&f, |_| {}), &f.limits).expect("valid");
+        let outputs = p.output.parent().expect("dir").to_path_buf();
+        let me = RunAs {
+            name: "tester".into(),
+            uid: 4242,
+            gid: 4242,
+            groups: vec![4242],
+        };
+        let set = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod")
+        };
+        // A folder closed to others: a stranger cannot even enter it.
+        set(f._tmp.path(), 0o700);
+        let e = check_access(&p, &me).expect_err("denied");
+        assert!(e.0.contains("cannot enter"), "{e}");
+        for dir in p.input.ancestors().skip(1).take(2) {
+            set(dir, 0o755);
+        }
+        set(&p.input, 0o600);
+        let e = check_access(&p, &me).expect_err("denied");
+        assert!(e.0.contains("cannot read the input"), "{e}");
+        assert!(e.0.contains("mode 0600"), "{e}");
+        set(&p.input, 0o644);
+        set(&outputs, 0o755);
+        let e = check_access(&p, &me).expect_err("denied");
+        assert!(e.0.contains("cannot write in the output folder"), "{e}");
+        // A member of the folder's group may write where the group may.
+        set(&outputs, 0o775);
+        let member = RunAs {
+            groups: vec![4242, std::fs::metadata(&outputs).expect("stat").gid()],
+            ..me.clone()
+        };
+        check_access(&p, &member).expect("allowed through the group");
+        set(&outputs, 0o777);
+        check_access(&p, &me).expect("allowed");
+        let root = RunAs {
+            name: "root".into(),
+            uid: 0,
+            gid: 0,
+            groups: vec![0],
+        };
+        set(&p.input, 0o000);
+        check_access(&p, &root).expect("root reads anything");
     }
 }

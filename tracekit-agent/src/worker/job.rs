@@ -7,13 +7,14 @@ use std::process::Stdio;
 
 use anyhow::{Context, Result, bail};
 use tokio::io::AsyncReadExt;
+use tokio::sync::oneshot;
 use tracekit_proto::Task;
 use tracekit_trace::{Invocation, TaskFields};
 
 use super::Worker;
 use super::args::binding_name;
 use super::cgroup::{Applied, TaskGroup};
-use super::command::Plan;
+use super::command::{self, Plan};
 use super::cores::cpu_list;
 use super::link::{Report, StagedOutput};
 use super::runas;
@@ -41,7 +42,17 @@ pub struct Job {
     pub(super) applied: Option<Applied>,
     /// Why part of its binding was not applied while it ran.
     pub(super) binding_error: Option<String>,
+    /// The end of its stderr, once ffmpeg closed it, and where the kept
+    /// part of it is: what its failure reason quotes.
+    pub(super) stderr_tail: Option<(oneshot::Receiver<Vec<u8>>, PathBuf)>,
 }
+
+/// Longest failure reason a task reports (it ends in Redis, in its dead
+/// letter, and on the operator's screen).
+pub const REASON_LIMIT: usize = 1024;
+
+/// Bytes of the end of a task's stderr kept for its failure reason.
+const TAIL_KEEP: usize = 4096;
 
 impl Worker {
     pub(super) fn spawn(
@@ -53,6 +64,15 @@ impl Worker {
         session: &mut Session,
     ) -> Result<()> {
         self.seq += 1;
+        // A task its user cannot read or write for fails every attempt the
+        // same way: dead-letter it at once, with why.
+        if let Some(user) = &self.user
+            && let Err(why) = command::check_access(&plan, user)
+        {
+            self.allocator.release(&cores);
+            self.dead_letter(raw, why.0);
+            return Ok(());
+        }
         // Unique within a run: the agent's start time tells its restarts
         // apart, the counter its tasks (a dispatcher's seq can repeat).
         let trace_id = task.trace_id.clone().unwrap_or_else(|| {
@@ -93,12 +113,19 @@ impl Worker {
         };
         let started_ms = clock::epoch_ms();
         let bytes_in = std::fs::metadata(&plan.input).map(|m| m.len()).unwrap_or(0);
-        if let Some(stderr) = child.stderr.take() {
+        let stderr_tail = child.stderr.take().map(|stderr| {
             let path = self
                 .stderr_dir
                 .join(format!("{}.log", group_name(&trace_id)));
-            tokio::spawn(keep_stderr(stderr, path, self.args.stderr_limit));
-        }
+            let (tx, rx) = oneshot::channel();
+            tokio::spawn(keep_stderr(
+                stderr,
+                path.clone(),
+                self.args.stderr_limit,
+                tx,
+            ));
+            (rx, path)
+        });
         tracing::info!(
             %trace_id,
             pid,
@@ -125,6 +152,7 @@ impl Worker {
                 bytes_in,
                 applied,
                 binding_error: None,
+                stderr_tail,
             },
         );
         self.rebalance();
@@ -373,26 +401,55 @@ impl Worker {
             staged: job.staged,
             path: job.plan.output,
         };
-        let report = if ok {
-            Report::Complete {
+        if ok {
+            self.report(Report::Complete {
                 output: Some(output),
                 trace_id: Some(job.trace_id.clone()),
                 raw: job.raw,
-            }
-        } else {
-            output.discard();
-            // A failure counts towards the central's --max-attempts.
-            Report::Requeue {
-                raw: job.raw,
-                failed: true,
-                reason: Some(match (status.code(), status.signal()) {
-                    (Some(code), _) => format!("ffmpeg exited with {code}"),
-                    (None, Some(sig)) => format!("ffmpeg was killed by signal {sig}"),
-                    _ => "ffmpeg failed".to_string(),
-                }),
-            }
+            });
+            return Ok(());
+        }
+        output.discard();
+        // A failure counts towards the central's --max-attempts; its reason
+        // quotes the end of ffmpeg's stderr.
+        let status_text = match (status.code(), status.signal()) {
+            (Some(code), _) => format!("ffmpeg exited with {code}"),
+            (None, Some(sig)) => format!("ffmpeg was killed by signal {sig}"),
+            _ => "ffmpeg failed".to_string(),
         };
-        self.report(report);
+        let reports = self.reports.clone();
+        let journal = self.journal.clone();
+        let raw = job.raw;
+        let requeue = move |tail: Option<(Vec<u8>, PathBuf)>| {
+            let reason = match &tail {
+                Some((bytes, log)) => failure_reason(&status_text, log, bytes),
+                None => status_text,
+            };
+            super::send_report(
+                &journal,
+                &reports,
+                Report::Requeue {
+                    raw,
+                    failed: true,
+                    reason: Some(reason),
+                },
+            );
+        };
+        match job.stderr_tail {
+            None => requeue(None),
+            Some((mut rx, log)) => match rx.try_recv() {
+                Ok(tail) => requeue(Some((tail, log))),
+                Err(oneshot::error::TryRecvError::Closed) => requeue(None),
+                // ffmpeg has exited, but its stderr is not read to the end
+                // yet (a child of it may hold the pipe): wait a little.
+                Err(oneshot::error::TryRecvError::Empty) => {
+                    tokio::spawn(async move {
+                        let tail = tokio::time::timeout(STDERR_GRACE, rx).await;
+                        requeue(tail.ok().and_then(Result::ok).map(|t| (t, log)));
+                    });
+                }
+            },
+        }
         Ok(())
     }
 }
@@ -429,10 +486,64 @@ pub fn group_name(trace_id: &str) -> String {
         .collect()
 }
 
+/// How long a failed task's report waits for the end of its stderr.
+const STDERR_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A failed task's reason: how ffmpeg ended, where its log is, and the last
+/// lines of its stderr that fit in [`REASON_LIMIT`] bytes.
+pub fn failure_reason(status: &str, log: &Path, tail: &[u8]) -> String {
+    let head = format!("{status}; stderr ({}) ends:", log.display());
+    let text = String::from_utf8_lossy(tail);
+    // Progress lines end in \r; every line break counts.
+    let lines: Vec<&str> = text
+        .split(['\n', '\r'])
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut room = REASON_LIMIT.saturating_sub(head.len());
+    let mut kept: Vec<&str> = Vec::new();
+    for line in lines.iter().rev() {
+        if line.len() + 1 > room {
+            if kept.is_empty() {
+                // One long last line: its end, on a character boundary.
+                let mut start = line.len().saturating_sub(room.saturating_sub(2));
+                while !line.is_char_boundary(start) {
+                    start += 1;
+                }
+                kept.push(&line[start..]);
+            }
+            break;
+        }
+        room -= line.len() + 1;
+        kept.push(line);
+    }
+    if kept.is_empty() {
+        return truncate(&format!("{status}; stderr ({}) is empty", log.display()));
+    }
+    kept.reverse();
+    truncate(&format!("{head}\n{}", kept.join("\n")))
+}
+
+/// At most [`REASON_LIMIT`] bytes, cut on a character boundary.
+fn truncate(s: &str) -> String {
+    let mut end = s.len().min(REASON_LIMIT);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
 /// Keep up to `limit` bytes of a task's stderr (the head, where ffmpeg says
-/// what it does, and a note of how much was cut).
-async fn keep_stderr(mut stderr: tokio::process::ChildStderr, path: PathBuf, limit: usize) {
+/// what it does, and a note of how much was cut), and hand its last
+/// [`TAIL_KEEP`] bytes to `tail` at the end (what a failure quotes).
+async fn keep_stderr(
+    mut stderr: tokio::process::ChildStderr,
+    path: PathBuf,
+    limit: usize,
+    tail: oneshot::Sender<Vec<u8>>,
+) {
     let mut kept = Vec::new();
+    let mut end = Vec::new();
     let mut cut = 0usize;
     let mut buf = [0u8; 8192];
     loop {
@@ -442,9 +553,14 @@ async fn keep_stderr(mut stderr: tokio::process::ChildStderr, path: PathBuf, lim
                 let room = limit.saturating_sub(kept.len());
                 kept.extend_from_slice(&buf[..n.min(room)]);
                 cut += n - n.min(room);
+                end.extend_from_slice(&buf[..n]);
+                if end.len() > TAIL_KEEP {
+                    end.drain(..end.len() - TAIL_KEEP);
+                }
             }
         }
     }
+    let _ = tail.send(end);
     if cut > 0 {
         kept.extend_from_slice(format!("\n[tracekit: {cut} more bytes not kept]\n").as_bytes());
     }
@@ -496,5 +612,27 @@ mod tests {
         assert_eq!(second, dir.path().join("n1-3-7.1.log"));
         assert_eq!(third, dir.path().join("n1-3-7.2.log"));
         assert_eq!(std::fs::read(&path).expect("read"), b"first");
+    }
+
+    #[test]
+    fn a_failure_reason_quotes_the_end_of_stderr_within_a_kib() {
+        let log = Path::new("logs/r/n1/ffmpeg/t1.log");
+        let tail = b"frame=  1 fps=0\rframe=  2 fps=0\r\nin.mp4: Invalid data found when processing input\n";
+        let r = failure_reason("ffmpeg exited with 1", log, tail);
+        assert_eq!(
+            r,
+            "ffmpeg exited with 1; stderr (logs/r/n1/ffmpeg/t1.log) ends:\nframe=  1 fps=0\nframe=  2 fps=0\nin.mp4: Invalid data found when processing input"
+        );
+        let long: Vec<u8> = (0..500)
+            .flat_map(|i| format!("line {i} é\n").into_bytes())
+            .collect();
+        let r = failure_reason("ffmpeg exited with 1", log, &long);
+        assert!(r.len() <= REASON_LIMIT, "{}", r.len());
+        assert!(r.ends_with("line 499 é"), "{r}");
+        let one = "x".repeat(5000);
+        let r = failure_reason("ffmpeg exited with 1", log, one.as_bytes());
+        assert!(r.len() <= REASON_LIMIT && r.ends_with("xxx"), "{r}");
+        let r = failure_reason("ffmpeg was killed by signal 9", log, b"");
+        assert!(r.ends_with("is empty"), "{r}");
     }
 }

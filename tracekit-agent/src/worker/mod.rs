@@ -460,6 +460,29 @@ pub async fn run_until(
     Ok(0)
 }
 
+/// Journal `report` (on disk before it is sent), then send it to the
+/// reporter.
+fn send_report(
+    journal: &Mutex<Journal>,
+    reports: &mpsc::UnboundedSender<(u64, Report)>,
+    report: Report,
+) {
+    let id = match journal.lock() {
+        Ok(mut j) => j.record(&report),
+        Err(_) => Err(anyhow::anyhow!("journal lock poisoned")),
+    };
+    match id {
+        Ok(id) => {
+            let _ = reports.send((id, report));
+        }
+        Err(e) => {
+            // Sent all the same: only a crash before delivery would lose it.
+            tracing::error!("journaling a report: {e:#}");
+            let _ = reports.send((u64::MAX, report));
+        }
+    }
+}
+
 /// How long after this agent's last heartbeat another host may take its
 /// node id over.
 fn lease_ms(heartbeat_ms: u64) -> u64 {
@@ -504,20 +527,7 @@ impl Worker {
 
     /// Journal `report` (on disk before it is sent), then send it.
     fn report(&mut self, report: Report) {
-        let id = match self.journal.lock() {
-            Ok(mut j) => j.record(&report),
-            Err(_) => Err(anyhow::anyhow!("journal lock poisoned")),
-        };
-        match id {
-            Ok(id) => {
-                let _ = self.reports.send((id, report));
-            }
-            Err(e) => {
-                // Sent all the same: only a crash before delivery would lose it.
-                tracing::error!("journaling a report: {e:#}");
-                let _ = self.reports.send((u64::MAX, report));
-            }
-        }
+        send_report(&self.journal, &self.reports, report);
     }
 
     /// Start waiting tasks, in order, while they fit.

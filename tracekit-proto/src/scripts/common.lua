@@ -61,18 +61,42 @@ local function too_large(raw)
   return nil
 end
 
--- A dead-letter entry: the raw task (kept byte for byte unless it is above
--- the size limit: then its head, quoted), why (quoted), where, when.
-local function dead_entry(raw, reason, node)
+-- The run's counters (STATS_RUN: submitted, done, failed, dead) and the
+-- gauges (STATS_LIVE: placed, running), kept by the transitions themselves.
+local function stat(field, n)
+  if n ~= 0 then
+    redis.call('HINCRBY', STATS_RUN, field, n)
+  end
+end
+
+local function gauge(field, n)
+  if n ~= 0 then
+    redis.call('HINCRBY', STATS_LIVE, field, n)
+  end
+end
+
+-- Dead-letter a task: an entry with the raw task (kept byte for byte unless
+-- it is above the size limit: then its head, quoted), why (quoted), where,
+-- when and its failed attempts goes to DEAD; its attempt count and last
+-- error go.
+local function bury(raw, reason, node)
   local task = raw
   if #raw > MAX_TASK_BYTES then
     task = quote(raw)
   end
-  local e = { task = task, reason = quote(reason), ts = now_ms() }
+  local e = {
+    task = task,
+    reason = quote(reason),
+    ts = now_ms(),
+    attempts = tonumber(redis.call('HGET', ATTEMPTS, raw) or '0'),
+  }
   if node then
     e.node = node
   end
-  return cjson.encode(e)
+  redis.call('RPUSH', DEAD, cjson.encode(e))
+  redis.call('HDEL', ATTEMPTS, raw)
+  redis.call('HDEL', LAST_ERROR, raw)
+  stat('dead', 1)
 end
 
 -- The placement index (see the data model): IDX_LIVE holds the nodes
@@ -175,6 +199,8 @@ end
 -- (never above the node's total), one run_count (never below 0) and one slot
 -- token when the node uses slots.
 local function release(node, raw)
+  redis.call('HDEL', key_taken_at(node), raw)
+  gauge('running', -1)
   local units = held_units(raw)
   local v = redis.call('MGET', key_cap(node), key_cap_total(node), key_run_count(node), key_parallel(node))
   local old_cap, total, rc, par = num(v[1]), v[2], num(v[3]), num(v[4])
@@ -207,9 +233,12 @@ local function take_back(node, count_attempt)
       redis.call('HINCRBY', ATTEMPTS, raw, 1)
       redis.call('HSET', LAST_ERROR, raw, 'its node was declared dead while running it')
     end
+    stat('failed', #inflight)
   end
+  gauge('running', -#inflight)
+  gauge('placed', -#queued)
   unindex_node(node)
-  redis.call('DEL', key_inflight(node), key_queue(node))
+  redis.call('DEL', key_inflight(node), key_queue(node), key_taken_at(node))
   if total then
     redis.call('SET', key_cap(node), total)
   end

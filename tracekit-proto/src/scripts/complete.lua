@@ -5,11 +5,16 @@
 -- leaves pending, or the queue of the live node it was placed on (which gets
 -- back what the task held there): returns 2. Otherwise returns 0 and changes
 -- nothing, so a retried call never returns capacity twice, and a run that
--- another node has started again is not completed under it.
+-- another node has started again is not completed under it. A completion
+-- that counts is done, and its time joins the last minute's (throughput).
 local node, raw = ARGV[1], ARGV[2]
 local function done()
   redis.call('HDEL', ATTEMPTS, raw)
   redis.call('HDEL', LAST_ERROR, raw)
+  local now = now_ms()
+  local n = redis.call('HINCRBY', STATS_RUN, 'done', 1)
+  redis.call('ZADD', DONE_TIMES, now, now .. ':' .. n)
+  redis.call('ZREMRANGEBYSCORE', DONE_TIMES, '-inf', now - 60000)
 end
 if redis.call('LREM', key_inflight(node), 1, raw) == 1 then
   release(node, raw)
@@ -26,6 +31,9 @@ for _, other in ipairs(redis.call('ZRANGE', ALIVE, 0, -1)) do
   if redis.call('LPOS', key_queue(other), raw) then
     redis.call('LREM', key_queue(other), 1, raw)
     release(other, raw)
+    -- It was placed there, not running.
+    gauge('running', 1)
+    gauge('placed', -1)
     done()
     return 2
   end

@@ -5,7 +5,5 @@ if redis.call('LREM', key_inflight(node), 1, raw) == 0 then
   return 0
 end
 release(node, raw)
-redis.call('HDEL', ATTEMPTS, raw)
-redis.call('HDEL', LAST_ERROR, raw)
-redis.call('RPUSH', DEAD, dead_entry(raw, reason, node))
+bury(raw, reason, node)
 return 1

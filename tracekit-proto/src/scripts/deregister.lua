@@ -14,4 +14,5 @@ push_head(tasks)
 redis.call('ZREM', ALIVE, node)
 redis.call('SREM', LEAVING, node)
 redis.call('DEL', key_lease(node))
+redis.call('ZADD', LEFT, now_ms(), node)
 return #tasks

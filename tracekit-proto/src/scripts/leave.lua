@@ -30,5 +30,6 @@ if par > 0 then
   -- the next registration.
   redis.call('LREM', SLOTS, 0, node)
 end
+gauge('placed', -#queued)
 push_head(queued)
 return #queued

@@ -221,10 +221,9 @@ local function set_counters(node, cap, rc)
 end
 
 local out = { 'more' }
+local placed_n = 0
 local function dead(raw, reason)
-  redis.call('RPUSH', DEAD, dead_entry(raw, reason, nil))
-  redis.call('HDEL', ATTEMPTS, raw)
-  redis.call('HDEL', LAST_ERROR, raw)
+  bury(raw, reason, nil)
   consumed = consumed + 1
   out[#out + 1] = 'dead'
   out[#out + 1] = quote(reason)
@@ -291,6 +290,7 @@ while consumed < batch do
       set_counters(s.name, s.cap, s.rc)
       redis.call('LREM', SLOTS, -1, s.name)
       consumed = consumed + 1
+      placed_n = placed_n + 1
       out[#out + 1] = 'placed'
       out[#out + 1] = s.name
       out[#out + 1] = raw
@@ -308,6 +308,7 @@ while consumed < batch do
       end
       checked[node] = { cap = cap, total = choice.total, rc = rc, par = 0 }
       consumed = consumed + 1
+      placed_n = placed_n + 1
       out[#out + 1] = 'placed'
       out[#out + 1] = node
       out[#out + 1] = raw
@@ -346,4 +347,5 @@ end
 if consumed > 0 then
   redis.call('LTRIM', PENDING, consumed, -1)
 end
+gauge('placed', placed_n)
 return out

@@ -30,6 +30,7 @@ for _, node in ipairs(expired) do
   end
   redis.call('ZREM', ALIVE, node)
   redis.call('SREM', LEAVING, node)
+  redis.call('ZADD', LEFT, now, node)
   out[#out + 1] = node
   out[#out + 1] = #tasks
 end

@@ -31,12 +31,16 @@ for _, raw in ipairs(orphans) do
   redis.call('HSET', LAST_ERROR, raw, 'its node restarted while running it')
   back[#back + 1] = raw
 end
-redis.call('DEL', key_inflight(node))
+redis.call('DEL', key_inflight(node), key_taken_at(node))
+stat('failed', #orphans)
+gauge('running', -#orphans)
 if clear then
-  for _, raw in ipairs(redis.call('LRANGE', key_queue(node), 0, -1)) do
+  local cleared = redis.call('LRANGE', key_queue(node), 0, -1)
+  for _, raw in ipairs(cleared) do
     back[#back + 1] = raw
   end
   redis.call('DEL', key_queue(node))
+  gauge('placed', -#cleared)
 end
 push_head(back)
 local queued = redis.call('LRANGE', key_queue(node), 0, -1)
@@ -67,6 +71,7 @@ else
   redis.call('SREM', SLOTTED, node)
 end
 redis.call('ZADD', REGISTRY, 0, node)
+redis.call('ZREM', LEFT, node)
 redis.call('ZADD', ALIVE, now_ms(), node)
 redis.call('SREM', LEAVING, node)
 redis.call('HSET', key_lease(node), 'token', token, 'host', host, 'pid', pid, 'lease_ms', lease_ms)

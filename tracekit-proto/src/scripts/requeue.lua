@@ -10,6 +10,7 @@ end
 release(node, raw)
 if ARGV[3] == '1' then
   redis.call('HINCRBY', ATTEMPTS, raw, 1)
+  stat('failed', 1)
   -- The last attempt's reason, or none: never an older attempt's.
   if ARGV[4] and ARGV[4] ~= '' then
     redis.call('HSET', LAST_ERROR, raw, quote(ARGV[4]))

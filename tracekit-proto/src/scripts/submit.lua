@@ -34,4 +34,8 @@ for i = 3, #ARGV, 2 do
   end
 end
 redis.call('SET', KEYS[3], hi, 'PX', ARGV[2])
+stat('submitted', pushed)
+if target ~= '' then
+  gauge('placed', pushed)
+end
 return pushed

@@ -1,8 +1,9 @@
 -- take.lua: ARGV 1 node, 2 request token (unique per take, the same on a
 -- retry), 3 lease token. Moves the oldest queued task of the node to its
--- in-flight list and returns { 'task', raw }, or { 'empty' }, or { 'lost' }
--- when the node is not alive (its queue was taken back) or this registration
--- no longer holds its lease. The request token remembers the answer for a
+-- in-flight list and returns { 'task', raw } (noting when it was taken), or
+-- { 'empty' }, or { 'lost' } when the node is not alive (its queue was taken
+-- back) or this registration no longer holds its lease. The request token
+-- remembers the answer for a
 -- minute, so a call retried after a lost reply returns the same task instead
 -- of taking a second one.
 local node, token, lease = ARGV[1], ARGV[2], ARGV[3]
@@ -22,4 +23,7 @@ if not raw then
   return { 'empty' }
 end
 redis.call('SET', memo, raw, 'PX', 60000)
+redis.call('HSET', key_taken_at(node), raw, now_ms())
+gauge('placed', -1)
+gauge('running', 1)
 return { 'task', raw }
