@@ -4,14 +4,15 @@
 //!
 //! Two passes, linear in the input. Pass 1 reads every node's invocations
 //! (small: one line per task), orders the tasks and assigns their ids. Pass 2
-//! goes node by node: it streams the node's samples once, joins each to its
-//! task by (pid, time) ([`TaskIndex`]), keeps 16 bytes per joined sample, then
+//! goes node by node: it streams the node's samples once, parsing and joining
+//! each to its task by (pid, time) ([`TaskIndex`]) on every core (the reader
+//! hands them back in file order), keeps 16 bytes per joined sample, then
 //! cuts every task into fragments ([`build_fragments`]), appends them to
 //! `fragments.parquet` in row groups and frees the node's samples before the
 //! next node. Tasks whose CPU nothing measured are set aside and settled once
 //! every node is read (their estimate may need the whole run). Peak memory is
 //! therefore the largest node's samples at 16 bytes each plus a few dozen
-//! bytes per task, never the JSON text.
+//! bytes per task and the reader's two blocks of lines, never the JSON text.
 //!
 //! Every file is written under a temporary name and the four are renamed only
 //! once all are complete, so a failed export leaves no file of its own behind
