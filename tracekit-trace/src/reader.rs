@@ -95,17 +95,16 @@ where
 pub fn read_jsonl_with<T, F>(
     path: &Path,
     parse: impl Fn(&[u8]) -> Result<T, serde_json::Error> + Sync,
-    mut f: F,
+    f: F,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<ReadStats>
 where
     T: Send,
     F: FnMut(T, u64) -> Result<()>,
 {
-    let mut stats = ReadStats::default();
     let mut file = match File::open(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(stats),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ReadStats::default()),
         Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
     };
     let total = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -114,21 +113,27 @@ where
     let mut block = blocks
         .next(&mut file)
         .with_context(|| format!("reading {}", path.display()))?;
-    // A bad line is only known to be "in the middle" once another line follows.
-    let mut pending_bad: Option<BadLine> = None;
-    // The parsed lines' vectors, kept from block to block.
-    let mut spare: Vec<Parsed<T>> = Vec::new();
+    let mut to = Handing {
+        path,
+        f,
+        stats: ReadStats::default(),
+        pending_bad: None,
+        spare: Vec::new(),
+    };
+    // The previous block's lines, parsed, not yet handed on.
+    let mut ready: Vec<Parsed<T>> = Vec::new();
     while !block.is_empty() {
         let chunks = split_lines(&block, threads);
         let mut outs: Vec<Parsed<T>> = chunks
             .iter()
-            .map(|_| spare.pop().unwrap_or_default())
+            .map(|_| to.spare.pop().unwrap_or_default())
             .collect();
-        // Parse this block on worker threads while this one reads the next;
-        // a block of one chunk is parsed here.
-        let next = if let ([chunk], [out]) = (&chunks[..], &mut outs[..]) {
+        // Parse this block on worker threads while this one hands on the
+        // previous block's lines and reads the next block; a block of one
+        // chunk is parsed here.
+        let (handed, next) = if let ([chunk], [out]) = (&chunks[..], &mut outs[..]) {
             parse_chunk(chunk, &parse, out);
-            blocks.next(&mut file)
+            (to.hand_on(&mut ready), blocks.next(&mut file))
         } else {
             std::thread::scope(|s| {
                 let parse = &parse;
@@ -137,43 +142,29 @@ where
                     .zip(outs.iter_mut())
                     .map(|(chunk, out)| s.spawn(move || parse_chunk(chunk, parse, out)))
                     .collect();
+                let handed = to.hand_on(&mut ready);
                 let next = blocks.next(&mut file);
                 for w in workers {
                     if let Err(panic) = w.join() {
                         std::panic::resume_unwind(panic);
                     }
                 }
-                next
+                (handed, next)
             })
         };
-        for mut out in outs {
-            for (line, record) in out.records.drain(..) {
-                let line = stats.lines + u64::from(line);
-                if let Some(bad) = pending_bad.take() {
-                    record_middle_bad(&mut stats, bad);
-                }
-                match record {
-                    Ok(record) => {
-                        stats.records += 1;
-                        f(record, line).with_context(|| format!("{}:{line}", path.display()))?;
-                    }
-                    Err(e) => {
-                        pending_bad = Some(BadLine {
-                            file: path.to_path_buf(),
-                            line,
-                            error: e.to_string(),
-                        });
-                    }
-                }
-            }
-            stats.lines += out.lines;
-            spare.push(out);
-        }
-        stats.bytes += block.len() as u64;
-        progress(stats.bytes, total);
+        handed?;
+        ready = outs;
+        to.stats.bytes += block.len() as u64;
+        progress(to.stats.bytes, total);
         blocks.recycle(block);
         block = next.with_context(|| format!("reading {}", path.display()))?;
     }
+    to.hand_on(&mut ready)?;
+    let Handing {
+        mut stats,
+        pending_bad,
+        ..
+    } = to;
     if stats.bad_count > KEPT_BAD_LINES as u64 {
         tracing::warn!(
             "{}: {} unparseable lines skipped in all",
@@ -192,6 +183,49 @@ where
     }
     progress(stats.bytes, total);
     Ok(stats)
+}
+
+/// Where parsed lines go, in file order: `f`, with the counts and bad lines.
+struct Handing<'a, T, F> {
+    path: &'a Path,
+    f: F,
+    stats: ReadStats,
+    /// A bad line is only known to be "in the middle" once another line
+    /// follows.
+    pending_bad: Option<BadLine>,
+    /// The parsed lines' vectors, kept from block to block.
+    spare: Vec<Parsed<T>>,
+}
+
+impl<T, F: FnMut(T, u64) -> Result<()>> Handing<'_, T, F> {
+    /// Hand on the lines of `parsed` (one block's chunks, in order).
+    fn hand_on(&mut self, parsed: &mut Vec<Parsed<T>>) -> Result<()> {
+        for mut out in parsed.drain(..) {
+            for (line, record) in out.records.drain(..) {
+                let line = self.stats.lines + u64::from(line);
+                if let Some(bad) = self.pending_bad.take() {
+                    record_middle_bad(&mut self.stats, bad);
+                }
+                match record {
+                    Ok(record) => {
+                        self.stats.records += 1;
+                        (self.f)(record, line)
+                            .with_context(|| format!("{}:{line}", self.path.display()))?;
+                    }
+                    Err(e) => {
+                        self.pending_bad = Some(BadLine {
+                            file: self.path.to_path_buf(),
+                            line,
+                            error: e.to_string(),
+                        });
+                    }
+                }
+            }
+            self.stats.lines += out.lines;
+            self.spare.push(out);
+        }
+        Ok(())
+    }
 }
 
 /// Bytes read per block (more when one line is longer).
