@@ -3,8 +3,17 @@
 //! For 1k, 5k, 20k and 100k tasks of 60 samples each (override with
 //! `TRACEKIT_BENCH_TASKS=1000,5000`), writes a synthetic node directory in a
 //! temporary directory, then runs the export in a child process (this binary
-//! re-executed) so that its peak RSS is the export's alone, read from the
-//! kernel with `wait4`. Prints one table row per size.
+//! re-executed) so that its wall time, CPU time (user + system, all threads)
+//! and peak RSS are the export's alone, read from the kernel with `wait4`.
+//! Each size is exported `TRACEKIT_BENCH_ROUNDS` times (default 3); the table
+//! shows the medians and the largest peak RSS.
+//!
+//! `TRACEKIT_BENCH_BASELINE=EXE` names this bench built from another commit
+//! (`cargo xtask bench export --baseline REV` builds it): each round then
+//! exports the same input with it too, alternating which goes first, and the
+//! table shows both side by side. Its outputs must match the current
+//! export's byte for byte in `tasks.parquet` and `fragments.parquet`.
+//!
 //! `TRACEKIT_BENCH_KEEP=DIR` keeps the traces and exports under `DIR/<tasks>/`.
 
 use std::path::{Path, PathBuf};
@@ -18,6 +27,15 @@ use tracekit_trace::synth::{SynthNode, write_node};
 const CHILD_INPUT: &str = "TRACEKIT_BENCH_EXPORT_INPUT";
 const CHILD_OUTPUT: &str = "TRACEKIT_BENCH_EXPORT_OUTPUT";
 
+/// One export as measured from outside.
+#[derive(Debug, Clone, Copy)]
+struct Measure {
+    wall_s: f64,
+    cpu_s: f64,
+    rss_kb: i64,
+    fragments: u64,
+}
+
 fn main() -> Result<()> {
     if let (Ok(input), Ok(output)) = (std::env::var(CHILD_INPUT), std::env::var(CHILD_OUTPUT)) {
         return child(Path::new(&input), Path::new(&output));
@@ -29,9 +47,22 @@ fn main() -> Result<()> {
             .collect::<Result<_>>()?,
         Err(_) => vec![1_000, 5_000, 20_000, 100_000],
     };
+    let rounds: usize = match std::env::var("TRACEKIT_BENCH_ROUNDS") {
+        Ok(n) => n.trim().parse().context("TRACEKIT_BENCH_ROUNDS")?,
+        Err(_) => 3,
+    };
+    let baseline = std::env::var_os("TRACEKIT_BENCH_BASELINE").map(PathBuf::from);
+    let current = std::env::current_exe().context("locating the bench binary")?;
+    let mut variants = vec![("current", current)];
+    if let Some(exe) = baseline {
+        if !exe.is_file() {
+            bail!("TRACEKIT_BENCH_BASELINE: {} is not a file", exe.display());
+        }
+        variants.insert(0, ("baseline", exe));
+    }
     println!(
-        "{:>8} {:>10} {:>10} {:>9} {:>9} {:>11} {:>9}",
-        "tasks", "samples", "fragments", "input MB", "seconds", "peak RSS MB", "gen s"
+        "{:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>11} {:>7}",
+        "tasks", "fragments", "input MB", "variant", "wall s", "CPU s", "peak RSS MB", "gen s"
     );
     // TRACEKIT_BENCH_KEEP=DIR keeps the generated traces under DIR/<tasks>.
     let keep = std::env::var_os("TRACEKIT_BENCH_KEEP").map(PathBuf::from);
@@ -52,16 +83,39 @@ fn main() -> Result<()> {
             std::fs::remove_dir_all(&node_dir)
                 .with_context(|| format!("clearing {}", node_dir.display()))?;
         }
-        let truth = write_node(&node_dir, &cfg)?;
+        // Only the count is kept: the truth must not sit in this process's
+        // memory, which a spawned child's peak RSS may include.
+        drop(write_node(&node_dir, &cfg)?);
         let gen_s = gen_start.elapsed().as_secs_f64();
-        let samples: usize = truth.iter().map(|t| t.samples).sum();
         let input_mb = dir_bytes(&node_dir.join("CTS"))? as f64 / 1e6;
-        let out_dir = base.join("opendc");
-        let (seconds, rss_kb, fragments) = run_child(&node_dir, &out_dir)?;
-        println!(
-            "{tasks:>8} {samples:>10} {fragments:>10} {input_mb:>9.1} {seconds:>9.3} {:>11.1} {gen_s:>9.1}",
-            rss_kb as f64 / 1024.0
-        );
+        let mut measured: Vec<Vec<Measure>> = vec![Vec::new(); variants.len()];
+        for round in 0..rounds {
+            for k in 0..variants.len() {
+                // Alternate which variant goes first.
+                let v = (k + round) % variants.len();
+                let (name, exe) = &variants[v];
+                let out_dir = base.join(format!("opendc-{name}"));
+                measured[v].push(run_child(exe, &node_dir, &out_dir)?);
+            }
+        }
+        if variants.len() > 1 {
+            same_files(&base.join("opendc-baseline"), &base.join("opendc-current"))?;
+        }
+        for ((name, _), runs) in variants.iter().zip(&measured) {
+            let median = |f: fn(&Measure) -> f64| {
+                let mut v: Vec<f64> = runs.iter().map(f).collect();
+                v.sort_by(f64::total_cmp);
+                v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+            };
+            let rss_kb = runs.iter().map(|m| m.rss_kb).max().unwrap_or(0);
+            let fragments = runs.first().map_or(0, |m| m.fragments);
+            println!(
+                "{tasks:>8} {fragments:>10} {input_mb:>9.1} {name:>9} {:>9.3} {:>9.3} {:>11.1} {gen_s:>7.1}",
+                median(|m| m.wall_s),
+                median(|m| m.cpu_s),
+                rss_kb as f64 / 1024.0
+            );
+        }
     }
     Ok(())
 }
@@ -73,15 +127,15 @@ fn child(input: &Path, output: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Run the export in a child process; (export seconds, peak RSS KiB, fragments).
-fn run_child(input: &Path, output: &Path) -> Result<(f64, i64, u64)> {
-    let exe: PathBuf = std::env::current_exe().context("locating the bench binary")?;
+/// Run the export with `exe` in a child process.
+fn run_child(exe: &Path, input: &Path, output: &Path) -> Result<Measure> {
+    let started = Instant::now();
     let child = Command::new(exe)
         .env(CHILD_INPUT, input)
         .env(CHILD_OUTPUT, output)
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .context("starting the export child")?;
+        .with_context(|| format!("starting the export child {}", exe.display()))?;
     let pid = child.id() as libc::pid_t;
     let mut stdout = child.stdout.context("child stdout")?;
     let mut text = String::new();
@@ -95,21 +149,35 @@ fn run_child(input: &Path, output: &Path) -> Result<(f64, i64, u64)> {
     if rc != pid {
         bail!("wait4 failed: {}", std::io::Error::last_os_error());
     }
+    let wall_s = started.elapsed().as_secs_f64();
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        bail!("export child failed (status {status})");
+        bail!("export child {} failed (status {status})", exe.display());
     }
-    let mut parts = text.split_whitespace();
-    let seconds: f64 = parts
-        .next()
-        .context("child printed no time")?
-        .parse()
-        .context("child time")?;
-    let fragments: u64 = parts
-        .next()
+    let fragments: u64 = text
+        .split_whitespace()
+        .nth(1)
         .context("child printed no fragment count")?
         .parse()
         .context("child fragments")?;
-    Ok((seconds, usage.ru_maxrss, fragments))
+    let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    Ok(Measure {
+        wall_s,
+        cpu_s: secs(usage.ru_utime) + secs(usage.ru_stime),
+        rss_kb: usage.ru_maxrss,
+        fragments,
+    })
+}
+
+/// The two exports' parquet files are identical.
+fn same_files(a: &Path, b: &Path) -> Result<()> {
+    for name in ["tasks.parquet", "fragments.parquet"] {
+        let (pa, pb) = (a.join(name), b.join(name));
+        let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        if read(&pa)? != read(&pb)? {
+            bail!("{} and {} differ", pa.display(), pb.display());
+        }
+    }
+    Ok(())
 }
 
 fn dir_bytes(dir: &Path) -> Result<u64> {

@@ -4,14 +4,15 @@
 //!
 //! Two passes, linear in the input. Pass 1 reads every node's invocations
 //! (small: one line per task), orders the tasks and assigns their ids. Pass 2
-//! goes node by node: it streams the node's samples once, joins each to its
-//! task by (pid, time) ([`TaskIndex`]), keeps 16 bytes per joined sample, then
+//! goes node by node: it streams the node's samples once, parsing and joining
+//! each to its task by (pid, time) ([`TaskIndex`]) on every core (the reader
+//! hands them back in file order), keeps 16 bytes per joined sample, then
 //! cuts every task into fragments ([`build_fragments`]), appends them to
 //! `fragments.parquet` in row groups and frees the node's samples before the
 //! next node. Tasks whose CPU nothing measured are set aside and settled once
 //! every node is read (their estimate may need the whole run). Peak memory is
 //! therefore the largest node's samples at 16 bytes each plus a few dozen
-//! bytes per task, never the JSON text.
+//! bytes per task and the reader's two blocks of lines, never the JSON text.
 //!
 //! Every file is written under a temporary name and the four are renamed only
 //! once all are complete, so a failed export leaves no file of its own behind
@@ -183,6 +184,23 @@ struct Compact {
     cpu_ms: f64,
 }
 
+/// A sample line as the join leaves it; `present` says which fields a line
+/// lacking one has.
+#[derive(Debug, Clone, Copy)]
+enum JoinedSample {
+    /// Without ts or pid.
+    Incomplete { present: Option<[bool; 5]> },
+    /// Of no task.
+    Unmatched { present: Option<[bool; 5]> },
+    /// Of the node's task `local`; `sample` when it measured CPU.
+    Joined {
+        present: Option<[bool; 5]>,
+        local: u32,
+        rss_kb: Option<u64>,
+        sample: Option<Compact>,
+    },
+}
+
 /// The computed part of a `tasks.parquet` row.
 #[derive(Debug, Clone, Copy, Default)]
 struct TaskRow {
@@ -262,7 +280,7 @@ pub fn export_opendc_with(
         .canonicalize()
         .with_context(|| format!("resolving {}", output.display()))?;
     let mut staged = Staged::default();
-    let mut frags = FragmentSink::create(staged.add(&output.join(FRAGMENTS_FILE)))?;
+    let mut frags = FragmentSink::fragments(staged.add(&output.join(FRAGMENTS_FILE)))?;
     let mut rows = vec![TaskRow::default(); tasks.len()];
     let mut unmeasured = Vec::new();
     for (n, node) in nodes.iter().enumerate() {
@@ -305,10 +323,10 @@ pub fn export_opendc_with(
     }
     frags.finish()?;
 
-    let mut task_sink = TaskSink::create(staged.add(&output.join(TASKS_FILE)))?;
+    let mut task_sink = TaskSink::tasks(staged.add(&output.join(TASKS_FILE)))?;
     for (task, row) in tasks.iter().zip(&rows) {
         if !row.skipped {
-            task_sink.push(task, names.get(task.name), row)?;
+            task_sink.task(task, names.get(task.name), row)?;
         }
     }
     task_sink.finish()?;
@@ -625,40 +643,68 @@ fn export_node(
 
     let mut counts = (0u64, 0u64, 0u64, 0u64); // read, joined, unmatched, incomplete
     let mut seen = Seen::default();
-    let stats = node.read_samples(
-        |s, _| {
-            counts.0 += 1;
-            seen.records += 1;
-            let complete = s.dt_ms.is_some() && s.cpu_ms.is_some();
-            if !complete || s.ts_ms.is_none() || s.pid.is_none() {
-                seen.miss(s.present());
-            }
-            let (Some(ts), Some(pid)) = (s.ts_ms, s.pid) else {
-                counts.3 += 1;
-                return Ok(());
-            };
-            let dt = s.dt_ms.unwrap_or(0).max(0);
-            let Some(local) = index.find(pid, ts, dt) else {
-                counts.2 += 1;
-                return Ok(());
-            };
-            let local = local as usize;
-            if let Some(rss) = s.rss_kb {
-                peak_rss[local] = peak_rss[local].max(rss);
-            }
+    // The join needs no order: it runs on the threads that parse.
+    let join = |s: SampleRecord| {
+        // Only a sample lacking a field says which (rare).
+        let complete = s.dt_ms.is_some() && s.cpu_ms.is_some();
+        let present = if complete && s.ts_ms.is_some() && s.pid.is_some() {
+            None
+        } else {
+            Some(s.present())
+        };
+        let (Some(ts), Some(pid)) = (s.ts_ms, s.pid) else {
+            return JoinedSample::Incomplete { present };
+        };
+        let Some(local) = index.find(pid, ts, s.dt_ms.unwrap_or(0).max(0)) else {
+            return JoinedSample::Unmatched { present };
+        };
+        let start = tasks[mine[local as usize]].times.ts_start;
+        JoinedSample::Joined {
+            present,
+            local,
+            rss_kb: s.rss_kb,
             // Without both, the sample measured no CPU: never a zero.
-            let (Some(dt_ms), Some(cpu_ms)) = (s.dt_ms, s.cpu_ms) else {
-                counts.3 += 1;
-                return Ok(());
-            };
-            counts.1 += 1;
-            let start = tasks[mine[local]].times.ts_start;
-            joined[local].push(Compact {
+            sample: s.dt_ms.zip(s.cpu_ms).map(|(dt_ms, cpu_ms)| Compact {
                 // ts is within [start, end], and a run fits in u32 ms (pass 1).
                 end_off: (ts - start) as u32,
                 dt: u32::try_from(dt_ms.max(0)).unwrap_or(u32::MAX),
                 cpu_ms,
-            });
+            }),
+        }
+    };
+    let stats = node.read_samples_with(
+        join,
+        |j, _| {
+            counts.0 += 1;
+            seen.records += 1;
+            let (JoinedSample::Incomplete { present }
+            | JoinedSample::Unmatched { present }
+            | JoinedSample::Joined { present, .. }) = j;
+            if let Some(present) = present {
+                seen.miss(present);
+            }
+            match j {
+                JoinedSample::Incomplete { .. } => counts.3 += 1,
+                JoinedSample::Unmatched { .. } => counts.2 += 1,
+                JoinedSample::Joined {
+                    local,
+                    rss_kb,
+                    sample,
+                    ..
+                } => {
+                    let local = local as usize;
+                    if let Some(rss) = rss_kb {
+                        peak_rss[local] = peak_rss[local].max(rss);
+                    }
+                    match sample {
+                        Some(c) => {
+                            counts.1 += 1;
+                            joined[local].push(c);
+                        }
+                        None => counts.3 += 1,
+                    }
+                }
+            }
             Ok(())
         },
         crate::reader::log_progress(&node.samples_path()),
@@ -728,7 +774,7 @@ fn export_node(
         }
         check_fits(task, &rows[g], host, node)?;
         for f in &out {
-            frags.push(task.id, f.duration, f.cpu_usage)?;
+            frags.fragment(task.id, f.duration, f.cpu_usage)?;
         }
     }
     tracing::info!(
@@ -821,7 +867,7 @@ fn settle_unmeasured(
             );
         }
         report.cpu_ms += usage / u.host.mhz * row.duration as f64;
-        frags.push(task.id, row.duration, usage)?;
+        frags.fragment(task.id, row.duration, usage)?;
     }
     tracing::info!(
         "export: {} task(s) without CPU measurement: {} skipped, {} estimated, {} as the original",
@@ -923,32 +969,33 @@ impl ParquetFile {
     }
 }
 
-/// `fragments.parquet`, flushed every [`BATCH_ROWS`].
-struct FragmentSink {
+/// The column builders of one parquet file's rows.
+trait Columns {
+    /// The rows appended since the last call, as arrays in schema order.
+    fn finish(&mut self) -> Vec<ArrayRef>;
+}
+
+/// A parquet file written in batches of [`BATCH_ROWS`] rows.
+struct Sink<C: Columns> {
     file: ParquetFile,
-    id: Int32Builder,
-    duration: Int64Builder,
-    usage: Float64Builder,
+    columns: C,
     pending: usize,
     rows: u64,
 }
 
-impl FragmentSink {
-    fn create(staged: (PathBuf, PathBuf)) -> Result<Self> {
-        Ok(FragmentSink {
-            file: ParquetFile::create(staged, fragments_schema())?,
-            id: Int32Builder::with_capacity(BATCH_ROWS),
-            duration: Int64Builder::with_capacity(BATCH_ROWS),
-            usage: Float64Builder::with_capacity(BATCH_ROWS),
+impl<C: Columns> Sink<C> {
+    fn create(staged: (PathBuf, PathBuf), schema: SchemaRef, columns: C) -> Result<Self> {
+        Ok(Sink {
+            file: ParquetFile::create(staged, schema)?,
+            columns,
             pending: 0,
             rows: 0,
         })
     }
 
-    fn push(&mut self, id: i32, duration: i64, usage: f64) -> Result<()> {
-        self.id.append_value(id);
-        self.duration.append_value(duration);
-        self.usage.append_value(usage);
+    /// Append one row with `append`.
+    fn push(&mut self, append: impl FnOnce(&mut C)) -> Result<()> {
+        append(&mut self.columns);
         self.pending += 1;
         self.rows += 1;
         if self.pending >= BATCH_ROWS {
@@ -961,11 +1008,7 @@ impl FragmentSink {
         if self.pending == 0 {
             return Ok(());
         }
-        self.file.write(vec![
-            Arc::new(self.id.finish()),
-            Arc::new(self.duration.finish()),
-            Arc::new(self.usage.finish()),
-        ])?;
+        self.file.write(self.columns.finish())?;
         self.pending = 0;
         Ok(())
     }
@@ -976,9 +1019,46 @@ impl FragmentSink {
     }
 }
 
-/// `tasks.parquet`, flushed every [`BATCH_ROWS`].
-struct TaskSink {
-    file: ParquetFile,
+/// `fragments.parquet`'s columns.
+struct FragmentColumns {
+    id: Int32Builder,
+    duration: Int64Builder,
+    usage: Float64Builder,
+}
+
+impl Columns for FragmentColumns {
+    fn finish(&mut self) -> Vec<ArrayRef> {
+        vec![
+            Arc::new(self.id.finish()),
+            Arc::new(self.duration.finish()),
+            Arc::new(self.usage.finish()),
+        ]
+    }
+}
+
+type FragmentSink = Sink<FragmentColumns>;
+
+impl FragmentSink {
+    fn fragments(staged: (PathBuf, PathBuf)) -> Result<Self> {
+        let columns = FragmentColumns {
+            id: Int32Builder::with_capacity(BATCH_ROWS),
+            duration: Int64Builder::with_capacity(BATCH_ROWS),
+            usage: Float64Builder::with_capacity(BATCH_ROWS),
+        };
+        Sink::create(staged, fragments_schema(), columns)
+    }
+
+    fn fragment(&mut self, id: i32, duration: i64, usage: f64) -> Result<()> {
+        self.push(|c| {
+            c.id.append_value(id);
+            c.duration.append_value(duration);
+            c.usage.append_value(usage);
+        })
+    }
+}
+
+/// `tasks.parquet`'s columns.
+struct TaskColumns {
     id: Int32Builder,
     name: StringBuilder,
     submission: TimestampMillisecondBuilder,
@@ -986,44 +1066,11 @@ struct TaskSink {
     cpu_count: Int32Builder,
     cpu_capacity: Float64Builder,
     mem: Int64Builder,
-    pending: usize,
 }
 
-impl TaskSink {
-    fn create(staged: (PathBuf, PathBuf)) -> Result<Self> {
-        Ok(TaskSink {
-            file: ParquetFile::create(staged, tasks_schema())?,
-            id: Int32Builder::with_capacity(BATCH_ROWS),
-            name: StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 32),
-            submission: TimestampMillisecondBuilder::with_capacity(BATCH_ROWS).with_timezone("UTC"),
-            duration: Int64Builder::with_capacity(BATCH_ROWS),
-            cpu_count: Int32Builder::with_capacity(BATCH_ROWS),
-            cpu_capacity: Float64Builder::with_capacity(BATCH_ROWS),
-            mem: Int64Builder::with_capacity(BATCH_ROWS),
-            pending: 0,
-        })
-    }
-
-    fn push(&mut self, task: &Task, name: Option<&str>, row: &TaskRow) -> Result<()> {
-        self.id.append_value(task.id);
-        self.name.append_option(name);
-        self.submission.append_value(task.times.ts_enqueue);
-        self.duration.append_value(row.duration);
-        self.cpu_count.append_value(row.cpu_count);
-        self.cpu_capacity.append_value(row.cpu_capacity);
-        self.mem.append_value(row.mem_kb);
-        self.pending += 1;
-        if self.pending >= BATCH_ROWS {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        if self.pending == 0 {
-            return Ok(());
-        }
-        self.file.write(vec![
+impl Columns for TaskColumns {
+    fn finish(&mut self) -> Vec<ArrayRef> {
+        vec![
             Arc::new(self.id.finish()),
             Arc::new(self.name.finish()),
             Arc::new(self.submission.finish()),
@@ -1031,13 +1078,35 @@ impl TaskSink {
             Arc::new(self.cpu_count.finish()),
             Arc::new(self.cpu_capacity.finish()),
             Arc::new(self.mem.finish()),
-        ])?;
-        self.pending = 0;
-        Ok(())
+        ]
+    }
+}
+
+type TaskSink = Sink<TaskColumns>;
+
+impl TaskSink {
+    fn tasks(staged: (PathBuf, PathBuf)) -> Result<Self> {
+        let columns = TaskColumns {
+            id: Int32Builder::with_capacity(BATCH_ROWS),
+            name: StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 32),
+            submission: TimestampMillisecondBuilder::with_capacity(BATCH_ROWS).with_timezone("UTC"),
+            duration: Int64Builder::with_capacity(BATCH_ROWS),
+            cpu_count: Int32Builder::with_capacity(BATCH_ROWS),
+            cpu_capacity: Float64Builder::with_capacity(BATCH_ROWS),
+            mem: Int64Builder::with_capacity(BATCH_ROWS),
+        };
+        Sink::create(staged, tasks_schema(), columns)
     }
 
-    fn finish(mut self) -> Result<()> {
-        self.flush()?;
-        self.file.close()
+    fn task(&mut self, task: &Task, name: Option<&str>, row: &TaskRow) -> Result<()> {
+        self.push(|c| {
+            c.id.append_value(task.id);
+            c.name.append_option(name);
+            c.submission.append_value(task.times.ts_enqueue);
+            c.duration.append_value(row.duration);
+            c.cpu_count.append_value(row.cpu_count);
+            c.cpu_capacity.append_value(row.cpu_capacity);
+            c.mem.append_value(row.mem_kb);
+        })
     }
 }

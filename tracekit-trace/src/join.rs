@@ -7,7 +7,7 @@
 //! interval `[ts_ms - dt_ms, ts_ms]` wins, and on a tie the earlier one (a
 //! process's last sample sits at its `ts_end`).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 /// One task's run in the index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -21,14 +21,33 @@ struct IndexedRun {
     reach: i64,
 }
 
-/// The runs of one node's tasks, searchable by PID and time in O(log runs of
-/// that PID): a long run reuses each PID many times.
+/// The runs of one PID in the index: `runs[lo..hi]`, and buckets of time
+/// that narrow the search for the runs starting by a given time.
+#[derive(Debug, Clone, Copy)]
+struct PidRuns {
+    lo: u32,
+    hi: u32,
+    /// Start of the first run; bucket `b` holds the starts in
+    /// `[first + (b << shift), first + ((b + 1) << shift))`.
+    first: i64,
+    shift: u32,
+    /// `bounds[at..=at + buckets]`: for each bucket, the runs (from `lo`)
+    /// that start before it.
+    at: u32,
+    buckets: u32,
+}
+
+/// The runs of one node's tasks, searchable by PID and time in about
+/// constant time: a long run reuses each PID many times, and one sample is
+/// looked up per interval of every task.
 #[derive(Debug, Default)]
 pub struct TaskIndex {
     /// Sorted by pid, then start.
     runs: Vec<IndexedRun>,
-    /// pid -> range of `runs`.
-    by_pid: HashMap<u32, (u32, u32)>,
+    /// `runs[i].start`, apart: a search touches a few cache lines.
+    starts: Vec<i64>,
+    bounds: Vec<u32>,
+    by_pid: FxHashMap<u32, PidRuns>,
 }
 
 impl TaskIndex {
@@ -47,7 +66,10 @@ impl TaskIndex {
             })
             .collect();
         runs.sort_unstable();
-        let mut by_pid = HashMap::with_capacity(runs.len());
+        let starts: Vec<i64> = runs.iter().map(|r| r.start).collect();
+        let mut by_pid = FxHashMap::default();
+        by_pid.reserve(runs.len());
+        let mut bounds = Vec::new();
         let mut i = 0;
         while i < runs.len() {
             let pid = runs[i].pid;
@@ -56,22 +78,45 @@ impl TaskIndex {
                 runs[j].reach = runs[j].end.max(runs[j - 1].reach);
                 j += 1;
             }
-            by_pid.insert(pid, (i as u32, j as u32));
+            by_pid.insert(pid, PidRuns::new(&starts, i, j, &mut bounds));
             i = j;
         }
-        TaskIndex { runs, by_pid }
+        TaskIndex {
+            runs,
+            starts,
+            bounds,
+            by_pid,
+        }
+    }
+
+    /// How many of `p`'s runs start at or before `ts`.
+    fn started_by(&self, p: &PidRuns, ts: i64) -> usize {
+        let starts = &self.starts[p.lo as usize..p.hi as usize];
+        if p.buckets == 0 {
+            return starts.partition_point(|&s| s <= ts);
+        }
+        if ts < p.first {
+            return 0;
+        }
+        let b = ((ts - p.first) as u64 >> p.shift) as usize;
+        if b >= p.buckets as usize {
+            return starts.len();
+        }
+        let at = p.at as usize + b;
+        let (from, to) = (self.bounds[at] as usize, self.bounds[at + 1] as usize);
+        from + starts[from..to].partition_point(|&s| s <= ts)
     }
 
     /// The task a sample of `pid` at `ts_ms` covering `dt_ms` belongs to.
     pub fn find(&self, pid: u32, ts_ms: i64, dt_ms: i64) -> Option<u32> {
-        let &(lo, hi) = self.by_pid.get(&pid)?;
-        let runs = &self.runs[lo as usize..hi as usize];
+        let p = self.by_pid.get(&pid)?;
+        let runs = &self.runs[p.lo as usize..p.hi as usize];
         if let [r] = runs {
             return (r.start <= ts_ms && ts_ms <= r.end).then_some(r.task);
         }
         let from = ts_ms - dt_ms.max(0);
         // Runs that start at or before ts, scanned from the latest back.
-        let upto = runs.partition_point(|r| r.start <= ts_ms);
+        let upto = self.started_by(p, ts_ms);
         let mut best: Option<(i64, i64, u32)> = None;
         for r in runs[..upto].iter().rev() {
             if r.reach < ts_ms {
@@ -97,6 +142,42 @@ impl TaskIndex {
 
     pub fn is_empty(&self) -> bool {
         self.runs.is_empty()
+    }
+}
+
+/// Below this many runs a PID's runs are searched without buckets.
+const MIN_BUCKETED: usize = 16;
+
+impl PidRuns {
+    /// The runs `lo..hi` (of `starts`, sorted), with their buckets appended
+    /// to `bounds`: about one per run.
+    fn new(starts: &[i64], lo: usize, hi: usize, bounds: &mut Vec<u32>) -> Self {
+        let mine = &starts[lo..hi];
+        let first = mine[0];
+        let mut p = PidRuns {
+            lo: lo as u32,
+            hi: hi as u32,
+            first,
+            shift: 0,
+            at: bounds.len() as u32,
+            buckets: 0,
+        };
+        if mine.len() < MIN_BUCKETED {
+            return p;
+        }
+        let span = mine[mine.len() - 1].abs_diff(first);
+        let per_run = span / mine.len() as u64;
+        p.shift = u64::BITS - per_run.leading_zeros();
+        p.buckets = u32::try_from((span >> p.shift) + 1).unwrap_or(u32::MAX);
+        let mut run = 0;
+        for b in 0..=u64::from(p.buckets) {
+            let bucket_start = first.saturating_add_unsigned(b << p.shift);
+            while run < mine.len() && mine[run] < bucket_start {
+                run += 1;
+            }
+            bounds.push(run as u32);
+        }
+        p
     }
 }
 
@@ -135,5 +216,37 @@ mod tests {
         assert_eq!(idx.find(1, 150, 100), Some(1000));
         assert_eq!(idx.find(1, 57, 5), Some(1000));
         assert_eq!(idx.find(1, 10_001, 1), None);
+    }
+
+    /// The buckets give what a search of every run gives, at every time.
+    #[test]
+    fn buckets_agree_with_a_plain_search() {
+        // Runs of uneven length, with gaps, overlaps and shared starts.
+        let mut runs = Vec::new();
+        let mut t = -5_000i64;
+        for i in 0..500i64 {
+            let len = (i * 37) % 300;
+            runs.push((3, t, t + len));
+            if i % 7 == 0 {
+                runs.push((3, t, t + len / 2));
+            }
+            t += (i * 53) % 250;
+        }
+        let idx = TaskIndex::new(runs.clone());
+        assert!(idx.by_pid[&3].buckets > 0);
+        for ts in -6_000..t + 400 {
+            for dt in [0, 40, 1_000] {
+                let from = ts - dt;
+                let want = runs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.1 <= ts && ts <= r.2)
+                    // Larger overlap, then the earlier start; among equal
+                    // starts the index's order (end, then task).
+                    .max_by_key(|(i, r)| (ts.min(r.2) - from.max(r.1), -r.1, -r.2, -(*i as i64)))
+                    .map(|(i, _)| i as u32);
+                assert_eq!(idx.find(3, ts, dt), want, "ts {ts} dt {dt}");
+            }
+        }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! One module per concept: [`schema`] holds the record types and file names,
 //! [`node`] detects the host's description, [`writer`] appends records as a
-//! run goes, [`reader`] reads node and run directories back tolerantly,
+//! run goes, [`reader`] reads node and run directories back tolerantly
+//! ([`sample_line`] parses the samples' lines),
 //! [`join`] matches samples to tasks, [`audit`] checks a trace and renders
 //! `audit_report.md`, [`opendc`] and [`export`] turn traces into an OpenDC
 //! workload, [`cli`] is the command-line surface of audit and export, and
@@ -18,6 +19,7 @@ pub mod node;
 #[cfg(feature = "export")]
 pub mod opendc;
 pub mod reader;
+pub mod sample_line;
 pub mod schema;
 pub mod synth;
 pub mod writer;

@@ -9,12 +9,13 @@
 //! problem. Nothing is dropped silently.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde::de::DeserializeOwned;
 
+use crate::sample_line::parse_sample;
 use crate::schema::{
     CTS_DIR, INVOCATIONS_FILE, InvocationRecord, LEGACY_CTS_DIR, LEGACY_EVENTS_FILES,
     NODE_META_FILE, NODES_FILE, NodeInfo, NodeMeta, PROC_METRICS_FILE, SampleRecord,
@@ -76,73 +77,94 @@ impl ReadStats {
 ///
 /// A missing file reads as empty (a node that ran no task has none); any other
 /// I/O error, and any error `f` returns, ends the read with `file:line`
-/// context. `progress` is called with the bytes read so far about every 1 MiB.
+/// context. `progress` is called with the bytes read so far after every block.
 pub fn read_jsonl<T, F>(path: &Path, f: F, progress: impl FnMut(u64, u64)) -> Result<ReadStats>
 where
-    T: DeserializeOwned,
+    T: DeserializeOwned + Send,
     F: FnMut(T, u64) -> Result<()>,
 {
     read_jsonl_with(path, |line| serde_json::from_slice(line), f, progress)
 }
 
 /// [`read_jsonl`] with a given line parser.
+///
+/// The file is read in blocks of [`BLOCK_BYTES`]; the lines of a block are
+/// parsed on every core while the next block is read, then handed to `f` in
+/// file order on the calling thread, so `f` sees exactly what a line-by-line
+/// read would give it.
 pub fn read_jsonl_with<T, F>(
     path: &Path,
-    parse: impl Fn(&[u8]) -> Result<T, serde_json::Error>,
-    mut f: F,
+    parse: impl Fn(&[u8]) -> Result<T, serde_json::Error> + Sync,
+    f: F,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<ReadStats>
 where
+    T: Send,
     F: FnMut(T, u64) -> Result<()>,
 {
-    let mut stats = ReadStats::default();
-    let file = match File::open(path) {
+    let mut file = match File::open(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(stats),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ReadStats::default()),
         Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
     };
     let total = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut buf = Vec::with_capacity(512);
-    // A bad line is only known to be "in the middle" once another line follows.
-    let mut pending_bad: Option<BadLine> = None;
-    let mut next_report = 1u64 << 20;
-    loop {
-        buf.clear();
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        stats.lines += 1;
-        stats.bytes += n as u64;
-        if stats.bytes >= next_report {
-            progress(stats.bytes, total);
-            next_report = stats.bytes + (1 << 20);
-        }
-        let line = trim_ascii(&buf);
-        if line.is_empty() {
-            continue;
-        }
-        if let Some(bad) = pending_bad.take() {
-            record_middle_bad(&mut stats, bad);
-        }
-        match parse(line) {
-            Ok(record) => {
-                stats.records += 1;
-                f(record, stats.lines)
-                    .with_context(|| format!("{}:{}", path.display(), stats.lines))?;
-            }
-            Err(e) => {
-                pending_bad = Some(BadLine {
-                    file: path.to_path_buf(),
-                    line: stats.lines,
-                    error: e.to_string(),
-                });
-            }
-        }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut blocks = Blocks::default();
+    let mut block = blocks
+        .next(&mut file)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let mut to = Handing {
+        path,
+        f,
+        stats: ReadStats::default(),
+        pending_bad: None,
+        spare: Vec::new(),
+    };
+    // The previous block's lines, parsed, not yet handed on.
+    let mut ready: Vec<Parsed<T>> = Vec::new();
+    while !block.is_empty() {
+        let chunks = split_lines(&block, threads);
+        let mut outs: Vec<Parsed<T>> = chunks
+            .iter()
+            .map(|_| to.spare.pop().unwrap_or_default())
+            .collect();
+        // Parse this block on worker threads while this one hands on the
+        // previous block's lines and reads the next block; a block of one
+        // chunk is parsed here.
+        let (handed, next) = if let ([chunk], [out]) = (&chunks[..], &mut outs[..]) {
+            parse_chunk(chunk, &parse, out);
+            (to.hand_on(&mut ready), blocks.next(&mut file))
+        } else {
+            std::thread::scope(|s| {
+                let parse = &parse;
+                let workers: Vec<_> = chunks
+                    .iter()
+                    .zip(outs.iter_mut())
+                    .map(|(chunk, out)| s.spawn(move || parse_chunk(chunk, parse, out)))
+                    .collect();
+                let handed = to.hand_on(&mut ready);
+                let next = blocks.next(&mut file);
+                for w in workers {
+                    if let Err(panic) = w.join() {
+                        std::panic::resume_unwind(panic);
+                    }
+                }
+                (handed, next)
+            })
+        };
+        handed?;
+        ready = outs;
+        to.stats.bytes += block.len() as u64;
+        progress(to.stats.bytes, total);
+        blocks.recycle(block);
+        block = next.with_context(|| format!("reading {}", path.display()))?;
     }
+    to.hand_on(&mut ready)?;
+    let Handing {
+        mut stats,
+        pending_bad,
+        ..
+    } = to;
     if stats.bad_count > KEPT_BAD_LINES as u64 {
         tracing::warn!(
             "{}: {} unparseable lines skipped in all",
@@ -161,6 +183,160 @@ where
     }
     progress(stats.bytes, total);
     Ok(stats)
+}
+
+/// Where parsed lines go, in file order: `f`, with the counts and bad lines.
+struct Handing<'a, T, F> {
+    path: &'a Path,
+    f: F,
+    stats: ReadStats,
+    /// A bad line is only known to be "in the middle" once another line
+    /// follows.
+    pending_bad: Option<BadLine>,
+    /// The parsed lines' vectors, kept from block to block.
+    spare: Vec<Parsed<T>>,
+}
+
+impl<T, F: FnMut(T, u64) -> Result<()>> Handing<'_, T, F> {
+    /// Hand on the lines of `parsed` (one block's chunks, in order).
+    fn hand_on(&mut self, parsed: &mut Vec<Parsed<T>>) -> Result<()> {
+        for mut out in parsed.drain(..) {
+            for (line, record) in out.records.drain(..) {
+                let line = self.stats.lines + u64::from(line);
+                if let Some(bad) = self.pending_bad.take() {
+                    record_middle_bad(&mut self.stats, bad);
+                }
+                match record {
+                    Ok(record) => {
+                        self.stats.records += 1;
+                        (self.f)(record, line)
+                            .with_context(|| format!("{}:{line}", self.path.display()))?;
+                    }
+                    Err(e) => {
+                        self.pending_bad = Some(BadLine {
+                            file: self.path.to_path_buf(),
+                            line,
+                            error: e.to_string(),
+                        });
+                    }
+                }
+            }
+            self.stats.lines += out.lines;
+            self.spare.push(out);
+        }
+        Ok(())
+    }
+}
+
+/// Bytes read per block (more when one line is longer).
+const BLOCK_BYTES: usize = 2 << 20;
+/// The least a parsing thread is given: below, threads cost more than they save.
+const MIN_CHUNK_BYTES: usize = 256 << 10;
+
+/// A file read in blocks of whole lines (the last one may lack its newline).
+#[derive(Default)]
+struct Blocks {
+    /// The start of a line the previous block cut.
+    carry: Vec<u8>,
+    /// A buffer handed back, to read the next block into.
+    spare: Vec<u8>,
+    eof: bool,
+}
+
+impl Blocks {
+    /// The next block; empty at the end of the file.
+    fn next(&mut self, file: &mut File) -> std::io::Result<Vec<u8>> {
+        let mut block = std::mem::take(&mut self.spare);
+        block.clear();
+        block.append(&mut self.carry);
+        let mut want = BLOCK_BYTES;
+        loop {
+            if !self.eof && block.len() < want {
+                self.eof = !read_up_to(file, &mut block, want)?;
+                continue;
+            }
+            if self.eof {
+                // The rest of the file: its last line may lack the newline.
+                return Ok(block);
+            }
+            match memchr::memrchr(b'\n', &block) {
+                Some(last) => {
+                    self.carry.extend_from_slice(&block[last + 1..]);
+                    block.truncate(last + 1);
+                    return Ok(block);
+                }
+                // One line longer than a block: read on.
+                None => want = block.len() + BLOCK_BYTES,
+            }
+        }
+    }
+
+    fn recycle(&mut self, block: Vec<u8>) {
+        self.spare = block;
+    }
+}
+
+/// Read into `buf` until it holds `want` bytes; false when the file ended first.
+fn read_up_to(file: &mut File, buf: &mut Vec<u8>, want: usize) -> std::io::Result<bool> {
+    let missing = want.saturating_sub(buf.len()) as u64;
+    // `read_to_end` fills the spare capacity without zeroing it first.
+    file.take(missing).read_to_end(buf)?;
+    Ok(buf.len() >= want)
+}
+
+/// `block` cut at line ends into at most `threads` chunks of similar size.
+fn split_lines(block: &[u8], threads: usize) -> Vec<&[u8]> {
+    let n = (block.len() / MIN_CHUNK_BYTES).clamp(1, threads.max(1));
+    let mut chunks = Vec::with_capacity(n);
+    let mut start = 0;
+    for k in 1..n {
+        let target = (block.len() * k / n).max(start);
+        let end = match memchr::memchr(b'\n', &block[target..]) {
+            Some(p) => target + p + 1,
+            None => block.len(),
+        };
+        chunks.push(&block[start..end]);
+        start = end;
+    }
+    chunks.push(&block[start..]);
+    chunks
+}
+
+/// A chunk's non-blank lines, parsed, each with its line number within the
+/// chunk (1-based), and how many lines the chunk has.
+struct Parsed<T> {
+    records: Vec<(u32, Result<T, serde_json::Error>)>,
+    lines: u64,
+}
+
+impl<T> Default for Parsed<T> {
+    fn default() -> Self {
+        Parsed {
+            records: Vec::new(),
+            lines: 0,
+        }
+    }
+}
+
+fn parse_chunk<T>(
+    chunk: &[u8],
+    parse: &impl Fn(&[u8]) -> Result<T, serde_json::Error>,
+    out: &mut Parsed<T>,
+) {
+    let mut lines = 0u32;
+    let mut start = 0;
+    // Each newline ends a line; so does the end of a chunk that lacks one.
+    let ends = memchr::memchr_iter(b'\n', chunk)
+        .chain((!chunk.is_empty() && !chunk.ends_with(b"\n")).then_some(chunk.len()));
+    for end in ends {
+        lines += 1;
+        let line = trim_ascii(&chunk[start..end]);
+        start = end + 1;
+        if !line.is_empty() {
+            out.records.push((lines, parse(line)));
+        }
+    }
+    out.lines = u64::from(lines);
 }
 
 fn record_middle_bad(stats: &mut ReadStats, bad: BadLine) {
@@ -315,7 +491,19 @@ impl NodeDir {
         f: impl FnMut(SampleRecord, u64) -> Result<()>,
         progress: impl FnMut(u64, u64),
     ) -> Result<ReadStats> {
-        read_jsonl(&self.samples_path(), f, progress)
+        self.read_samples_with(|s| s, f, progress)
+    }
+
+    /// [`Self::read_samples`] with `map` applied to each sample on the
+    /// threads that parse them (work that needs no order, such as the join).
+    pub fn read_samples_with<U: Send>(
+        &self,
+        map: impl Fn(SampleRecord) -> U + Sync,
+        f: impl FnMut(U, u64) -> Result<()>,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<ReadStats> {
+        let parse = |line: &[u8]| parse_sample(line).map(&map);
+        read_jsonl_with(&self.samples_path(), parse, f, progress)
     }
 }
 
@@ -437,6 +625,79 @@ mod tests {
         assert_eq!(recs.len(), 1);
         assert_eq!(recs[0].rss_kb, None);
         assert!(!stats.torn_tail);
+    }
+
+    /// A file of many blocks, read on several threads, gives what a plain
+    /// line-by-line read gives: records in order with their line numbers,
+    /// the bad lines, the blank ones counted, a line longer than a block.
+    #[test]
+    fn blocks_read_as_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.jsonl");
+        let mut text = String::new();
+        let mut want: Vec<(u64, i64)> = Vec::new();
+        let mut bad = Vec::new();
+        let mut line = 0u64;
+        for i in 0..120_000i64 {
+            line += 1;
+            match i % 9_973 {
+                17 => {
+                    text.push_str("not json\n");
+                    bad.push(line);
+                }
+                18 => text.push_str("   \n"),
+                19 => {
+                    // Longer than a block: a field the reader ignores.
+                    let pad = "x".repeat(BLOCK_BYTES + 10);
+                    text.push_str(&format!("{{\"ts_ms\":{i},\"pad\":\"{pad}\"}}\n"));
+                    want.push((line, i));
+                }
+                _ => {
+                    text.push_str(&format!(
+                        "{{\"ts_ms\":{i},\"pid\":2,\"dt_ms\":3,\"cpu_ms\":4.5}}\n"
+                    ));
+                    want.push((line, i));
+                }
+            }
+        }
+        line += 1;
+        text.push_str(r#"{"ts_ms":1,"pid"#);
+        std::fs::write(&path, &text).unwrap();
+        assert!(text.len() > 4 * BLOCK_BYTES);
+
+        let mut got = Vec::new();
+        let stats = read_jsonl(
+            &path,
+            |r: SampleRecord, n| {
+                got.push((n, r.ts_ms.unwrap()));
+                Ok(())
+            },
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(got, want);
+        assert_eq!(stats.lines, line);
+        assert_eq!(stats.records, want.len() as u64);
+        assert_eq!(stats.bytes, text.len() as u64);
+        assert!(stats.torn_tail);
+        assert_eq!(stats.bad_count, bad.len() as u64);
+        let lines: Vec<u64> = stats.bad_lines.iter().map(|b| b.line).collect();
+        assert_eq!(lines, bad);
+    }
+
+    #[test]
+    fn an_error_names_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.jsonl");
+        let line = r#"{"ts_ms":1,"pid":2,"dt_ms":3,"cpu_ms":4.5}"#;
+        std::fs::write(&path, format!("{line}\n\n{line}\n")).unwrap();
+        let err = read_jsonl(
+            &path,
+            |_: SampleRecord, n| if n == 3 { bail!("stop") } else { Ok(()) },
+            |_, _| {},
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("m.jsonl:3: stop"), "{err:#}");
     }
 
     #[test]

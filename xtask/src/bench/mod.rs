@@ -1,6 +1,7 @@
 //! `cargo xtask bench …`: each benchmark measures its variants side by side
 //! in one run and prints a comparison table.
 
+pub mod export;
 pub mod report;
 pub mod tracer;
 
@@ -19,7 +20,8 @@ pub enum Which {
     /// A simulated fleet (agents speaking the real protocol in one process)
     /// with real centrals and dispatch: latency, throughput, CPU.
     Fleet,
-    /// OpenDC export time and memory for 1k..100k tasks.
+    /// OpenDC export time and memory for 1k..100k tasks (`--baseline REV`:
+    /// beside the export of commit REV).
     Export,
     /// `report` and `compare` on 1k and 10k tasks × 60 samples.
     Report,
@@ -35,6 +37,8 @@ pub struct BenchArgs {
     pub tracer: tracer::TracerBenchArgs,
     #[command(flatten)]
     pub fleet: FleetBenchArgs,
+    #[command(flatten)]
+    pub export: export::ExportBenchArgs,
 }
 
 /// Options of `bench fleet` (passed on to tracekit-sched's `fleet` bench).
@@ -96,7 +100,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         util::cargo(&a)?;
     }
     if matches!(args.which, Which::Export | Which::All) {
-        util::cargo(&["bench", "-p", "tracekit-trace", "--bench", "export"])?;
+        export::run(&args.export)?;
     }
     if matches!(args.which, Which::Report | Which::All) {
         report::run()?;
