@@ -100,6 +100,24 @@ static __always_inline void count(__u32 stat)
 		*v += 1; /* per-CPU slot: no atomic needed */
 }
 
+/* Account one sampler run that began at `start` (bpf_ktime_get_ns). */
+static __always_inline void note_run(__u64 start)
+{
+	__u32 k = TK_STAT_SAMPLER_RUNS;
+	__u64 ns = bpf_ktime_get_ns() - start;
+	__u64 *v = bpf_map_lookup_elem(&stats, &k);
+	if (v)
+		*v += 1;
+	k = TK_STAT_SAMPLER_RUN_NS;
+	v = bpf_map_lookup_elem(&stats, &k);
+	if (v)
+		*v += ns;
+	k = TK_STAT_SAMPLER_MAX_NS;
+	v = bpf_map_lookup_elem(&stats, &k);
+	if (v && ns > *v)
+		*v = ns;
+}
+
 /* tp_btf arguments are trusted kernel pointers: fields are read directly,
  * without a probe-read helper call, on the hot path. */
 static __always_inline unsigned long task_state(struct task_struct *t)
@@ -399,12 +417,13 @@ int tk_sample(void *ctx)
 	s->last_ns = now;
 
 	__u32 *len = bpf_map_lookup_elem(&watched_len, &zero);
-	if (!len || !*len)
-		return 0;
-	struct sample_ctx c = { .now = now };
-	__u32 n = *len < TK_MAX_WATCHED ? *len : TK_MAX_WATCHED;
+	if (len && *len) {
+		struct sample_ctx c = { .now = now };
+		__u32 n = *len < TK_MAX_WATCHED ? *len : TK_MAX_WATCHED;
 
-	bpf_loop(n, sample_one, &c, 0);
+		bpf_loop(n, sample_one, &c, 0);
+	}
+	note_run(now);
 	return 0;
 }
 

@@ -42,7 +42,13 @@
 #define TK_STAT_WALK_CUT 3     /* a sample walked TK_MAX_THREADS threads and stopped */
 #define TK_STAT_SAMPLE_DROPPED 4 /* a sample not taken: the ring buffer was 3/4 full */
 #define TK_STAT_SAMPLER_MOVED 5  /* the sampling CPU stopped firing (offline): another took over */
-#define TK_STAT_MAX 6
+/* The sampler's own cost, measured by itself (bpf_ktime_get_ns at entry and
+ * exit): BPF's run-time statistics give only a mean, and not at all for code
+ * a BPF timer runs. */
+#define TK_STAT_SAMPLER_RUNS 6   /* sampler runs */
+#define TK_STAT_SAMPLER_RUN_NS 7 /* their total run time, ns */
+#define TK_STAT_SAMPLER_MAX_NS 8 /* the longest single run, ns (a maximum: not summed over CPUs) */
+#define TK_STAT_MAX 9
 
 /* Per traced process (key: tgid), map `procs`. */
 struct tk_proc {

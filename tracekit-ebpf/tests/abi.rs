@@ -85,6 +85,9 @@ fn c_layout() -> HashMap<String, u64> {
         "TK_STAT_WALK_CUT",
         "TK_STAT_SAMPLE_DROPPED",
         "TK_STAT_SAMPLER_MOVED",
+        "TK_STAT_SAMPLER_RUNS",
+        "TK_STAT_SAMPLER_RUN_NS",
+        "TK_STAT_SAMPLER_MAX_NS",
         "TK_STAT_MAX",
     ] {
         body += &format!("printf(\"{c} %lu\\n\", (unsigned long)({c}));\n");
@@ -177,6 +180,9 @@ fn abi_matches_c() {
         ("TK_STAT_WALK_CUT", TK_STAT_WALK_CUT as u64),
         ("TK_STAT_SAMPLE_DROPPED", TK_STAT_SAMPLE_DROPPED as u64),
         ("TK_STAT_SAMPLER_MOVED", TK_STAT_SAMPLER_MOVED as u64),
+        ("TK_STAT_SAMPLER_RUNS", TK_STAT_SAMPLER_RUNS as u64),
+        ("TK_STAT_SAMPLER_RUN_NS", TK_STAT_SAMPLER_RUN_NS as u64),
+        ("TK_STAT_SAMPLER_MAX_NS", TK_STAT_SAMPLER_MAX_NS as u64),
         ("TK_STAT_MAX", TK_STAT_MAX as u64),
     ];
     assert_eq!(

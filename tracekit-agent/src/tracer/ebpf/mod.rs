@@ -24,8 +24,8 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tracekit_ebpf::{
     Record, TK_EV_EXEC, TK_EV_EXIT, TK_EV_FORK, TK_STAT_PROCS_FULL, TK_STAT_RINGBUF_LOST,
-    TK_STAT_SAMPLE_DROPPED, TK_STAT_SAMPLER_MOVED, TK_STAT_SCOPE_FULL, TK_STAT_WALK_CUT, TkProc,
-    c_str, names,
+    TK_STAT_SAMPLE_DROPPED, TK_STAT_SAMPLER_MAX_NS, TK_STAT_SAMPLER_MOVED, TK_STAT_SAMPLER_RUN_NS,
+    TK_STAT_SAMPLER_RUNS, TK_STAT_SCOPE_FULL, TK_STAT_WALK_CUT, TkProc, c_str, names,
 };
 use tracekit_trace::ProgramCost;
 
@@ -351,6 +351,15 @@ impl EbpfCollector {
             .unwrap_or(0)
     }
 
+    /// The largest of a per-CPU maximum.
+    fn maximum(&self, index: u32) -> u64 {
+        self.stats
+            .get(&index, 0)
+            .ok()
+            .and_then(|per_cpu| per_cpu.iter().max().copied())
+            .unwrap_or(0)
+    }
+
     pub fn stats(&mut self) -> CollectorStats {
         let ids: Vec<u32> = self
             .links
@@ -385,6 +394,9 @@ impl EbpfCollector {
             sampler_cpu: self.sampler.cpu,
             sampler_moves: self.sampler.moves,
             sampler_stalled: self.sampler.stalled,
+            sampler_runs: self.counter(TK_STAT_SAMPLER_RUNS),
+            sampler_run_ns: self.counter(TK_STAT_SAMPLER_RUN_NS),
+            sampler_max_run_ns: self.maximum(TK_STAT_SAMPLER_MAX_NS),
             exits_recovered: self.recovered,
             programs,
         }
