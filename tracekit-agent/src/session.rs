@@ -273,6 +273,7 @@ impl Session {
             sampler_runs: c.sampler_runs,
             sampler_run_ns: c.sampler_run_ns,
             sampler_max_run_ns: c.sampler_max_run_ns,
+            sampler_slow_runs: c.sampler_slow_runs,
             agent_cpu_ms,
             agent_max_rss_kb,
             programs: c.programs,

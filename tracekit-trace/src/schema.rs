@@ -243,6 +243,9 @@ pub struct TracerStats {
     pub sampler_run_ns: u64,
     #[serde(default)]
     pub sampler_max_run_ns: u64,
+    /// Runs of the sampler longer than 100 µs.
+    #[serde(default)]
+    pub sampler_slow_runs: u64,
     /// The agent's own CPU time (user + sys) in ms so far.
     pub agent_cpu_ms: f64,
     /// The agent's peak RSS in KiB.

@@ -90,6 +90,8 @@ pub struct CollectorStats {
     pub sampler_runs: u64,
     pub sampler_run_ns: u64,
     pub sampler_max_run_ns: u64,
+    /// Its runs longer than `TK_SLOW_RUN_NS`.
+    pub sampler_slow_runs: u64,
     pub programs: Vec<ProgramCost>,
 }
 
