@@ -36,7 +36,8 @@ pub struct TracerArgs {
     pub collector: CollectorChoice,
 
     /// The CPU whose timer takes the kernel's samples (eBPF; default: the
-    /// first online CPU). If it goes offline another online CPU takes over.
+    /// first online CPU). If it goes offline the kernel moves the timer to
+    /// another online CPU.
     #[arg(long, value_name = "CPU")]
     pub sampler_cpu: Option<u32>,
 }

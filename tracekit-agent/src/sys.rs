@@ -101,6 +101,21 @@ pub fn unlimit_memlock() -> io::Result<()> {
     check(unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) }.into()).map(drop)
 }
 
+/// Run the calling thread on `cpu` only.
+pub fn pin_thread_to_cpu(cpu: u32) -> io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it
+    // (checked below to be in range), and sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if cpu as usize >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        libc::CPU_SET(cpu as usize, &mut set);
+        check(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set).into())
+            .map(drop)
+    }
+}
+
 // ---- file systems -----------------------------------------------------------
 
 /// The file system type (statfs f_type) of `path`.

@@ -9,10 +9,10 @@
  * cache lines on a VM whose CPUs idle between switches (figures in
  * docs/benchmarks.md).
  *
- * Samples are taken here too: tk_sample runs every interval (a cpu-clock
- * perf event) and writes each live traced process's CPU clock and RSS to
- * the ring buffer without waking user space, which drains them every few
- * seconds. On a VM, waking a process costs CPU whatever it then does; this way the agent wakes every few seconds, not every interval.
+ * Samples are taken here too: a BPF timer (tk_tick) walks the traced
+ * processes every interval, a bounded slice per run, and writes each live
+ * one's CPU clock and RSS to the ring buffer without waking user space,
+ * which drains them every few seconds. On a VM, waking a process costs CPU whatever it then does; this way the agent wakes every few seconds, not every interval.
  * Every lost event or full map is counted in `stats`.
  */
 #include "kernel.h"
@@ -31,7 +31,7 @@ const volatile __u32 cfg_scope = TK_SCOPE_WORKER;
 /* When set, only an exec whose comm is a key of `comms` starts tracing:
  * the match is a set of exact names, so other execs never reach user space. */
 const volatile __u32 cfg_comm_filter = 0;
-/* The sampling interval, ns (the period of tk_sample's events). */
+/* The sampling interval, ns. */
 const volatile __u64 cfg_interval_ns = 1000000000;
 
 struct {
@@ -98,6 +98,26 @@ static __always_inline void count(__u32 stat)
 	__u64 *v = bpf_map_lookup_elem(&stats, &stat);
 	if (v)
 		*v += 1; /* per-CPU slot: no atomic needed */
+}
+
+/* Account one sampler run that began at `start` (bpf_ktime_get_ns). */
+static __always_inline void note_run(__u64 start)
+{
+	__u32 k = TK_STAT_SAMPLER_RUNS;
+	__u64 ns = bpf_ktime_get_ns() - start;
+	__u64 *v = bpf_map_lookup_elem(&stats, &k);
+	if (v)
+		*v += 1;
+	k = TK_STAT_SAMPLER_RUN_NS;
+	v = bpf_map_lookup_elem(&stats, &k);
+	if (v)
+		*v += ns;
+	k = TK_STAT_SAMPLER_MAX_NS;
+	v = bpf_map_lookup_elem(&stats, &k);
+	if (v && ns > *v)
+		*v = ns;
+	if (ns > TK_SLOW_RUN_NS)
+		count(TK_STAT_SAMPLER_SLOW_RUNS);
 }
 
 /* tp_btf arguments are trusted kernel pointers: fields are read directly,
@@ -322,11 +342,13 @@ static __always_inline __u64 group_runtime(struct signal_struct *sig, struct mm_
 
 struct sample_ctx {
 	__u64 now;
+	__u32 base; /* the slice's first slot */
 };
 
-/* Sample the process in slot `slot` of `watched`. */
-static long sample_one(__u32 slot, struct sample_ctx *ctx)
+/* Sample the process in slot `base + i` of `watched`. */
+static long sample_one(__u32 i, struct sample_ctx *ctx)
 {
+	__u32 slot = ctx->base + i;
 	__u32 *pid = bpf_map_lookup_elem(&watched, &slot);
 	if (!pid || !*pid)
 		return 0;
@@ -334,7 +356,7 @@ static long sample_one(__u32 slot, struct sample_ctx *ctx)
 	/* The signal_struct is freed after the process is reaped, which only
 	 * comes after all its threads called exit (TK_PROC_GROUP_DEAD, set by
 	 * tk_exit: no thread count involved), and a grace period after: this
-	 * program runs in an RCU read section, so what it reads stays valid
+	 * runs in softirq, an RCU read section, so what it reads stays valid
 	 * if the flag was clear when it looked. The exit record has the rest. */
 	if (!p || !p->signal || (p->flags & (TK_PROC_GROUP_DEAD | TK_PROC_EXITED)))
 		return 0;
@@ -363,48 +385,101 @@ static long sample_one(__u32 slot, struct sample_ctx *ctx)
 	return 0;
 }
 
-/* Every interval, on every online CPU (a cpu-clock perf event per CPU with
- * the interval as its period); the CPU named in `sampler` takes one sample
- * per watched process, the others only check that it still fires. A CPU's
- * event goes with it when it goes offline: the first other CPU to see no
- * firing for two and a half intervals takes over, so sampling goes on with
- * one longer interval. */
-SEC("perf_event")
-int tk_sample(void *ctx)
+/* The sampler's timer: a BPF timer (an hrtimer whose callback runs in
+ * softirq, interrupts enabled), pinned to the sampling CPU. The kernel
+ * moves a pinned hrtimer to another CPU when its CPU goes offline. */
+struct tk_ticker {
+	struct bpf_timer timer;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tk_ticker);
+} ticker SEC(".maps");
+
+/* bpf_timer_start flags (Linux 6.7+), absent from older UAPI headers. */
+#define TK_TIMER_ABS 1     /* BPF_F_TIMER_ABS: nsecs is an absolute time */
+#define TK_TIMER_CPU_PIN 2 /* BPF_F_TIMER_CPU_PIN: stay on this CPU */
+#define TK_CLOCK_MONOTONIC 1 /* bpf_ktime_get_ns()'s clock */
+
+/* Processes sampled per run: one run must stay short whatever the number of
+ * traced processes, so a tick's walk is cut into slices, each its own run. */
+#define TK_SLICE 32
+/* The pause between two slices of one walk, ns: the CPU goes back to its
+ * tasks in between. */
+#define TK_SLICE_GAP_NS 100000
+
+/* One run of the sampler: the next slice of the current tick's walk over
+ * `watched`, then the timer is set for the slice after it or, once the walk
+ * is done, for the next tick. Each process keeps its place in the walk, so
+ * its samples are one interval apart; the CPU of an interval is the
+ * difference of two readings of the process's CPU clock, exact whatever
+ * the moment of each. */
+static int tk_tick(void *map, __u32 *key, struct tk_ticker *t)
 {
+	__u64 start = bpf_ktime_get_ns();
 	__u32 zero = 0;
 	struct tk_sampler *s = bpf_map_lookup_elem(&sampler, &zero);
 	if (!s)
 		return 0;
 	__u32 cpu = bpf_get_smp_processor_id();
-	__u64 now = bpf_ktime_get_ns();
-	__u32 elected = s->cpu;
-
-	if (cpu != elected) {
-		__u64 last = s->last_ns;
-		if (!last) {
-			/* The sampler has not fired yet: start its clock, so
-			 * one that never fires is replaced too. */
-			__sync_val_compare_and_swap(&s->last_ns, 0, now);
-			return 0;
-		}
-		/* Signed: the elected CPU may write a `last` later than our
-		 * `now` between our two reads. */
-		if ((__s64)(now - last) < (__s64)(cfg_interval_ns * 5 / 2))
-			return 0;
-		if (__sync_val_compare_and_swap(&s->cpu, elected, cpu) != elected)
-			return 0; /* another CPU took over first */
+	if (cpu != s->cpu) {
+		/* Its CPU went offline, and the kernel moved the timer here. */
+		s->cpu = cpu;
 		count(TK_STAT_SAMPLER_MOVED);
 	}
-	s->last_ns = now;
+	s->last_ns = start;
 
 	__u32 *len = bpf_map_lookup_elem(&watched_len, &zero);
-	if (!len || !*len)
-		return 0;
-	struct sample_ctx c = { .now = now };
-	__u32 n = *len < TK_MAX_WATCHED ? *len : TK_MAX_WATCHED;
+	__u32 n = len ? *len : 0;
+	if (n > TK_MAX_WATCHED)
+		n = TK_MAX_WATCHED;
+	__u32 from = s->next < n ? s->next : n;
+	__u32 to = n - from > TK_SLICE ? from + TK_SLICE : n;
+	struct sample_ctx c = { .now = start, .base = from };
 
-	bpf_loop(n, sample_one, &c, 0);
+	bpf_loop(to - from, sample_one, &c, 0);
+	if (to < n) {
+		s->next = to;
+		bpf_timer_start(&t->timer, TK_SLICE_GAP_NS, TK_TIMER_CPU_PIN);
+	} else {
+		/* The next tick keeps the phase; ticks missed (a VM's vCPU
+		 * descheduled) are skipped, not run late one after another. */
+		__u64 next = s->tick_ns + cfg_interval_ns;
+		__u64 now = bpf_ktime_get_ns();
+		if (next <= now)
+			next += ((now - next) / cfg_interval_ns + 1) * cfg_interval_ns;
+		s->tick_ns = next;
+		s->next = 0;
+		bpf_timer_start(&t->timer, next, TK_TIMER_ABS | TK_TIMER_CPU_PIN);
+	}
+	note_run(start);
+	return 0;
+}
+
+/* Run once by the loader, on the sampling CPU: sets the sampler's timer
+ * going, its first tick one interval from now. Only the iterator's first
+ * call does it (the timer is set up once; later calls find it so). If the
+ * timer cannot start, `tick_ns` stays 0 and the loader says so. */
+SEC("iter/task")
+int tk_arm(struct bpf_iter__task *ctx)
+{
+	__u32 zero = 0;
+	struct tk_ticker *t = bpf_map_lookup_elem(&ticker, &zero);
+	struct tk_sampler *s = bpf_map_lookup_elem(&sampler, &zero);
+
+	if (!t || !s)
+		return 0;
+	if (bpf_timer_init(&t->timer, &ticker, TK_CLOCK_MONOTONIC))
+		return 0;
+	bpf_timer_set_callback(&t->timer, tk_tick);
+	__u64 first = bpf_ktime_get_ns() + cfg_interval_ns;
+	s->tick_ns = first;
+	s->next = 0;
+	if (bpf_timer_start(&t->timer, first, TK_TIMER_ABS | TK_TIMER_CPU_PIN))
+		s->tick_ns = 0;
 	return 0;
 }
 

@@ -41,8 +41,18 @@
 #define TK_STAT_SCOPE_FULL 2   /* `scope` map full: a descendant left the scope */
 #define TK_STAT_WALK_CUT 3     /* a sample walked TK_MAX_THREADS threads and stopped */
 #define TK_STAT_SAMPLE_DROPPED 4 /* a sample not taken: the ring buffer was 3/4 full */
-#define TK_STAT_SAMPLER_MOVED 5  /* the sampling CPU stopped firing (offline): another took over */
-#define TK_STAT_MAX 6
+#define TK_STAT_SAMPLER_MOVED 5  /* the sampling CPU went offline: the timer runs on another */
+/* The sampler's own cost, measured by itself (bpf_ktime_get_ns at entry and
+ * exit): BPF's run-time statistics give only a mean, and not at all for code
+ * a BPF timer runs. */
+#define TK_STAT_SAMPLER_RUNS 6   /* sampler runs */
+#define TK_STAT_SAMPLER_RUN_NS 7 /* their total run time, ns */
+#define TK_STAT_SAMPLER_MAX_NS 8 /* the longest single run, ns (a maximum: not summed over CPUs) */
+#define TK_STAT_SAMPLER_SLOW_RUNS 9 /* runs longer than TK_SLOW_RUN_NS */
+#define TK_STAT_MAX 10
+
+/* A sampler run longer than this is counted as slow. */
+#define TK_SLOW_RUN_NS 100000
 
 /* Per traced process (key: tgid), map `procs`. */
 struct tk_proc {
@@ -84,8 +94,8 @@ struct tk_event {
 	__u8 filename[TK_FILENAME_LEN]; /* NUL-terminated */
 };
 
-/* One sample record, written by the tk_sample program every interval for
- * each live traced process; its first two fields are those of tk_event. */
+/* One sample record, written by the sampler every interval for each live
+ * traced process; its first two fields are those of tk_event. */
 struct tk_sample {
 	__u32 kind; /* TK_EV_SAMPLE */
 	__u32 pid;  /* tgid */
@@ -96,14 +106,15 @@ struct tk_sample {
 	__u64 rss_pages; /* file + anon + shmem pages, as statm's resident */
 };
 
-/* Which CPU samples, map `sampler` (one entry). tk_sample is attached to a
- * cpu-clock event on every online CPU; only the CPU named here walks the
- * watched processes. If it stops firing (it went offline, and its event
- * with it), the first other CPU to notice takes over. */
+/* The sampler's state, map `sampler` (one entry). The sampler is a BPF
+ * timer pinned to one CPU, whose callback samples a slice of the watched
+ * processes per run; if that CPU goes offline, the kernel moves the timer
+ * to another, which the callback notices (TK_STAT_SAMPLER_MOVED). */
 struct tk_sampler {
-	__u32 cpu;      /* the CPU that samples */
-	__u32 _pad;
-	__u64 last_ns;  /* its last firing, bpf_ktime_get_ns(); 0 before the first */
+	__u32 cpu;      /* the CPU whose timer samples */
+	__u32 next;     /* the slot of `watched` the current walk goes on from */
+	__u64 last_ns;  /* its last run, bpf_ktime_get_ns(); 0 before the first */
+	__u64 tick_ns;  /* the current walk's tick; 0 if the timer could not start */
 };
 
 #endif /* TRACEKIT_H */

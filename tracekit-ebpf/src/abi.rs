@@ -12,8 +12,9 @@ mod generated {
 pub use generated::{
     TK_COMM_LEN, TK_EV_EXEC, TK_EV_EXIT, TK_EV_FORK, TK_EV_SAMPLE, TK_FILENAME_LEN, TK_MAX_COMMS,
     TK_MAX_THREADS, TK_MAX_WATCHED, TK_PROC_EXITED, TK_PROC_GROUP_DEAD, TK_SCOPE_HOST,
-    TK_SCOPE_WORKER, TK_STAT_MAX, TK_STAT_PROCS_FULL, TK_STAT_RINGBUF_LOST, TK_STAT_SAMPLE_DROPPED,
-    TK_STAT_SAMPLER_MOVED, TK_STAT_SCOPE_FULL, TK_STAT_WALK_CUT,
+    TK_SCOPE_WORKER, TK_SLOW_RUN_NS, TK_STAT_MAX, TK_STAT_PROCS_FULL, TK_STAT_RINGBUF_LOST,
+    TK_STAT_SAMPLE_DROPPED, TK_STAT_SAMPLER_MAX_NS, TK_STAT_SAMPLER_MOVED, TK_STAT_SAMPLER_RUN_NS,
+    TK_STAT_SAMPLER_RUNS, TK_STAT_SAMPLER_SLOW_RUNS, TK_STAT_SCOPE_FULL, TK_STAT_WALK_CUT,
 };
 
 /// Per traced process (key: tgid), map `procs` (`struct tk_proc`).
@@ -35,11 +36,15 @@ pub mod names {
     pub const MAP_WATCHED: &str = "watched";
     pub const MAP_WATCHED_LEN: &str = "watched_len";
     pub const MAP_SAMPLER: &str = "sampler";
+    /// The sampler's BPF timer: it runs while some descriptor of this map
+    /// is open.
+    pub const MAP_TICKER: &str = "ticker";
     pub const GLOBAL_SCOPE: &str = "cfg_scope";
     pub const GLOBAL_COMM_FILTER: &str = "cfg_comm_filter";
     pub const GLOBAL_INTERVAL: &str = "cfg_interval_ns";
-    /// The sampler, a `perf_event` program on a cpu-clock event.
-    pub const PROG_SAMPLE: &str = "tk_sample";
+    /// The `iter/task` program the loader runs once to start the sampler's
+    /// timer.
+    pub const PROG_ARM: &str = "tk_arm";
     /// The `iter/task` program that completes adopted processes.
     pub const PROG_ADOPT: &str = "tk_adopt";
     /// (program, tracepoint) pairs, all `tp_btf`.

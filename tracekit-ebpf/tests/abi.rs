@@ -57,7 +57,7 @@ fn c_layout() -> HashMap<String, u64> {
             "tk_sample",
             &["kind", "pid", "ts_ns", "cpu_ns", "rss_pages"],
         ),
-        ("tk_sampler", &["cpu", "_pad", "last_ns"]),
+        ("tk_sampler", &["cpu", "next", "last_ns", "tick_ns"]),
     ];
     for (s, fields) in structs {
         body += &format!("printf(\"{s}.size %zu\\n\", sizeof(struct {s}));\n");
@@ -85,6 +85,11 @@ fn c_layout() -> HashMap<String, u64> {
         "TK_STAT_WALK_CUT",
         "TK_STAT_SAMPLE_DROPPED",
         "TK_STAT_SAMPLER_MOVED",
+        "TK_STAT_SAMPLER_RUNS",
+        "TK_STAT_SAMPLER_RUN_NS",
+        "TK_STAT_SAMPLER_MAX_NS",
+        "TK_STAT_SAMPLER_SLOW_RUNS",
+        "TK_SLOW_RUN_NS",
         "TK_STAT_MAX",
     ] {
         body += &format!("printf(\"{c} %lu\\n\", (unsigned long)({c}));\n");
@@ -147,8 +152,9 @@ fn abi_matches_c() {
         ("tk_event.filename", offset_of!(TkEvent, filename) as u64),
         ("tk_sampler.size", size_of::<TkSampler>() as u64),
         ("tk_sampler.cpu", offset_of!(TkSampler, cpu) as u64),
-        ("tk_sampler._pad", offset_of!(TkSampler, _pad) as u64),
+        ("tk_sampler.next", offset_of!(TkSampler, next) as u64),
         ("tk_sampler.last_ns", offset_of!(TkSampler, last_ns) as u64),
+        ("tk_sampler.tick_ns", offset_of!(TkSampler, tick_ns) as u64),
         ("tk_sample.size", size_of::<TkSample>() as u64),
         ("tk_sample.kind", offset_of!(TkSample, kind) as u64),
         ("tk_sample.pid", offset_of!(TkSample, pid) as u64),
@@ -177,6 +183,14 @@ fn abi_matches_c() {
         ("TK_STAT_WALK_CUT", TK_STAT_WALK_CUT as u64),
         ("TK_STAT_SAMPLE_DROPPED", TK_STAT_SAMPLE_DROPPED as u64),
         ("TK_STAT_SAMPLER_MOVED", TK_STAT_SAMPLER_MOVED as u64),
+        ("TK_STAT_SAMPLER_RUNS", TK_STAT_SAMPLER_RUNS as u64),
+        ("TK_STAT_SAMPLER_RUN_NS", TK_STAT_SAMPLER_RUN_NS as u64),
+        ("TK_STAT_SAMPLER_MAX_NS", TK_STAT_SAMPLER_MAX_NS as u64),
+        (
+            "TK_STAT_SAMPLER_SLOW_RUNS",
+            TK_STAT_SAMPLER_SLOW_RUNS as u64,
+        ),
+        ("TK_SLOW_RUN_NS", TK_SLOW_RUN_NS as u64),
         ("TK_STAT_MAX", TK_STAT_MAX as u64),
     ];
     assert_eq!(

@@ -266,6 +266,17 @@ pub struct TracerStats {
     /// written: processes got only their exit line meanwhile.
     #[serde(default)]
     pub sampler_stalled: bool,
+    /// Runs of the in-kernel sampler (eBPF), their total run time and the
+    /// longest single run, ns, as the sampler measures itself.
+    #[serde(default)]
+    pub sampler_runs: u64,
+    #[serde(default)]
+    pub sampler_run_ns: u64,
+    #[serde(default)]
+    pub sampler_max_run_ns: u64,
+    /// Runs of the sampler longer than 100 µs.
+    #[serde(default)]
+    pub sampler_slow_runs: u64,
     /// The agent's own CPU time (user + sys) in ms so far.
     pub agent_cpu_ms: f64,
     /// The agent's peak RSS in KiB.

@@ -13,6 +13,15 @@ pub fn workspace_root() -> Result<PathBuf> {
         .context("xtask has no parent directory")
 }
 
+/// Where cargo builds: `CARGO_TARGET_DIR` when set, else the workspace's
+/// `target`.
+pub fn target_dir() -> Result<PathBuf> {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => Ok(PathBuf::from(dir)),
+        _ => Ok(workspace_root()?.join("target")),
+    }
+}
+
 /// Run cargo with `args`, failing on a non-zero exit.
 pub fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

@@ -85,6 +85,13 @@ pub struct CollectorStats {
     pub sampler_moves: u64,
     /// No CPU samples any more.
     pub sampler_stalled: bool,
+    /// The in-kernel sampler's runs, their total and longest run time (ns),
+    /// as it measures itself (eBPF).
+    pub sampler_runs: u64,
+    pub sampler_run_ns: u64,
+    pub sampler_max_run_ns: u64,
+    /// Its runs longer than `TK_SLOW_RUN_NS`.
+    pub sampler_slow_runs: u64,
     pub programs: Vec<ProgramCost>,
 }
 

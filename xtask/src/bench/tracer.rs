@@ -8,8 +8,14 @@
 //! 2. Cost: the agent's own CPU per minute at a 1 s interval with one traced
 //!    process, with and without 1,000 idle untraced processes on the host
 //!    (the agent process, plus the run time of the in-kernel sampler that
-//!    works on its behalf, from BPF stats); the `sched_switch` program's mean
+//!    works on its behalf, as it measures itself); the `sched_switch` program's mean
 //!    ns per call (BPF stats); the agent's peak RSS.
+//!
+//! 3. The in-kernel sampler with 1, 100 and 1,000 traced sleeping processes
+//!    at a 200 ms interval: its runs, mean and longest single run (as the
+//!    sampler measures itself), and the agent's plus the sampler's CPU per
+//!    minute; with `--before-agent`, the same rows for another build of the
+//!    agent, interleaved with this one's.
 //!
 //! Beside every `sched_switch` figure, the same load is run once more with
 //! only a do-nothing program on the hook (`bpf/floor.bpf.c`): the hook's own
@@ -39,6 +45,28 @@ pub struct TracerBenchArgs {
     /// Idle untraced processes for the scaling measurement.
     #[arg(long, default_value_t = 1000)]
     pub idle_procs: usize,
+    /// Traced sleeping processes of the sampler rows.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 100, 1000])]
+    pub traced: Vec<usize>,
+    /// Rounds of the sampler rows (each runs every agent once per count).
+    #[arg(long, default_value_t = 2)]
+    pub sampler_rounds: usize,
+    /// Another build of `tracekit-agent` (e.g. an older commit's) whose
+    /// sampler rows are measured beside this one's, interleaved.
+    #[arg(long)]
+    pub before_agent: Option<PathBuf>,
+    /// Run only this part: overhead, busy, steady or sampler.
+    #[arg(long)]
+    pub only: Option<Part>,
+}
+
+/// A part of the tracer benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    Overhead,
+    Busy,
+    Steady,
+    Sampler,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +177,7 @@ pub fn hook_floor(object: &Path) -> Result<()> {
 struct Agent {
     child: Child,
     dir: PathBuf,
+    started: Instant,
 }
 
 fn start_agent(
@@ -158,8 +187,20 @@ fn start_agent(
     collector: &str,
     interval_ms: u64,
 ) -> Result<Agent> {
+    start_agent_with(agent, logs, run, collector, interval_ms, &[])
+}
+
+fn start_agent_with(
+    agent: &Path,
+    logs: &Path,
+    run: &str,
+    collector: &str,
+    interval_ms: u64,
+    extra: &[&str],
+) -> Result<Agent> {
     let child = Command::new(agent)
         .args(["trace", "--scope", "host", "--collector", collector])
+        .args(extra)
         .args([
             "--interval-ms",
             &interval_ms.to_string(),
@@ -172,6 +213,7 @@ fn start_agent(
         .stdin(Stdio::null())
         .spawn()
         .context("starting the agent")?;
+    let started = Instant::now();
     let dir = logs.join(run);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !dir.join("node_meta.json").exists() {
@@ -180,7 +222,11 @@ fn start_agent(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(Agent { child, dir })
+    Ok(Agent {
+        child,
+        dir,
+        started,
+    })
 }
 
 impl Agent {
@@ -215,7 +261,7 @@ pub fn run(args: &TracerBenchArgs) -> Result<()> {
         bail!("the tracer benchmark needs root (eBPF)");
     }
     util::cargo(&["build", "--release", "-p", "tracekit-agent"])?;
-    let agent = util::workspace_root()?.join("target/release/tracekit-agent");
+    let agent = util::target_dir()?.join("release/tracekit-agent");
     let tmp = tempfile::tempdir().context("temp dir")?;
     let logs = tmp.path().join("logs");
     let input = tmp.path().join("input.mp4");
@@ -238,9 +284,19 @@ pub fn run(args: &TracerBenchArgs) -> Result<()> {
     }
     let floor_obj = tmp.path().join("floor.bpf.o");
     tracekit_ebpf::build::compile_source("floor.bpf.c", &floor_obj)?;
-    overhead(args, &agent, &logs, &input, tmp.path(), &floor_obj)?;
-    busy_switch_cost(&agent, &logs, &input, tmp.path(), &floor_obj)?;
-    steady_cost(args, &agent, &logs, &floor_obj)?;
+    let part = |p: Part| args.only.is_none_or(|o| o == p);
+    if part(Part::Overhead) {
+        overhead(args, &agent, &logs, &input, tmp.path(), &floor_obj)?;
+    }
+    if part(Part::Busy) {
+        busy_switch_cost(&agent, &logs, &input, tmp.path(), &floor_obj)?;
+    }
+    if part(Part::Steady) {
+        steady_cost(args, &agent, &logs, &floor_obj)?;
+    }
+    if part(Part::Sampler) {
+        sampler_cost(args, &agent, &logs, tmp.path())?;
+    }
     Ok(())
 }
 
@@ -395,19 +451,15 @@ fn busy_switch_cost(
     Ok(())
 }
 
-/// The `tk_switch` entry of tracer_stats.json.
-/// The agent's sampler program (eBPF collector).
-const SAMPLER_PROGRAM: &str = "tk_sample";
-
-/// Total run time so far of the loaded program named `name`, ns (BPF
-/// statistics, which the agent keeps enabled while it runs).
-fn program_run_ns(name: &str) -> Option<u64> {
-    aya::programs::loaded_programs()
-        .flatten()
-        .find(|p| p.name_as_str() == Some(name))
-        .map(|p| p.run_time().as_nanos() as u64)
+/// The in-kernel sampler's CPU-s per minute over an agent's life of
+/// `lifetime_s` (it runs at the same pace from start to stop), from its own
+/// accounting in tracer_stats.json; `None` without one (procfs).
+fn sampler_cpu_min(stats: &Value, lifetime_s: f64) -> Option<f64> {
+    let ns = stats["sampler_run_ns"].as_f64()?;
+    (stats["sampler_runs"].as_u64()? > 0).then(|| ns / 1e9 / lifetime_s * 60.0)
 }
 
+/// The `tk_switch` entry of tracer_stats.json.
 fn switch_program(stats: &Value) -> Option<Value> {
     stats["programs"]
         .as_array()
@@ -451,26 +503,22 @@ fn steady_cost(args: &TracerBenchArgs, agent: &Path, logs: &Path, floor_obj: &Pa
             std::thread::sleep(Duration::from_secs(3));
             let pid = a.child.id();
             let (c0, f0) = (threads_cpu_s(pid), threads_cpu_s(ticker.id()));
-            let s0 = program_run_ns(SAMPLER_PROGRAM);
             let t0 = Instant::now();
             std::thread::sleep(Duration::from_secs(args.steady_s));
             let (c1, f1) = (threads_cpu_s(pid), threads_cpu_s(ticker.id()));
-            let s1 = program_run_ns(SAMPLER_PROGRAM);
             let secs = t0.elapsed().as_secs_f64();
             let per_min = (c1 - c0) / secs * 60.0;
-            // The kernel samples on the agent's behalf (eBPF): its run time
-            // counts as the agent's.
-            let sampler_min = match (s0, s1) {
-                (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1e9 / secs * 60.0),
-                _ => None,
-            };
-            let total = per_min + sampler_min.unwrap_or(0.0);
             let floor = (f1 - f0) / secs * 60.0;
             let _ = ticker.kill();
             let _ = ticker.wait();
             let _ = ffmpeg.kill();
             let _ = ffmpeg.wait();
+            let started = a.started;
             let (usage, stats) = a.stop()?;
+            // The kernel samples on the agent's behalf (eBPF): its run time
+            // counts as the agent's.
+            let sampler_min = sampler_cpu_min(&stats, started.elapsed().as_secs_f64());
+            let total = per_min + sampler_min.unwrap_or(0.0);
             let switch = switch_program(&stats).unwrap_or(Value::Null);
             let agent_rss = stats["agent_max_rss_kb"].as_f64().unwrap_or(0.0) / 1024.0;
             let fmt_opt = |v: Option<f64>, prec: usize| {
@@ -527,4 +575,85 @@ fn realtime_encode(secs: u64) -> Result<Child> {
         .stdin(Stdio::null())
         .spawn()
         .context("running ffmpeg")
+}
+
+/// The in-kernel sampler against the number of traced processes: that many
+/// sleeping processes (a copy of `sleep` under a name of its own), traced by
+/// an agent at a 200 ms interval for `steady_s`, per agent build, the builds
+/// interleaved round by round.
+fn sampler_cost(args: &TracerBenchArgs, agent: &Path, logs: &Path, tmp: &Path) -> Result<()> {
+    const COMM: &str = "tksampled";
+    let sleeper = tmp.join(COMM);
+    std::fs::copy("/bin/sleep", &sleeper).context("copying /bin/sleep")?;
+    let mut agents: Vec<(&str, &Path)> = vec![("this build", agent)];
+    if let Some(before) = &args.before_agent {
+        agents.insert(0, ("before", before.as_path()));
+    }
+    println!(
+        "## In-kernel sampler, traced sleeping processes at a 200 ms interval, {} s per run, {} interleaved rounds",
+        args.steady_s, args.sampler_rounds
+    );
+    println!();
+    println!(
+        "| agent | traced processes | sampler runs/s | mean µs per run | max µs per run | runs over 100 µs | sampler CPU-s/min | agent process CPU-s/min | agent + sampler CPU-s/min |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &n in &args.traced {
+        let mut sleepers = Vec::new();
+        for _ in 0..n {
+            sleepers.push(
+                Command::new(&sleeper)
+                    .arg("3600")
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .context("starting a traced sleeping process")?,
+            );
+        }
+        let match_arg = format!("^{COMM}$");
+        for round in 0..args.sampler_rounds {
+            for k in 0..agents.len() {
+                let (name, bin) = agents[(round + k) % agents.len()];
+                eprintln!("sampler: {name}, {n} traced processes, round {}", round + 1);
+                let run = format!("sampler-{n}-{round}-{k}");
+                let a = start_agent_with(bin, logs, &run, "ebpf", 200, &["--match", &match_arg])?;
+                // Adoption of the running processes, then the steady state.
+                std::thread::sleep(Duration::from_secs(3));
+                let pid = a.child.id();
+                let c0 = threads_cpu_s(pid);
+                let t0 = Instant::now();
+                std::thread::sleep(Duration::from_secs(args.steady_s));
+                let c1 = threads_cpu_s(pid);
+                let secs = t0.elapsed().as_secs_f64();
+                let started = a.started;
+                let (_, stats) = a.stop()?;
+                let lifetime = started.elapsed().as_secs_f64();
+                let process_min = (c1 - c0) / secs * 60.0;
+                let runs = stats["sampler_runs"].as_f64().unwrap_or(0.0);
+                let run_ns = stats["sampler_run_ns"].as_f64().unwrap_or(0.0);
+                let max_ns = stats["sampler_max_run_ns"].as_f64().unwrap_or(0.0);
+                // Builds before the slow-run counter have none.
+                let slow = stats["sampler_slow_runs"]
+                    .as_u64()
+                    .map_or_else(|| "–".to_string(), |s| format!("{s} of {runs:.0}"));
+                let seen = stats["processes_seen"].as_u64().unwrap_or(0);
+                if seen < n as u64 {
+                    bail!("{name}: {seen} of {n} processes traced");
+                }
+                let sampler_min = sampler_cpu_min(&stats, lifetime).unwrap_or(0.0);
+                println!(
+                    "| {name} | {n} | {:.1} | {:.1} | {:.1} | {slow} | {sampler_min:.4} | {process_min:.4} | {:.4} |",
+                    runs / lifetime,
+                    if runs > 0.0 { run_ns / runs / 1e3 } else { 0.0 },
+                    max_ns / 1e3,
+                    sampler_min + process_min
+                );
+            }
+        }
+        for mut s in sleepers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+    }
+    println!();
+    Ok(())
 }

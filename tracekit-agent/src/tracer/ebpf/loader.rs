@@ -1,21 +1,19 @@
 //! The loader, run in a short-lived child process (`tracekit-agent
-//! load-ebpf`): loads the object with aya, attaches the tracepoints, the
-//! sampler on every online CPU and the adoption iterator, and pins it all in
-//! bpffs for the agent to open.
+//! load-ebpf`): loads the object with aya, attaches the tracepoints, starts
+//! the sampler's timer on the sampling CPU, makes the adoption iterator, and
+//! pins it all in bpffs for the agent to open.
 
 use anyhow::{Context, Result, anyhow};
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap as BpfHashMap};
 use aya::programs::links::FdLink;
-use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
-use aya::programs::{BtfTracePoint, Iter, PerfEvent};
+use aya::programs::{BtfTracePoint, Iter};
 use aya::{Btf, Ebpf, EbpfLoader};
 use tracekit_ebpf::{TK_COMM_LEN, TK_SCOPE_HOST, TK_SCOPE_WORKER, TkSampler, names};
 
 use super::super::Scope;
 
-use super::SAMPLER_LINK_PREFIX;
 use crate::sys;
 
 /// The object compiled by the build script.
@@ -88,7 +86,7 @@ pub fn load_and_pin(cfg: &LoadConfig, pin_dir: &Path) -> Result<()> {
             .with_context(|| format!("attaching {prog} to tp_btf/{tracepoint}"))?;
         pin_link(program.take_link(id)?.into(), pin_dir, prog)?;
     }
-    attach_sampler(&mut bpf, interval, sampler_cpu, pin_dir)?;
+    start_sampler(&mut bpf, &btf, sampler_cpu)?;
     attach_adopter(&mut bpf, &btf, pin_dir)?;
     for name in [
         names::MAP_SCOPE,
@@ -98,6 +96,7 @@ pub fn load_and_pin(cfg: &LoadConfig, pin_dir: &Path) -> Result<()> {
         names::MAP_WATCHED,
         names::MAP_WATCHED_LEN,
         names::MAP_SAMPLER,
+        names::MAP_TICKER,
     ] {
         map(&mut bpf, name)?
             .pin(pin_dir.join(name))
@@ -106,16 +105,12 @@ pub fn load_and_pin(cfg: &LoadConfig, pin_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Attach `tk_sample` to a cpu-clock event on every online CPU, each with
-/// the interval as its period (the kernel's own timer, counting wall time on
-/// that CPU, busy or idle), and name the CPU that samples: the others stand
-/// by to take over if it goes offline.
-pub(super) fn attach_sampler(
-    bpf: &mut Ebpf,
-    interval: std::time::Duration,
-    sampler_cpu: Option<u32>,
-    pin_dir: &Path,
-) -> Result<()> {
+/// Start the sampler: a BPF timer, set going by running the `tk_arm`
+/// iterator once on the sampling CPU, to which the timer is pinned (the
+/// kernel moves it if that CPU goes offline). It runs while a descriptor of
+/// the `ticker` map is open: the pin, then the agent's.
+pub(super) fn start_sampler(bpf: &mut Ebpf, btf: &Btf, sampler_cpu: Option<u32>) -> Result<()> {
+    use std::io::Read;
     let online = online_cpus()?;
     let elected = match sampler_cpu {
         Some(cpu) if online.contains(&cpu) => cpu,
@@ -133,31 +128,31 @@ pub(super) fn attach_sampler(
             0,
         )
         .context("naming the sampling CPU")?;
-    let program: &mut PerfEvent = program(bpf, names::PROG_SAMPLE)?
+    let arm: &mut Iter = program(bpf, names::PROG_ARM)?
         .try_into()
-        .context("tk_sample is not a perf_event program")?;
-    program.load().context("loading tk_sample (perf_event)")?;
-    for cpu in online {
-        let id = program
-            .attach(
-                PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                PerfEventScope::AllProcessesOneCpu { cpu },
-                SamplePolicy::Period(interval.as_nanos() as u64),
-                false,
-            )
-            .with_context(|| format!("attaching tk_sample to a cpu-clock event on CPU {cpu}"))?;
-        let link = program
-            .take_link(id)?
-            .try_into()
-            .context("tk_sample's link (perf links need Linux 5.15)")?;
-        pin_link(link, pin_dir, &sampler_link(cpu))?;
+        .context("tk_arm is not an iterator")?;
+    arm.load("task", btf)
+        .context("loading tk_arm (iter/task)")?;
+    let id = arm.attach().context("attaching tk_arm")?;
+    let mut file = arm
+        .take_link(id)?
+        .into_file()
+        .context("creating the sampler's start iterator")?;
+    // The iterator runs on the reading thread's CPU, and the timer stays on
+    // the CPU that starts it.
+    sys::pin_thread_to_cpu(elected)
+        .with_context(|| format!("moving the loader to CPU {elected}"))?;
+    let mut sink = Vec::new();
+    file.read_to_end(&mut sink)
+        .context("running the sampler's start iterator")?;
+    let sampler: Array<_, TkSampler> = Array::try_from(map(bpf, names::MAP_SAMPLER)?)?;
+    let state = sampler.get(&0, 0).context("reading the sampler's state")?;
+    if state.tick_ns == 0 {
+        anyhow::bail!(
+            "the sampler's timer did not start (a pinned BPF timer at an absolute time needs Linux 6.7)"
+        );
     }
     Ok(())
-}
-
-/// The name under which the sampler's link on `cpu` is pinned.
-pub(super) fn sampler_link(cpu: u32) -> String {
-    format!("{SAMPLER_LINK_PREFIX}{cpu}")
 }
 
 /// Make the `tk_adopt` task iterator's link, for the agent to run once.
@@ -296,7 +291,7 @@ mod tests {
     fn every_name_the_agent_opens_is_in_the_object() {
         let obj = aya_obj::Object::parse(OBJECT).expect("parsing the BPF object");
         let mut programs: Vec<&str> = names::PROGRAMS.iter().map(|(p, _)| *p).collect();
-        programs.extend([names::PROG_SAMPLE, names::PROG_ADOPT]);
+        programs.extend([names::PROG_ARM, names::PROG_ADOPT]);
         for p in programs {
             assert!(
                 obj.programs.contains_key(p),
@@ -312,6 +307,7 @@ mod tests {
             names::MAP_WATCHED,
             names::MAP_WATCHED_LEN,
             names::MAP_SAMPLER,
+            names::MAP_TICKER,
         ] {
             assert!(obj.maps.contains_key(m), "map {m} is not in the object");
         }

@@ -1,8 +1,8 @@
 //! The eBPF collector: loads `tracekit.bpf.o` (through [`loader`], in its
 //! own process), and reads from the ring buffer exec/fork/exit events (each
-//! exit with its exact CPU total) and the samples the kernel takes every
-//! interval (each live process's CPU clock and RSS) of the processes in
-//! [`watched`]; [`sampler`] says when sampling moved or stopped.
+//! exit with its exact CPU total) and the samples the kernel's timer takes
+//! every interval (each live process's CPU clock and RSS) of the processes
+//! in [`watched`]; [`sampler`] says when sampling moved or stopped.
 
 mod loader;
 mod recover;
@@ -24,7 +24,8 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tracekit_ebpf::{
     Record, TK_EV_EXEC, TK_EV_EXIT, TK_EV_FORK, TK_STAT_PROCS_FULL, TK_STAT_RINGBUF_LOST,
-    TK_STAT_SAMPLE_DROPPED, TK_STAT_SAMPLER_MOVED, TK_STAT_SCOPE_FULL, TK_STAT_WALK_CUT, TkProc,
+    TK_STAT_SAMPLE_DROPPED, TK_STAT_SAMPLER_MAX_NS, TK_STAT_SAMPLER_MOVED, TK_STAT_SAMPLER_RUN_NS,
+    TK_STAT_SAMPLER_RUNS, TK_STAT_SAMPLER_SLOW_RUNS, TK_STAT_SCOPE_FULL, TK_STAT_WALK_CUT, TkProc,
     c_str, names,
 };
 use tracekit_trace::ProgramCost;
@@ -34,9 +35,6 @@ use super::{CollectorStats, Event, KernelSample, ProcExit, ProcStart, Scope, pag
 use loader::{PIN_ROOT, link_path, mount_bpffs, remove_stale_pins, run_loader};
 use sampler::SamplerWatch;
 use watched::Watched;
-
-/// The prefix of the sampler links' pin names (one per CPU).
-const SAMPLER_LINK_PREFIX: &str = "tk_sample_cpu";
 
 pub struct EbpfCollector {
     // The programs stay attached while these links are held.
@@ -61,6 +59,8 @@ pub struct EbpfCollector {
     last_lost: u64,
     /// Which CPU samples (see [`SamplerWatch`]).
     sampler: SamplerWatch,
+    /// The sampler's timer runs while this is open.
+    _ticker: MapData,
 }
 
 /// A descriptor owned elsewhere, for registering with tokio.
@@ -99,26 +99,6 @@ impl EbpfCollector {
         let mut links = Vec::new();
         for (prog, _) in names::PROGRAMS {
             links.push(open_link(prog)?);
-        }
-        // One sampler link per CPU that was online at load.
-        let mut sampler_links = 0;
-        for entry in
-            std::fs::read_dir(pin_dir).with_context(|| format!("listing {}", pin_dir.display()))?
-        {
-            let name = entry
-                .with_context(|| format!("listing {}", pin_dir.display()))?
-                .file_name()
-                .to_string_lossy()
-                .into_owned();
-            if let Some(prog) = name.strip_prefix("link_")
-                && prog.starts_with(SAMPLER_LINK_PREFIX)
-            {
-                links.push(open_link(prog)?);
-                sampler_links += 1;
-            }
-        }
-        if sampler_links == 0 {
-            anyhow::bail!("the loader pinned no sampler link");
         }
         let adopt_link = open_link(names::PROG_ADOPT)?;
         let open_map = |name: &str| -> Result<MapData> {
@@ -178,6 +158,7 @@ impl EbpfCollector {
                 moves: 0,
                 stalled: false,
             },
+            _ticker: open_map(names::MAP_TICKER)?,
         };
         collector.check_sampler();
         // aya probes the kernel's features on first use (loading throwaway
@@ -351,6 +332,15 @@ impl EbpfCollector {
             .unwrap_or(0)
     }
 
+    /// The largest of a per-CPU maximum.
+    fn maximum(&self, index: u32) -> u64 {
+        self.stats
+            .get(&index, 0)
+            .ok()
+            .and_then(|per_cpu| per_cpu.iter().max().copied())
+            .unwrap_or(0)
+    }
+
     pub fn stats(&mut self) -> CollectorStats {
         let ids: Vec<u32> = self
             .links
@@ -385,6 +375,10 @@ impl EbpfCollector {
             sampler_cpu: self.sampler.cpu,
             sampler_moves: self.sampler.moves,
             sampler_stalled: self.sampler.stalled,
+            sampler_runs: self.counter(TK_STAT_SAMPLER_RUNS),
+            sampler_run_ns: self.counter(TK_STAT_SAMPLER_RUN_NS),
+            sampler_max_run_ns: self.maximum(TK_STAT_SAMPLER_MAX_NS),
+            sampler_slow_runs: self.counter(TK_STAT_SAMPLER_SLOW_RUNS),
             exits_recovered: self.recovered,
             programs,
         }
@@ -445,10 +439,9 @@ mod tests {
     }
 
     #[test]
-    fn a_silent_sampler_is_stalled_only_past_the_takeover_window() {
+    fn a_silent_sampler_is_stalled_only_past_four_intervals() {
         let ms = 1_000_000;
-        // At 200 ms: the kernel moves sampling after 500 ms of silence;
-        // the agent calls it stopped only past 1 s (4 intervals, at least 1 s).
+        // At 200 ms: stopped only past 1 s (4 intervals, at least 1 s).
         assert!(!sampler_stalled(10_000 * ms, 9_000 * ms, 200 * ms));
         assert!(sampler_stalled(10_001 * ms, 9_000 * ms, 200 * ms));
         // At 1 s: past four intervals.

@@ -27,7 +27,7 @@ impl SamplerWatch {
             tracing::warn!(
                 from = ?self.cpu,
                 to = state.cpu,
-                "the sampling CPU stopped firing (offline?): CPU {} samples now",
+                "the sampling CPU went offline: CPU {} samples now",
                 state.cpu
             );
         }
@@ -37,7 +37,7 @@ impl SamplerWatch {
         if stalled && !self.stalled {
             tracing::error!(
                 cpu = state.cpu,
-                "SAMPLING HAS STOPPED: no sampler fired for {} ms (every CPU it was attached to is offline?); traced processes get only their exit line",
+                "SAMPLING HAS STOPPED: the sampler's timer has not run for {} ms; traced processes get only their exit line",
                 now_ns.saturating_sub(state.last_ns.max(self.since_ns)) / 1_000_000
             );
         } else if !stalled && self.stalled {
@@ -47,9 +47,9 @@ impl SamplerWatch {
     }
 }
 
-/// Whether the sampler has been silent too long: the kernel hands sampling
-/// to another CPU after two and a half silent intervals, so four mean no
-/// CPU is left to take over.
+/// Whether the sampler has been silent too long: its timer runs every
+/// interval (a VM may skip one), so four silent intervals, and at least a
+/// second, mean it stopped.
 pub fn sampler_stalled(now_ns: u64, last_ns: u64, interval_ns: u64) -> bool {
     now_ns.saturating_sub(last_ns) > interval_ns.saturating_mul(4).max(1_000_000_000)
 }
