@@ -45,6 +45,8 @@ pub fn detect(id: &NodeIdentity, freq_override: Option<f64>) -> NodeMeta {
             .ok()
             .map(|s| s.trim().to_string()),
         ffmpeg: ffmpeg_version(),
+        x264: None,
+        x265: None,
         clock: None,
     }
 }
@@ -58,6 +60,35 @@ fn ffmpeg_version() -> Option<String> {
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines().next().map(|l| l.trim().to_string())
+}
+
+/// The versions of the encoders ffmpeg links (x264 as its stream headers
+/// name it, "core N rREV HASH"; x265 as it says when it starts), from a
+/// one-frame encode of each; `None` when ffmpeg or the encoder is missing.
+pub fn encoder_versions() -> (Option<String>, Option<String>) {
+    let encode = |codec: &str, format: &str| {
+        std::process::Command::new("ffmpeg")
+            .args(["-hide_banner", "-nostdin", "-f", "lavfi", "-i"])
+            .arg("nullsrc=s=64x64:d=0.04")
+            .args(["-frames:v", "1", "-c:v", codec, "-f", format, "-"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .ok()
+    };
+    let after = |bytes: &[u8], marker: &str, end: &[u8]| -> Option<String> {
+        let at = memchr::memmem::find(bytes, marker.as_bytes())? + marker.len();
+        let rest = &bytes[at..];
+        let stop = rest
+            .iter()
+            .position(|b| end.contains(b))
+            .unwrap_or(rest.len().min(80));
+        let v = String::from_utf8_lossy(&rest[..stop]).trim().to_string();
+        (!v.is_empty()).then_some(v)
+    };
+    let x264 = encode("libx264", "h264").and_then(|o| after(&o.stdout, "x264 - core ", b"-\0\n"));
+    let x265 =
+        encode("libx265", "null").and_then(|o| after(&o.stderr, "HEVC encoder version ", b"\n"));
+    (x264.map(|v| format!("core {v}")), x265)
 }
 
 /// The kernel's host name.

@@ -101,6 +101,12 @@ pub struct NodeMeta {
     /// The first line of `ffmpeg -version`, when ffmpeg is installed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ffmpeg: Option<String>,
+    /// libx264's version as ffmpeg links it ("core 164 r3095 baee400").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x264: Option<String>,
+    /// libx265's version ("3.5+1-f0c1022b6").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x265: Option<String>,
     /// This node's clock against Redis `TIME` (the clock submissions are
     /// compared with), measured by the worker with its heartbeats.
     #[serde(default, skip_serializing_if = "Option::is_none")]

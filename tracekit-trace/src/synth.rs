@@ -168,6 +168,8 @@ pub fn write_node(dir: &Path, cfg: &SynthNode) -> Result<Vec<TruthTask>> {
         tracekit: None,
         kernel: None,
         ffmpeg: None,
+        x264: None,
+        x265: None,
         clock: None,
     };
     let mut w = TraceWriter::create(dir, &meta)?;

@@ -37,6 +37,8 @@ fn meta() -> NodeMeta {
         tracekit: None,
         kernel: None,
         ffmpeg: None,
+        x264: None,
+        x265: None,
         clock: None,
     }
 }

@@ -182,6 +182,7 @@ pub async fn run_until(
         meta.binding_error = binding_note.clone();
         meta.run_as = Some(args.run_as.clone());
         meta.privileges_dropped = Some(user.is_some());
+        (meta.x264, meta.x265) = tracekit_trace::node::encoder_versions();
     })?;
     let stderr_dir = node_dir.join("ffmpeg");
     std::fs::create_dir_all(&stderr_dir)
