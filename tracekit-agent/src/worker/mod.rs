@@ -177,12 +177,14 @@ pub async fn run_until(
     let (cgroups, binding_note) = binding::prepare(&args, &id.node)?;
 
     let node_dir = identity.node_dir(&id);
+    // Before the tracer starts: these encodes are not this node's tasks.
+    let encoders = tracekit_trace::node::encoder_versions();
     let mut session = Session::start(&tracer, &id, &node_dir, identity.cpu_freq_mhz, |meta| {
         meta.cpu_binding = Some(binding_name(args.cpu_binding).to_string());
         meta.binding_error = binding_note.clone();
         meta.run_as = Some(args.run_as.clone());
         meta.privileges_dropped = Some(user.is_some());
-        (meta.x264, meta.x265) = tracekit_trace::node::encoder_versions();
+        (meta.x264, meta.x265) = encoders;
     })?;
     let stderr_dir = node_dir.join("ffmpeg");
     std::fs::create_dir_all(&stderr_dir)
