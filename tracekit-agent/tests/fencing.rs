@@ -19,7 +19,7 @@ fn outputs(env: &Env) -> (Vec<String>, Vec<String>) {
     let mut staged = Vec::new();
     for e in std::fs::read_dir(env.path("outputs")).unwrap().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(".tracekit-") {
+        if name.starts_with(".tracekit.") {
             staged.push(name);
         } else {
             done.push(name);

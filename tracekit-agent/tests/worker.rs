@@ -298,6 +298,17 @@ fn kill_9_and_restart_runs_every_task_once_more() {
         3,
         "every task ran to completion once after the restart: {invs:?}"
     );
+    // The killed runs' partial outputs were swept; each task has its output.
+    let names: Vec<String> = std::fs::read_dir(env.path("outputs"))
+        .expect("outputs")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.starts_with(".tracekit.")),
+        "{names:?}"
+    );
+    assert_eq!(names.len(), 3, "{names:?}");
     env.assert_books_balanced();
     assert!(sigterm(&mut agent).success());
 }

@@ -88,7 +88,7 @@ impl Worker {
         });
         // The output gets its name only when the completion counts: a run
         // that does not (its node was declared dead meanwhile) leaves nothing.
-        let staged = staged_path(&plan.output, &trace_id);
+        let staged = staged_path(&plan.output, &self.node, &trace_id);
         if let Some(last) = plan.argv.last_mut() {
             *last = staged.to_string_lossy().into_owned();
         }
@@ -462,16 +462,51 @@ fn staged_output(job: &Job) -> StagedOutput {
 }
 
 /// Where a run writes `output` until its completion counts: the same
-/// directory (a rename, never a copy), a hidden name of this run, and the
-/// same extension (ffmpeg picks the container from it).
-pub fn staged_path(output: &Path, trace_id: &str) -> PathBuf {
+/// directory (a rename, never a copy), a hidden name of this node and run,
+/// and the same extension (ffmpeg picks the container from it).
+pub fn staged_path(output: &Path, node: &str, trace_id: &str) -> PathBuf {
     let name = output
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    output.with_file_name(format!(".tracekit-{}.{name}", group_name(trace_id)))
+    output.with_file_name(format!(
+        "{}{}.{name}",
+        staged_prefix(node),
+        group_name(trace_id)
+    ))
 }
 
+/// How the staged outputs of `node` begin.
+fn staged_prefix(node: &str) -> String {
+    format!(".tracekit.{}.", group_name(node))
+}
+
+/// Remove the staged outputs a previous agent of `node` left under `root`
+/// (its ffmpeg was killed with it, mid-write): runs that never counted.
+/// Only while this agent holds the node id, and after the journal's
+/// reports were delivered (they publish or remove theirs).
+pub fn sweep_staged(root: &Path, node: &str) -> usize {
+    let prefix = staged_prefix(node);
+    let mut removed = 0;
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_dir() {
+                dirs.push(e.path());
+            } else if e.file_name().to_string_lossy().starts_with(&prefix) {
+                match std::fs::remove_file(e.path()) {
+                    Ok(()) => removed += 1,
+                    Err(err) => tracing::warn!("removing {}: {err}", e.path().display()),
+                }
+            }
+        }
+    }
+    removed
+}
 /// A cgroup-safe name for a task.
 pub fn group_name(trace_id: &str) -> String {
     trace_id
@@ -600,6 +635,22 @@ fn write_new(path: &Path, data: &[u8]) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn staged_outputs_of_a_node_are_swept_and_no_others() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sub = dir.path().join("sub");
+        std::fs::create_dir_all(&sub).expect("mkdir");
+        let mine = staged_path(&sub.join("a.mp4"), "n1", "n1-3-7-1");
+        let theirs = staged_path(&sub.join("b.mp4"), "n2", "n2-3-7-1");
+        let done = sub.join("c.mp4");
+        for p in [&mine, &theirs, &done] {
+            std::fs::write(p, b"x").expect("write");
+        }
+        assert!(mine.to_string_lossy().ends_with(".mp4"));
+        assert_eq!(sweep_staged(dir.path(), "n1"), 1);
+        assert!(!mine.exists() && theirs.exists() && done.exists());
+    }
 
     #[test]
     fn a_log_is_never_overwritten() {

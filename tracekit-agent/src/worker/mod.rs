@@ -214,6 +214,13 @@ pub async fn run_until(
             journal.delivered(report_id)?;
         }
     }
+    let swept = job::sweep_staged(&limits.outputs, &id.node);
+    if swept > 0 {
+        tracing::info!(
+            files = swept,
+            "removed the staged outputs a previous agent of this node left (runs that never counted)"
+        );
+    }
     let journal = Arc::new(Mutex::new(journal));
     let registration = Registration {
         node: id.node.clone(),
