@@ -111,6 +111,8 @@ builders! {
     /// registration), `host`, `pid`, `lease_ms` (how long after its last
     /// heartbeat another host may take the node over).
     lease => "lease:",
+    /// The answer a completion of a run (its trace id) got, kept a day.
+    completed => "done:",
     /// The answer a take call gave, under the call's token.
     take_memo => "take:",
     /// Placement index, first fit: indexed nodes without slot tokens whose

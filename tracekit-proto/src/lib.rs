@@ -108,8 +108,8 @@ pub use dead::DeadEntry;
 pub use keys::Keys;
 pub use queue::{
     Completion, DeadLetter, Heartbeat, Lease, NodeState, PlaceEvent, PlaceOptions, PlaceOutcome,
-    PlaceStatus, Queue, QueueError, Recovered, Registered, Registration, RunningTask, Snapshot,
-    SubmitTarget, Take, Weigher, WeigherOrder,
+    PlaceStatus, Queue, QueueError, Recovered, Registered, Registration, RunRef, RunningTask,
+    Snapshot, SubmitTarget, Take, Weigher, WeigherOrder,
 };
 pub use run_stats::RunStats;
 pub use task::{Task, TaskError};

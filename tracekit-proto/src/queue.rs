@@ -204,6 +204,14 @@ pub enum Heartbeat {
     Lost,
 }
 
+/// Which run of a task a report is about: the lease token of the
+/// registration that took it and the run's trace id (empty = not said).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunRef<'a> {
+    pub lease: &'a str,
+    pub trace_id: &'a str,
+}
+
 /// Result of [`Queue::complete_task`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Completion {
@@ -703,12 +711,30 @@ impl Queue {
     /// capacity, run_count and slot token (see [`Completion`] for a
     /// completion that comes after the node was declared dead).
     pub async fn complete_task(&self, node: &str, raw: &str) -> Result<Completion, QueueError> {
+        self.complete_run(node, raw, RunRef::default()).await
+    }
+
+    /// [`Queue::complete_task`] for one run: only the registration that took
+    /// it completes it in flight (a run of an ended registration is judged
+    /// as late), and the answer for its trace id is kept a day, so a
+    /// completion sent again gets the same one.
+    pub async fn complete_run(
+        &self,
+        node: &str,
+        raw: &str,
+        run: RunRef<'_>,
+    ) -> Result<Completion, QueueError> {
         let v = self
             .eval(
                 "complete.lua",
                 &scripts::COMPLETE,
                 &[],
-                &[node.as_bytes(), raw.as_bytes()],
+                &[
+                    node.as_bytes(),
+                    raw.as_bytes(),
+                    run.trace_id.as_bytes(),
+                    run.lease.as_bytes(),
+                ],
             )
             .await?;
         match int(&v) {
@@ -727,12 +753,30 @@ impl Queue {
         raw: &str,
         reason: &str,
     ) -> Result<bool, QueueError> {
+        self.dead_letter_run(node, raw, reason, RunRef::default())
+            .await
+    }
+
+    /// [`Queue::dead_letter_task`] by the registration that took the task
+    /// (an ended one changes nothing).
+    pub async fn dead_letter_run(
+        &self,
+        node: &str,
+        raw: &str,
+        reason: &str,
+        run: RunRef<'_>,
+    ) -> Result<bool, QueueError> {
         let v = self
             .eval(
                 "dead_letter.lua",
                 &scripts::DEAD_LETTER,
                 &[],
-                &[node.as_bytes(), raw.as_bytes(), reason.as_bytes()],
+                &[
+                    node.as_bytes(),
+                    raw.as_bytes(),
+                    reason.as_bytes(),
+                    run.lease.as_bytes(),
+                ],
             )
             .await?;
         Ok(int(&v) == Some(1))
@@ -749,6 +793,20 @@ impl Queue {
         failed: bool,
         reason: Option<&str>,
     ) -> Result<bool, QueueError> {
+        self.requeue_run(node, raw, failed, reason, RunRef::default())
+            .await
+    }
+
+    /// [`Queue::requeue_task`] by the registration that took the task (an
+    /// ended one changes nothing).
+    pub async fn requeue_run(
+        &self,
+        node: &str,
+        raw: &str,
+        failed: bool,
+        reason: Option<&str>,
+        run: RunRef<'_>,
+    ) -> Result<bool, QueueError> {
         let v = self
             .eval(
                 "requeue.lua",
@@ -759,6 +817,7 @@ impl Queue {
                     raw.as_bytes(),
                     if failed { b"1" } else { b"0" },
                     reason.unwrap_or("").as_bytes(),
+                    run.lease.as_bytes(),
                 ],
             )
             .await?;

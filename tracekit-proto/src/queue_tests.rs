@@ -736,3 +736,82 @@ async fn the_live_view_hides_nodes_that_left() {
         .unwrap();
     assert_eq!((all.nodes.len(), all.retired), (3, 0));
 }
+
+/// A completion sent again (a lost reply, a journal replayed) gets the
+/// answer the first one got; a report of an ended registration cannot touch
+/// a later registration's run of the same task.
+#[tokio::test]
+async fn completions_are_idempotent_and_tied_to_their_registration() {
+    let s = RedisServer::start().expect("redis");
+    let q = s.queue().await.expect("queue");
+    q.register(&reg("a", 1, 0)).await.unwrap();
+    q.submit("d", SubmitTarget::Pending, &[(0, task(0, 1))])
+        .await
+        .unwrap();
+    q.place(&place_opts()).await.unwrap();
+    let Take::Task(t) = q.take_task("a", "tok-a").await.unwrap() else {
+        panic!("take")
+    };
+    let run = RunRef {
+        lease: "tok-a",
+        trace_id: "a-0-1",
+    };
+    assert_eq!(
+        q.complete_run("a", &t, run).await.unwrap(),
+        Completion::Accepted
+    );
+    assert_eq!(
+        q.complete_run("a", &t, run).await.unwrap(),
+        Completion::Accepted
+    );
+    assert_eq!(get(&q, "cap:a").await.as_deref(), Some("1"));
+
+    // The same task again; a's registration ends and a registers anew
+    // (a new token), and takes it again.
+    q.submit("d", SubmitTarget::Pending, &[(1, task(0, 1))])
+        .await
+        .unwrap();
+    q.place(&place_opts()).await.unwrap();
+    let Take::Task(t) = q.take_task("a", "tok-a").await.unwrap() else {
+        panic!("take")
+    };
+    q.make_overdue("a").await.unwrap();
+    q.assume_watched().await.unwrap();
+    q.recover_dead_nodes(Duration::from_secs(60), Duration::from_secs(2))
+        .await
+        .unwrap();
+    let again = Registration {
+        lease: Lease {
+            token: "tok-a2".into(),
+            ..reg("a", 1, 0).lease
+        },
+        ..reg("a", 1, 0)
+    };
+    q.register(&again).await.unwrap();
+    q.place(&place_opts()).await.unwrap();
+    let Take::Task(t2) = q.take_task("a", "tok-a2").await.unwrap() else {
+        panic!("take again")
+    };
+    assert_eq!(t, t2);
+    // The old registration's reports change nothing.
+    let old = RunRef {
+        lease: "tok-a",
+        trace_id: "a-0-2",
+    };
+    assert!(!q.requeue_run("a", &t, true, Some("x"), old).await.unwrap());
+    assert!(!q.dead_letter_run("a", &t, "x", old).await.unwrap());
+    assert_eq!(
+        q.complete_run("a", &t, old).await.unwrap(),
+        Completion::Refused
+    );
+    assert_eq!(q.inflight_tasks("a").await.unwrap(), vec![t.clone()]);
+    let new = RunRef {
+        lease: "tok-a2",
+        trace_id: "a-0-3",
+    };
+    assert_eq!(
+        q.complete_run("a", &t, new).await.unwrap(),
+        Completion::Accepted
+    );
+    assert!(q.check_index().await.unwrap().is_empty());
+}

@@ -22,9 +22,14 @@ use crate::clock;
 use crate::session::Session;
 use crate::table::Annotation;
 
+/// How long a killed task is waited for before its output is removed.
+const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// One running task.
 pub struct Job {
     pub(super) raw: String,
+    /// The lease token of the registration that took it.
+    pub(super) lease: String,
     pub(super) task: Task,
     pub(super) plan: Plan,
     /// Where ffmpeg writes (beside the output, under a name of this run).
@@ -138,6 +143,7 @@ impl Worker {
             pid,
             Job {
                 raw,
+                lease: self.lease.clone(),
                 task,
                 plan,
                 staged,
@@ -251,6 +257,7 @@ impl Worker {
         for raw in waiting {
             self.report(Report::Requeue {
                 raw,
+                lease: self.lease.clone(),
                 failed: false,
                 reason: None,
             });
@@ -266,6 +273,7 @@ impl Worker {
             tracing::info!(trace_id = %job.trace_id, "stopped; handed back");
             self.report(Report::Requeue {
                 raw: job.raw,
+                lease: job.lease,
                 failed: false,
                 reason: None,
             });
@@ -318,9 +326,12 @@ impl Worker {
             };
             if let Some(child) = job.child.as_mut() {
                 let _ = child.start_kill();
-                // Reaped here so the output it writes is closed before it is
-                // removed.
-                let _ = child.try_wait();
+                // Reaped here (a moment at most: SIGKILL) so that nothing
+                // writes the staged output once it is removed.
+                let until = std::time::Instant::now() + KILL_WAIT;
+                while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < until {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
             }
             if let (Some(cg), Some(g)) = (&self.cgroups, &job.group) {
                 let _ = cg.destroy(g);
@@ -403,6 +414,7 @@ impl Worker {
         };
         if ok {
             self.report(Report::Complete {
+                lease: job.lease,
                 output: Some(output),
                 trace_id: Some(job.trace_id.clone()),
                 raw: job.raw,
@@ -420,6 +432,7 @@ impl Worker {
         let reports = self.reports.clone();
         let journal = self.journal.clone();
         let raw = job.raw;
+        let lease = job.lease;
         let requeue = move |tail: Option<(Vec<u8>, PathBuf)>| {
             let reason = match &tail {
                 Some((bytes, log)) => failure_reason(&status_text, log, bytes),
@@ -430,6 +443,7 @@ impl Worker {
                 &reports,
                 Report::Requeue {
                     raw,
+                    lease,
                     failed: true,
                     reason: Some(reason),
                 },

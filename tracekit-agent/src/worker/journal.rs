@@ -132,6 +132,7 @@ mod tests {
     fn complete(raw: &str) -> Report {
         Report::Complete {
             raw: raw.into(),
+            lease: String::new(),
             trace_id: None,
             output: None,
         }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracekit_proto::{Completion, Heartbeat, Lease, Queue, QueueError, Registration, Take};
+use tracekit_proto::{Completion, Heartbeat, Lease, Queue, QueueError, Registration, RunRef, Take};
 
 use super::clock_skew::ClockTracker;
 use super::journal::Journal;
@@ -26,6 +26,10 @@ use tracekit_trace::ClockSkew;
 pub enum Report {
     Complete {
         raw: String,
+        /// The lease token of the registration that took the task: an ended
+        /// registration's report cannot touch a later one's run.
+        #[serde(default)]
+        lease: String,
         /// The run's trace id: withdrawn from the trace if the completion is
         /// refused.
         trace_id: Option<String>,
@@ -35,12 +39,16 @@ pub enum Report {
     },
     Requeue {
         raw: String,
+        #[serde(default)]
+        lease: String,
         failed: bool,
         /// Why the attempt failed, kept for the dead letter.
         reason: Option<String>,
     },
     DeadLetter {
         raw: String,
+        #[serde(default)]
+        lease: String,
         reason: String,
     },
 }
@@ -244,17 +252,42 @@ pub async fn deliver(queue: &Queue, node: &str, withdrawn: &Path, report: &Repor
     let mut delay = Duration::from_millis(100);
     loop {
         let result = match report {
-            Report::Complete { raw, .. } => queue.complete_task(node, raw).await,
+            Report::Complete {
+                raw,
+                lease,
+                trace_id,
+                ..
+            } => {
+                let run = RunRef {
+                    lease,
+                    trace_id: trace_id.as_deref().unwrap_or(""),
+                };
+                queue.complete_run(node, raw, run).await
+            }
             Report::Requeue {
                 raw,
+                lease,
                 failed,
                 reason,
-            } => queue
-                .requeue_task(node, raw, *failed, reason.as_deref())
-                .await
-                .map(applied),
-            Report::DeadLetter { raw, reason } => {
-                queue.dead_letter_task(node, raw, reason).await.map(applied)
+            } => {
+                let run = RunRef {
+                    lease,
+                    trace_id: "",
+                };
+                queue
+                    .requeue_run(node, raw, *failed, reason.as_deref(), run)
+                    .await
+                    .map(applied)
+            }
+            Report::DeadLetter { raw, lease, reason } => {
+                let run = RunRef {
+                    lease,
+                    trace_id: "",
+                };
+                queue
+                    .dead_letter_run(node, raw, reason, run)
+                    .await
+                    .map(applied)
             }
         };
         match result {

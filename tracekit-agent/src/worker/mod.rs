@@ -59,6 +59,8 @@ struct Worker {
     jobs: HashMap<u32, Job>,
     reports: mpsc::UnboundedSender<(u64, Report)>,
     journal: Arc<Mutex<Journal>>,
+    /// The lease token the tasks it accepts were taken under.
+    lease: String,
     stderr_dir: PathBuf,
     seq: u64,
     /// When this agent started (epoch ms), in the trace ids it makes.
@@ -295,6 +297,7 @@ pub async fn run_until(
         jobs: HashMap::new(),
         reports: report_tx,
         journal,
+        lease: registration.lease.token.clone(),
         stderr_dir,
         seq: 0,
         started_ms: clock::epoch_ms(),
@@ -314,12 +317,16 @@ pub async fn run_until(
         () = std::future::ready(()) => false,
     };
     if stopping {
+        // Stopping first: a heartbeat must not register the node again
+        // (and put it back in placement) while it leaves.
+        let _ = stop_tx.send(true);
         leave(&queue, &id.node, &lease_rx).await;
         worker.stop(&stop_tx, &mut session)?;
     }
     let mut intake_open = true;
     let mut replaced: Option<String> = None;
     let mut clock_written = None;
+    let mut fence_open = true;
 
     loop {
         tokio::select! {
@@ -338,14 +345,17 @@ pub async fn run_until(
             _ = sigchld.recv() => worker.progress(&mut session)?,
             taken = task_rx.recv(), if intake_open => {
                 match taken {
-                    Some((token, raw)) if token == *lease_rx.borrow() => worker.accept(raw, &mut session),
+                    Some((token, raw)) if token == *lease_rx.borrow() => {
+                        worker.lease = token;
+                        worker.accept(raw, &mut session)
+                    }
                     // Taken under a registration that is over: that
                     // registration's end sent it back to pending.
                     Some(_) => tracing::info!("dropping a task taken before this node's registration ended"),
                     None => intake_open = false,
                 }
             }
-            fence = fence_rx.recv() => match fence {
+            fence = fence_rx.recv(), if fence_open => match fence {
                 Some(Fence::StopAll(done)) => {
                     worker.fence(&mut session)?;
                     // Tasks taken under the old registration are not run.
@@ -361,7 +371,7 @@ pub async fn run_until(
                     replaced = Some(why);
                     stopping = true;
                 }
-                None => {}
+                None => fence_open = false,
             },
             Ok(()) = clock_rx.changed() => {
                 let skew = *clock_rx.borrow_and_update();
@@ -375,6 +385,7 @@ pub async fn run_until(
             }
             () = &mut stop, if !stopping => {
                 stopping = true;
+                let _ = stop_tx.send(true);
                 leave(&queue, &id.node, &lease_rx).await;
                 worker.stop(&stop_tx, &mut session)?;
             }
@@ -398,6 +409,7 @@ pub async fn run_until(
         if replaced.is_none() && token == *lease_rx.borrow() {
             worker.report(Report::Requeue {
                 raw,
+                lease: token,
                 failed: false,
                 reason: None,
             });
@@ -532,7 +544,11 @@ impl Worker {
     fn dead_letter(&mut self, raw: String, reason: String) {
         let reason = tracekit_proto::task::quote(&reason).into_owned();
         tracing::warn!(%reason, "task rejected: not run, sent to the dead-letter list");
-        self.report(Report::DeadLetter { raw, reason });
+        self.report(Report::DeadLetter {
+            raw,
+            lease: self.lease.clone(),
+            reason,
+        });
     }
 
     /// Journal `report` (on disk before it is sent), then send it.
@@ -563,6 +579,7 @@ impl Worker {
                 self.allocator.release(&cores);
                 self.report(Report::Requeue {
                     raw,
+                    lease: self.lease.clone(),
                     failed: true,
                     reason: Some(tracekit_proto::task::quote(&reason).into_owned()),
                 });

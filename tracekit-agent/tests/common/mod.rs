@@ -282,12 +282,28 @@ impl Drop for KillOnDrop {
 }
 
 /// The agent's stderr, read after it exits.
-pub fn stderr_of(child: Child) -> (std::process::ExitStatus, String) {
-    let out = child.wait_with_output().expect("waiting for the agent");
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// (A minute at most: then it is killed and the test fails.)
+pub fn stderr_of(mut child: Child) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the agent") {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the agent did not end within a minute");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status, reader.join().unwrap_or_default())
 }
 
 impl Env {

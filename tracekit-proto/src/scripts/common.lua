@@ -53,6 +53,12 @@ local function quote(s)
   return string.sub(s, 1, cut) .. '… (' .. #s .. ' bytes in all)'
 end
 
+-- Whether the registration of lease `token` still holds `node` ('' = the
+-- caller does not say: an older worker, or a test).
+local function holds(node, token)
+  return token == nil or token == '' or redis.call('HGET', key_lease(node), 'token') == token
+end
+
 -- Why a task can never be placed, judged on its size alone (nil = fine).
 local function too_large(raw)
   if #raw > MAX_TASK_BYTES then
@@ -86,6 +92,7 @@ local function bury(raw, reason, node)
   end
   local e = {
     task = task,
+    truncated = #raw > MAX_TASK_BYTES or nil,
     reason = quote(reason),
     ts = now_ms(),
     attempts = tonumber(redis.call('HGET', ATTEMPTS, raw) or '0'),

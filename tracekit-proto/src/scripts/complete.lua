@@ -1,5 +1,10 @@
--- complete.lua: ARGV 1 node, 2 raw task. The task leaves the node's in-flight
--- list and gives back its capacity, run_count and slot token: returns 1.
+-- complete.lua: ARGV 1 node, 2 raw task, 3 the run's trace id ('' = not
+-- said), 4 the lease token it was taken under ('' = not said). The task
+-- leaves the node's in-flight list and gives back its capacity, run_count and
+-- slot token: returns 1. Only the registration that took it may: a run of an
+-- ended registration is judged as a late one. The answer for a trace id is
+-- kept a day, so a completion sent again (a lost reply, a journal replayed)
+-- gets the same answer.
 -- A completion that comes after the task was taken back (its node was
 -- declared dead) still counts while nobody has taken the task again: it
 -- leaves pending, or the queue of the live node it was placed on (which gets
@@ -7,8 +12,17 @@
 -- nothing, so a retried call never returns capacity twice, and a run that
 -- another node has started again is not completed under it. A completion
 -- that counts is done, and its time joins the last minute's (throughput).
-local node, raw = ARGV[1], ARGV[2]
-local function done()
+local node, raw, run, lease = ARGV[1], ARGV[2], ARGV[3] or '', ARGV[4] or ''
+if run ~= '' then
+  local prev = redis.call('GET', key_completed(run))
+  if prev then
+    return tonumber(prev)
+  end
+end
+local function done(answer)
+  if run ~= '' then
+    redis.call('SET', key_completed(run), answer, 'PX', 86400000)
+  end
   redis.call('HDEL', ATTEMPTS, raw)
   redis.call('HDEL', LAST_ERROR, raw)
   local now = now_ms()
@@ -16,13 +30,13 @@ local function done()
   redis.call('ZADD', DONE_TIMES, now, now .. ':' .. n)
   redis.call('ZREMRANGEBYSCORE', DONE_TIMES, '-inf', now - 60000)
 end
-if redis.call('LREM', key_inflight(node), 1, raw) == 1 then
+if holds(node, lease) and redis.call('LREM', key_inflight(node), 1, raw) == 1 then
   release(node, raw)
-  done()
+  done(1)
   return 1
 end
 if redis.call('LREM', PENDING, 1, raw) == 1 then
-  done()
+  done(2)
   return 2
 end
 -- Placed again but not taken: the node's queue holds it (rare, so a walk of
@@ -34,7 +48,7 @@ for _, other in ipairs(redis.call('ZRANGE', ALIVE, 0, -1)) do
     -- It was placed there, not running.
     gauge('running', 1)
     gauge('placed', -1)
-    done()
+    done(2)
     return 2
   end
 end

@@ -20,6 +20,9 @@ for i, e in ipairs(pick) do
   if not ok or type(d) ~= 'table' or type(d['task']) ~= 'string' then
     return redis.error_reply('dead letter ' .. string.sub(redis.sha1hex(e), 1, 12) .. ' holds no task')
   end
+  if d['truncated'] then
+    return redis.error_reply('dead letter ' .. string.sub(redis.sha1hex(e), 1, 12) .. ' holds only the head of a task over the size limit: it cannot run')
+  end
   raws[i] = d['task']
 end
 if want == '' then

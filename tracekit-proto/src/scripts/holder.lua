@@ -7,7 +7,8 @@ if not held[1] then
   return {}
 end
 local hb = redis.call('ZSCORE', ALIVE, node)
-if hb and now_ms() - tonumber(hb) < num(held[4]) then
+local since = tonumber(redis.call('GET', WATCH_SINCE)) or 0
+if hb and now_ms() - math.max(tonumber(hb), since) < num(held[4]) then
   return { held[2], held[3] }
 end
 return {}

@@ -17,8 +17,11 @@ local reset, clear = ARGV[6] == '1', ARGV[7] == '1'
 local token, host, pid, lease_ms = ARGV[8], ARGV[9], ARGV[10], num(ARGV[11])
 local held = redis.call('HMGET', key_lease(node), 'token', 'host', 'pid', 'lease_ms')
 if held[1] and held[1] ~= token and held[2] ~= host then
+  -- Its heartbeat's age counts from when the centrals last started
+  -- watching: heartbeats Redis could not receive are not missed ones.
   local hb = redis.call('ZSCORE', ALIVE, node)
-  if hb and now_ms() - tonumber(hb) < num(held[4]) then
+  local since = tonumber(redis.call('GET', WATCH_SINCE)) or 0
+  if hb and now_ms() - math.max(tonumber(hb), since) < num(held[4]) then
     return { 'held', held[2], held[3] }
   end
 end

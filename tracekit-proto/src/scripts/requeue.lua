@@ -1,10 +1,12 @@
 -- requeue.lua: ARGV 1 node, 2 raw task, 3 count a failed attempt (1/0),
--- 4 why it failed ('' = not said). The worker hands an in-flight task back:
+-- 4 why it failed ('' = not said), 5 the lease token it was taken under
+-- ('' = not said: a registration that ended changes nothing).
+-- The worker hands an in-flight task back:
 -- it returns to the head of pending and its capacity is given back. The
 -- reason of the last failed attempt is kept for the dead letter. Returns 1,
 -- or 0 when it was not in flight there.
 local node, raw = ARGV[1], ARGV[2]
-if redis.call('LREM', key_inflight(node), 1, raw) == 0 then
+if not holds(node, ARGV[5]) or redis.call('LREM', key_inflight(node), 1, raw) == 0 then
   return 0
 end
 release(node, raw)

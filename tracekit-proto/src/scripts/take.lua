@@ -9,13 +9,15 @@
 local node, token, lease = ARGV[1], ARGV[2], ARGV[3]
 local memo = key_take_memo(token)
 local prev = redis.call('GET', memo)
+local alive = redis.call('ZSCORE', ALIVE, node) and redis.call('HGET', key_lease(node), 'token') == lease
 if prev then
-  return { 'task', prev }
-end
-if not redis.call('ZSCORE', ALIVE, node) then
+  -- The answer of a call whose reply was lost, if the task is still ours.
+  if alive and redis.call('LPOS', key_inflight(node), prev) then
+    return { 'task', prev }
+  end
   return { 'lost' }
 end
-if redis.call('HGET', key_lease(node), 'token') ~= lease then
+if not alive then
   return { 'lost' }
 end
 local raw = redis.call('LMOVE', key_queue(node), key_inflight(node), 'LEFT', 'RIGHT')
