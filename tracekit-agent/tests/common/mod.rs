@@ -201,9 +201,10 @@ pub fn ffmpeg_children(agent: u32) -> Vec<u32> {
             let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
                 return false;
             };
-            // A task's ffmpeg, not the agent's `ffmpeg -version` probe.
+            // A task's ffmpeg (its command line has a -crf), not the
+            // agent's version probes.
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let encoding = cmdline.split(|&b| b == 0).any(|a| a == b"-i");
+            let encoding = cmdline.split(|&b| b == 0).any(|a| a == b"-crf");
             let comm_ok = stat.contains("(ffmpeg)") && encoding;
             let ppid = stat
                 .rsplit(')')
