@@ -283,6 +283,9 @@ fn inject(fleet: &mut Fleet, sched: &Schedule, t0: Instant) -> Result<Vec<String
         })
         .collect();
     let stamp = |t0: Instant| format!("[{:>6.1}s]", t0.elapsed().as_secs_f64());
+    // The process each fault hit: a restoration restores that one only (an
+    // earlier fault's late restoration may have replaced it already).
+    let mut hit: Vec<Option<u32>> = vec![None; sched.faults.len()];
     while let Some(mut a) = heap.pop() {
         sleep_until(t0 + a.at)?;
         let f: Fault = sched.faults[a.fault];
@@ -316,6 +319,7 @@ fn inject(fleet: &mut Fleet, sched: &Schedule, t0: Instant) -> Result<Vec<String
                         f.down.as_secs_f64()
                     );
                     p.signal(sig)?;
+                    hit[a.fault] = Some(p.pid());
                 }
             }
             fleet.publish_pids();
@@ -325,6 +329,9 @@ fn inject(fleet: &mut Fleet, sched: &Schedule, t0: Instant) -> Result<Vec<String
             Kind::RedisShort | Kind::RedisLong => {
                 fleet.redis.restart().context("restarting redis-server")?;
                 println!("{} redis-server back, pid {}", stamp(t0), fleet.redis.pid());
+            }
+            _ if fleet.proc_mut(target).map(|p| p.pid()) != hit[a.fault] => {
+                println!("{} {target} was restarted already", stamp(t0));
             }
             Kind::StopAgent => {
                 let p = fleet.proc_mut(target).context("no such target")?;
@@ -605,6 +612,10 @@ pub fn run(args: &ChaosArgs) -> Result<()> {
         .arg(&profiles_file)
         .env("REDIS_PASSWORD", fleet.redis.password());
     let t0 = Instant::now();
+    let t0_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
     fleet.dispatcher = Some(Proc::spawn(
         "dispatch",
         &mut dispatch,
@@ -729,6 +740,8 @@ pub fn run(args: &ChaosArgs) -> Result<()> {
         end: &end,
         samples: &samples,
         left_running: &left,
+        faults: &sched.faults,
+        t0_ms,
     });
     summary(&sched, p, &notes, accepted.as_ref().ok(), &dir);
     invariants::print(&rows);
