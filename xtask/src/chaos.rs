@@ -72,9 +72,10 @@ pub struct ChaosArgs {
     /// The centrals' heartbeat timeout, seconds.
     #[arg(long, default_value_t = 10)]
     pub heartbeat_timeout: u64,
-    /// Seconds to wait, after the faults, for every task to finish.
-    #[arg(long, default_value_t = 240)]
-    pub settle_timeout: u64,
+    /// Seconds to wait, after the faults, for every task to finish (short:
+    /// 240, long: 600).
+    #[arg(long)]
+    pub settle_timeout: Option<u64>,
     /// Agents share the host's network (default: a network namespace each
     /// when running as root with iproute2).
     #[arg(long)]
@@ -94,6 +95,7 @@ pub struct ChaosArgs {
 struct Plan {
     params: Params,
     tasks: u64,
+    settle_timeout: Duration,
 }
 
 impl ChaosArgs {
@@ -132,6 +134,7 @@ impl ChaosArgs {
                 })),
             },
             tasks: pick(self.tasks, 60, 240),
+            settle_timeout: Duration::from_secs(pick(self.settle_timeout, 240, 600)),
         })
     }
 }
@@ -253,13 +256,19 @@ impl PartialOrd for Action {
     }
 }
 
-/// How long a SIGTERMed process may take to exit before it is killed
-/// (and the fact noted).
+/// How long a SIGTERMed process may take to exit, beyond the longest Redis
+/// outage (an agent hands its tasks back through Redis before it exits),
+/// before it is killed (and the fact noted).
 const TERM_GRACE: Duration = Duration::from_secs(60);
 
 /// Injects the schedule's faults, restoring each after its outage; returns
 /// notes on what did not go as planned.
-fn inject(fleet: &mut Fleet, sched: &Schedule, t0: Instant) -> Result<Vec<String>> {
+fn inject(
+    fleet: &mut Fleet,
+    sched: &Schedule,
+    long_outage_max: Duration,
+    t0: Instant,
+) -> Result<Vec<String>> {
     let mut notes = Vec::new();
     let mut heap: BinaryHeap<Action> = sched
         .faults
@@ -286,6 +295,7 @@ fn inject(fleet: &mut Fleet, sched: &Schedule, t0: Instant) -> Result<Vec<String
     // The process each fault hit: a restoration restores that one only (an
     // earlier fault's late restoration may have replaced it already).
     let mut hit: Vec<Option<u32>> = vec![None; sched.faults.len()];
+    let grace = (TERM_GRACE + long_outage_max).as_secs() as u32;
     while let Some(mut a) = heap.pop() {
         sleep_until(t0 + a.at)?;
         let f: Fault = sched.faults[a.fault];
@@ -345,7 +355,7 @@ fn inject(fleet: &mut Fleet, sched: &Schedule, t0: Instant) -> Result<Vec<String
                     .try_wait()?
                     .is_some();
                 if !exited {
-                    if a.waited < TERM_GRACE.as_secs() as u32 {
+                    if a.waited < grace {
                         // Not exited yet (a SIGTERMed agent hands its work
                         // back first): look again in a second.
                         a.waited += 1;
@@ -353,10 +363,7 @@ fn inject(fleet: &mut Fleet, sched: &Schedule, t0: Instant) -> Result<Vec<String
                         heap.push(a);
                         continue;
                     }
-                    let note = format!(
-                        "{target} had not exited {} s after SIGTERM: killed",
-                        TERM_GRACE.as_secs()
-                    );
+                    let note = format!("{target} had not exited {grace} s after SIGTERM: killed");
                     println!("{} {note}", stamp(t0));
                     notes.push(note);
                     fleet.proc_mut(target).context("no such target")?.kill()?;
@@ -633,16 +640,16 @@ pub fn run(args: &ChaosArgs) -> Result<()> {
         0.0, plan.tasks
     );
 
-    let notes = inject(&mut fleet, &sched, t0)?;
+    let notes = inject(&mut fleet, &sched, p.long_outage_max, t0)?;
     sleep_until(t0 + p.duration)?;
     println!(
         "[{:>6.1}s] faults over, everything restored: waiting for the tasks (at most {} s)",
         t0.elapsed().as_secs_f64(),
-        args.settle_timeout
+        plan.settle_timeout.as_secs()
     );
 
     // Settle: the dispatcher done, nothing pending, queued or in flight.
-    let settle_deadline = Instant::now() + Duration::from_secs(args.settle_timeout);
+    let settle_deadline = Instant::now() + plan.settle_timeout;
     let mut last = String::new();
     let mut settled = false;
     let mut quiet_since: Option<Instant> = None;
@@ -685,7 +692,7 @@ pub fn run(args: &ChaosArgs) -> Result<()> {
         println!(
             "[{:>6.1}s] not settled after {} s: checking as it stands",
             t0.elapsed().as_secs_f64(),
-            args.settle_timeout
+            plan.settle_timeout.as_secs()
         );
     }
     let end: Result<(Snapshot, Vec<DeadLetter>)> = rt.block_on(async {
