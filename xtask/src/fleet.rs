@@ -10,6 +10,36 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tracekit_proto::testing::RedisServer;
 
+/// Simulated hosts per run: /30 links in one /24.
+const MAX_HOSTS: u32 = 62;
+
+/// The third octet of this run's link addresses (169.254.<octet>.0/24, cut
+/// into /30 links): the first, from one drawn from the PID, that no interface
+/// uses, because two runs on one machine sharing addresses would answer
+/// each other's nodes over the wrong link.
+fn link_octet() -> Result<u8> {
+    static OCTET: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+    if let Some(o) = OCTET.get() {
+        return Ok(*o);
+    }
+    let out = Command::new("ip")
+        .args(["-o", "-4", "addr", "show"])
+        .output()
+        .context("running ip (apt-get install -y iproute2)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let used: std::collections::HashSet<u8> = text
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("169.254."))
+        .filter_map(|rest| rest.split('.').next()?.parse().ok())
+        .collect();
+    let start = std::process::id() % 254;
+    let octet = (0..254u32)
+        .map(|k| 1 + ((start + k) % 254) as u8)
+        .find(|o| !used.contains(o))
+        .context("every 169.254.x.0/24 is in use: no room for simulated hosts")?;
+    Ok(*OCTET.get_or_init(|| octet))
+}
+
 /// A node's simulated host: a network namespace joined to the controller's
 /// (the root namespace) by a veth pair with a /30 of link-local addresses.
 /// Removed on drop.
@@ -23,8 +53,12 @@ impl NetnsHost {
         let tag = std::process::id() % 100_000;
         let name = format!("tk{tag}n{index}");
         let (host_if, node_if) = (format!("tkh{tag}n{index}"), format!("tkn{tag}n{index}"));
-        let controller_ip = format!("169.254.{}.1", 100 + index);
-        let node_ip = format!("169.254.{}.2", 100 + index);
+        if index == 0 || index > MAX_HOSTS {
+            bail!("simulated hosts are numbered 1 to {MAX_HOSTS}, not {index}");
+        }
+        let octet = link_octet()?;
+        let controller_ip = format!("169.254.{octet}.{}", 4 * index + 1);
+        let node_ip = format!("169.254.{octet}.{}", 4 * index + 2);
         let host = NetnsHost {
             name: name.clone(),
             controller_ip: controller_ip.clone(),
