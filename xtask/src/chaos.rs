@@ -173,8 +173,11 @@ struct Fleet {
 }
 
 impl Fleet {
+    /// Agent `i`'s node id: `node<i+1>` and this run's tag, because an
+    /// agent's cgroups are named after its node id, and another fleet on this
+    /// machine (the demo, a test) has a `node1` too.
     fn node(i: usize) -> String {
-        format!("node{}", i + 1)
+        format!("node{}-{}", i + 1, std::process::id() % 100_000)
     }
 
     fn node_dir(&self, i: usize) -> PathBuf {
@@ -556,6 +559,11 @@ pub fn run(args: &ChaosArgs) -> Result<()> {
         } else {
             String::new()
         }
+    );
+    println!(
+        "agents node1…node{} have node ids node<i>-{} (this run's own cgroups)",
+        p.agents,
+        std::process::id() % 100_000
     );
     let mut fleet = Fleet {
         agents: Vec::new(),

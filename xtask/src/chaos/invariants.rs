@@ -120,7 +120,8 @@ fn suspects(runs: &[Run], e: &Evidence) -> String {
         let (from, to) = (t(w[0].end_ms) - 1.0, t(w[1].start_ms));
         for f in e.faults {
             let (a, b) = (f.at.as_secs_f64(), (f.at + f.down).as_secs_f64());
-            let on_node = f.target.to_string() == w[0].node || f.target == Target::Redis;
+            let agent = e.node_dirs.iter().position(|(n, _)| *n == w[0].node);
+            let on_node = f.target == Target::Redis || agent.map(Target::Agent) == Some(f.target);
             if on_node && a <= to && b >= from {
                 out.push(format!("{} {} at {a:.1}s", f.kind.name(), f.target));
             }
