@@ -30,6 +30,8 @@ pub struct RedisServer {
     password: String,
     /// TLS only (`start_tls`): the port speaks TLS, certificates are in the dir.
     tls: bool,
+    /// The full `redis-server` command line, for [`RedisServer::restart`].
+    args: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -107,6 +109,17 @@ fn make_certs(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn spawn_server(args: &[String], dir: &Path) -> anyhow::Result<Child> {
+    Command::new("redis-server")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting redis-server (is it installed?)")
+}
+
 fn free_port() -> anyhow::Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").context("binding a probe socket")?;
     Ok(l.local_addr()?.port())
@@ -146,43 +159,72 @@ impl RedisServer {
         let dir = tempfile::tempdir().context("creating a temp dir for redis-server")?;
         let port = free_port()?;
         let password = random_hex(16)?;
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--bind", "127.0.0.1"]);
+        let mut args: Vec<String> = vec!["--bind".into(), "127.0.0.1".into()];
         if tls {
             make_certs(dir.path())?;
-            cmd.args(["--port", "0", "--tls-port", &port.to_string()])
-                .args([
+            let port = port.to_string();
+            args.extend(
+                [
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
                     "--tls-cert-file",
                     "server.crt",
                     "--tls-key-file",
                     "server.key",
-                ])
-                .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
-                .current_dir(dir.path());
+                    "--tls-ca-cert-file",
+                    "ca.crt",
+                    "--tls-auth-clients",
+                    "no",
+                ]
+                .map(String::from),
+            );
         } else {
-            cmd.args(["--port", &port.to_string()]);
+            args.extend(["--port".to_string(), port.to_string()]);
         }
-        let child = cmd
-            .args(["--requirepass", &password])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .args(["--logfile", "redis.log", "--daemonize", "no"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting redis-server (is it installed?)")?;
+        args.extend(["--requirepass".to_string(), password.clone()]);
+        args.extend(["--save", "", "--appendonly", "no", "--dir"].map(String::from));
+        args.push(dir.path().display().to_string());
+        args.extend(["--logfile", "redis.log", "--daemonize", "no"].map(String::from));
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let child = spawn_server(&args, dir.path())?;
         let mut server = RedisServer {
             child,
             port,
             password,
             tls,
+            args,
             _dir: dir,
         };
         server.wait_ready(Duration::from_secs(20))?;
         Ok(server)
+    }
+
+    /// Sends `signal` to the server (by its PID) and reaps it: an outage.
+    /// A server already stopped is left as it is.
+    pub fn stop_with(&mut self, signal: i32) -> anyhow::Result<()> {
+        if self.child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        // SAFETY: signalling the redis-server this value started and has not reaped.
+        if unsafe { libc::kill(self.child.id() as i32, signal) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("signalling redis-server");
+        }
+        self.child.wait().context("reaping redis-server")?;
+        Ok(())
+    }
+
+    /// Starts the server again, stopped by [`RedisServer::stop_with`]: same
+    /// port, password, directory and options (with persistence on, it loads
+    /// its data back), and waits until it answers PING.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.try_wait()?.is_none() {
+            bail!("redis-server (pid {}) is still running", self.child.id());
+        }
+        self.child = spawn_server(&self.args, self._dir.path())?;
+        // Loading a long append-only file takes a while.
+        self.wait_ready(Duration::from_secs(120))
     }
 
     fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {

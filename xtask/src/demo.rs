@@ -8,7 +8,7 @@
 //! found a problem.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -16,6 +16,7 @@ use clap::Args;
 use serde_json::{Value, json};
 use tracekit_proto::testing::RedisServer;
 
+use crate::fleet::{self, AgentSpec, NetnsHost, Proc};
 use crate::util;
 
 #[derive(Debug, Args)]
@@ -74,168 +75,6 @@ pub struct DemoArgs {
     pub netns: bool,
 }
 
-/// A node's simulated host: a network namespace joined to the controller's
-/// (the root namespace) by a veth pair with a /30 of link-local addresses.
-/// Removed on drop.
-struct NetnsHost {
-    name: String,
-    controller_ip: String,
-}
-
-impl NetnsHost {
-    fn create(index: u32) -> Result<NetnsHost> {
-        let tag = std::process::id() % 100_000;
-        let name = format!("tk{tag}n{index}");
-        let (host_if, node_if) = (format!("tkh{tag}n{index}"), format!("tkn{tag}n{index}"));
-        let controller_ip = format!("169.254.{}.1", 100 + index);
-        let node_ip = format!("169.254.{}.2", 100 + index);
-        let host = NetnsHost {
-            name: name.clone(),
-            controller_ip: controller_ip.clone(),
-        };
-        let ip = |args: &[&str]| -> Result<()> {
-            let status = Command::new("ip")
-                .args(args)
-                .status()
-                .context("running ip (apt-get install -y iproute2)")?;
-            if !status.success() {
-                bail!("ip {} failed", args.join(" "));
-            }
-            Ok(())
-        };
-        ip(&["netns", "add", &name])?;
-        ip(&[
-            "link", "add", &host_if, "type", "veth", "peer", "name", &node_if,
-        ])?;
-        ip(&["link", "set", &node_if, "netns", &name])?;
-        ip(&[
-            "addr",
-            "add",
-            &format!("{controller_ip}/30"),
-            "dev",
-            &host_if,
-        ])?;
-        ip(&["link", "set", &host_if, "up"])?;
-        ip(&[
-            "netns",
-            "exec",
-            &name,
-            "ip",
-            "addr",
-            "add",
-            &format!("{node_ip}/30"),
-            "dev",
-            &node_if,
-        ])?;
-        ip(&["netns", "exec", &name, "ip", "link", "set", &node_if, "up"])?;
-        ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"])?;
-        Ok(host)
-    }
-}
-
-impl Drop for NetnsHost {
-    fn drop(&mut self) {
-        // Deleting the namespace deletes its end of the veth pair, and so the pair.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// Debian packages the demo needs, by the command that tells they are there.
-const PACKAGES: &[(&str, &str)] = &[
-    ("clang", "clang"),
-    ("llvm-strip", "llvm"),
-    ("redis-server", "redis-server"),
-    ("ffmpeg", "ffmpeg"),
-    ("setpriv", "util-linux"),
-    ("nsenter", "util-linux"),
-    ("python3", "python3"),
-    ("ip", "iproute2"),
-];
-
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd} >/dev/null")])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Install what is missing from Debian (root only).
-pub fn ensure_packages() -> Result<()> {
-    let mut missing: Vec<&str> = PACKAGES
-        .iter()
-        .filter(|(cmd, _)| !have(cmd))
-        .map(|(_, pkg)| *pkg)
-        .collect();
-    if !Path::new("/usr/include/bpf/bpf_helpers.h").exists() {
-        missing.push("libbpf-dev");
-    }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!(
-            "missing packages: run as root, or `apt-get install -y {}`",
-            missing.join(" ")
-        );
-    }
-    eprintln!("installing {} …", missing.join(" "));
-    let ok = Command::new("apt-get").arg("update").status()?.success()
-        && Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()?
-            .success();
-    if !ok {
-        bail!("apt-get could not install {}", missing.join(" "));
-    }
-    Ok(())
-}
-
-struct Proc {
-    name: String,
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Result<Proc> {
-        let out =
-            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone()?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        Ok(Proc {
-            name: name.to_string(),
-            child,
-        })
-    }
-
-    /// SIGTERM, then wait (SIGKILL after `grace`).
-    fn stop(mut self, grace: Duration) -> Result<std::process::ExitStatus> {
-        // SAFETY: signalling our own child by its pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait()? {
-                return Ok(s);
-            }
-            if start.elapsed() > grace {
-                eprintln!("{} did not stop in {grace:?}: killing it", self.name);
-                let _ = self.child.kill();
-                return Ok(self.child.wait()?);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
 fn run_id() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -252,7 +91,7 @@ fn count_lines(path: &Path) -> usize {
 
 pub fn run(args: &DemoArgs) -> Result<()> {
     let started = Instant::now();
-    ensure_packages()?;
+    fleet::ensure_packages()?;
     let profile = if args.release { "release" } else { "debug" };
     let mut build = vec!["build", "-p", "tracekit-agent", "-p", "tracekit-sched"];
     if args.release {
@@ -261,7 +100,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     if !args.no_build {
         util::cargo(&build)?;
     }
-    let bin = util::workspace_root()?.join("target").join(profile);
+    let bin = fleet::bin_dir(profile)?;
     let agent_bin = bin.join("tracekit-agent");
     let sched_bin = bin.join("tracekit-sched");
 
@@ -282,30 +121,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     println!("Tracekit demo {run} in {}", dir.display());
 
     // Test videos: the original's testsrc patterns, small by default.
-    for len in &args.lengths {
-        let path = inputs.join(format!("testsrc_{}_{len}s.mp4", args.resolution));
-        let status = Command::new("ffmpeg")
-            .args(["-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
-            .arg(format!(
-                "testsrc=size={}:rate={}",
-                args.resolution, args.fps
-            ))
-            .args([
-                "-t",
-                &len.to_string(),
-                "-pix_fmt",
-                "yuv420p",
-                "-c:v",
-                "libx264",
-            ])
-            .args(["-preset", "ultrafast"])
-            .arg(&path)
-            .status()
-            .context("running ffmpeg")?;
-        if !status.success() {
-            bail!("ffmpeg could not generate {}", path.display());
-        }
-    }
+    fleet::make_test_videos(&inputs, &args.resolution, args.fps, &args.lengths)?;
 
     // The seed's profiles, with cpu_units capped at this machine's cores so
     // every task fits a node (a worker accepts at most its cores).
@@ -329,8 +145,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     } else {
         Vec::new()
     };
-    let mut bind = vec!["--bind".to_string(), "127.0.0.1".to_string()];
-    bind.extend(hosts.iter().map(|h| h.controller_ip.clone()));
+    let bind = NetnsHost::redis_bind(&hosts);
     let bind: Vec<&str> = bind.iter().map(String::as_str).collect();
     let redis = RedisServer::start_with(&bind).context("starting redis-server")?;
     let url = redis.url_without_password();
@@ -343,40 +158,25 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let mut agents = Vec::new();
     for i in 1..=args.nodes {
         let node = format!("node{i}");
-        // In its namespace a node reaches Redis at the controller's end of
-        // its link, as another machine would.
-        let (mut cmd, node_url) = match hosts.get(i as usize - 1) {
-            Some(h) => {
-                println!(
-                    "{node}: network namespace {} (Redis at {}:{})",
-                    h.name,
-                    h.controller_ip,
-                    redis.port()
-                );
-                // Only the network namespace: `ip netns exec` would also
-                // remount /sys, and the agent would find no cgroups there.
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/run/netns/{}", h.name))
-                    .arg("--")
-                    .arg(&agent_bin);
-                (c, format!("redis://{}:{}/0", h.controller_ip, redis.port()))
-            }
-            None => (Command::new(&agent_bin), url.clone()),
+        let host = hosts.get(i as usize - 1);
+        if let Some(h) = host {
+            println!(
+                "{node}: network namespace {} (Redis at {}:{})",
+                h.name,
+                h.controller_ip,
+                redis.port()
+            );
+        }
+        let spec = AgentSpec {
+            agent_bin: &agent_bin,
+            dir: &dir,
+            node: &node,
+            run: &run,
+            node_dir: agent_dirs.join(&node),
+            cpu_binding: &args.cpu_binding,
+            interval_ms: args.interval_ms,
         };
-        cmd.current_dir(&dir)
-            .args(["--redis", &node_url, "--node-id", &node, "--run-id", &run])
-            .arg("--node-dir")
-            .arg(agent_dirs.join(&node))
-            .args(["--inputs", "inputs", "--outputs", "outputs"])
-            .args([
-                "--cpu-binding",
-                &args.cpu_binding,
-                "--allocation-ratio",
-                "1",
-            ])
-            .args(["--interval-ms", &args.interval_ms.to_string()])
-            .args(["--reset-capacity", "--clear-queue"])
-            .env("REDIS_PASSWORD", redis.password());
+        let mut cmd = spec.command(host, &redis);
         agents.push(Proc::spawn(
             &node,
             &mut cmd,
@@ -389,7 +189,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         .args(["central", "--redis", &url, "--weigher", &args.weigher])
         .args(["--weigher-order", &args.weigher_order])
         .env("REDIS_PASSWORD", redis.password());
-    let central = Proc::spawn("central", &mut central, &dir.join("central.log"))?;
+    let mut central = Proc::spawn("central", &mut central, &dir.join("central.log"))?;
 
     // Wait for the nodes to register before submitting.
     let queue_rt = tokio::runtime::Builder::new_current_thread()
@@ -439,7 +239,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let mut last = String::new();
     let mut dispatched = false;
     loop {
-        if !dispatched && let Some(status) = dispatcher.child.try_wait()? {
+        if !dispatched && let Some(status) = dispatcher.try_wait()? {
             dispatched = true;
             if !status.success() {
                 bail!(
@@ -479,7 +279,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let dead = queue_rt.block_on(queue.dead_letters(0, -1))?;
 
     // Stop everything cleanly: agents deregister and flush their traces.
-    for a in agents {
+    for mut a in agents {
         let name = a.name.clone();
         let status = a.stop(Duration::from_secs(30))?;
         if !status.success() {

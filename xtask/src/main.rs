@@ -2,7 +2,9 @@
 //! benchmarks that print side-by-side comparisons.
 
 mod bench;
+mod chaos;
 mod demo;
+mod fleet;
 mod util;
 
 use std::path::PathBuf;
@@ -48,6 +50,10 @@ enum Command {
     /// agents, the central scheduler, the seed's task mix), then audit,
     /// OpenDC export and a summary. Run as root.
     Demo(demo::DemoArgs),
+    /// A fault schedule against a local fleet (kill -9, SIGTERM, SIGSTOP,
+    /// Redis outages), then a table of the invariants; non-zero on any
+    /// violation. Run as root.
+    Chaos(chaos::ChaosArgs),
 }
 
 fn main() -> Result<()> {
@@ -67,6 +73,7 @@ fn main() -> Result<()> {
         Command::Test { args } => test(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Chaos(args) => chaos::run(&args),
         Command::HookFloor { object } => bench::tracer::hook_floor(&object),
         Command::Ticker => loop {
             std::thread::sleep(std::time::Duration::from_secs(1));
@@ -78,7 +85,7 @@ fn main() -> Result<()> {
 /// The README's test command: builds every binary (end-to-end tests drive
 /// them), then runs all tests.
 fn test(extra: &[String]) -> Result<()> {
-    demo::ensure_packages()?;
+    fleet::ensure_packages()?;
     util::cargo(&["build", "--workspace", "--bins"])?;
     // Every test binary runs even when one fails, so a run shows all failures.
     let mut args = vec!["test", "--workspace", "--no-fail-fast"];

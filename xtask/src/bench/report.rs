@@ -105,10 +105,7 @@ fn dir_bytes(dir: &Path) -> Result<u64> {
 
 pub fn run() -> Result<()> {
     util::cargo(&["build", "--release", "-p", "tracekit-sched"])?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or(util::workspace_root()?.join("target"));
-    let bin = target.join("release/tracekit-sched");
+    let bin = crate::fleet::bin_dir("release")?.join("tracekit-sched");
     let tmp = tempfile::tempdir().context("creating a temp dir")?;
     let mut rows = Vec::new();
     for tasks in [1_000usize, 10_000] {
