@@ -122,17 +122,30 @@ impl Accepted {
         if dead {
             return;
         }
+        // A completion that came after its node was declared dead takes the
+        // task from pending or a node's queue, and counts it done.
+        let counted_done = tx.iter().any(|c| {
+            c[0].eq_ignore_ascii_case("HINCRBY")
+                && c.len() >= 3
+                && c[1] == keys::STATS_RUN
+                && c[2] == "done"
+        });
+        let queue = keys::queue("");
         for c in tx {
-            if c[0].eq_ignore_ascii_case("LREM")
-                && c.len() == 4
-                && let Some(node) = c[1].strip_prefix(&inflight)
-                && !pushed.contains(c[3].as_str())
+            if !(c[0].eq_ignore_ascii_case("LREM") && c.len() == 4)
+                || pushed.contains(c[3].as_str())
             {
-                self.completions
-                    .entry(c[3].clone())
-                    .or_default()
-                    .push(node.to_string());
+                continue;
             }
+            let node = match c[1].strip_prefix(&inflight) {
+                Some(node) => node.to_string(),
+                None if counted_done && c[1] == pending_key => "(late, from pending)".into(),
+                None if counted_done && c[1].starts_with(&queue) => {
+                    format!("(late, from {})", c[1])
+                }
+                None => continue,
+            };
+            self.completions.entry(c[3].clone()).or_default().push(node);
         }
     }
 }
@@ -219,6 +232,14 @@ mod tests {
             &["MULTI"],
             &["LREM", "inflight:n2", "1", "B"],
             &["EXEC"],
+            // C completed late: taken from pending, counted done.
+            &["MULTI"],
+            &["RPUSH", "q:pending", "C"],
+            &["EXEC"],
+            &["MULTI"],
+            &["LREM", "q:pending", "1", "C"],
+            &["HINCRBY", "stats:run", "done", "1"],
+            &["EXEC"],
         ]);
         // A truncated last command is ignored.
         bytes.extend(b"*3\r\n$4\r\nLREM");
@@ -226,7 +247,8 @@ mod tests {
         let got = read(dir.path(), "q:pending").unwrap();
         assert_eq!(got.completions["A"], vec!["n1"]);
         assert_eq!(got.completions["B"], vec!["n2"]);
-        assert_eq!(got.submitted.len(), 2);
+        assert_eq!(got.completions["C"], vec!["(late, from pending)"]);
+        assert_eq!(got.submitted.len(), 3);
     }
 
     #[test]

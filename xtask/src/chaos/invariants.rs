@@ -100,7 +100,10 @@ fn runs(node_dirs: &[(String, PathBuf)]) -> (BTreeMap<u64, Vec<Run>>, usize, Vec
                 problems.push(format!("{}: unreadable line", path.display()));
                 continue;
             };
-            if v["trace_id"].as_str().is_some_and(|t| withdrawn.contains(t)) {
+            if v["trace_id"]
+                .as_str()
+                .is_some_and(|t| withdrawn.contains(t))
+            {
                 continue;
             }
             // Task lines carry the task's seq; other processes' do not.
