@@ -237,22 +237,7 @@ impl Worker {
         let _ = stop.send(true);
         // Tasks whose ffmpeg has ended are done, whatever their trace: they
         // are finished and reported, not run again.
-        self.reap()?;
-        let ended: Vec<u32> = self
-            .jobs
-            .values()
-            .filter(|j| j.exited.is_some())
-            .map(|j| j.pid)
-            .collect();
-        if !ended.is_empty() {
-            let done = session.recover_exits(&ended)?;
-            self.on_traced(done);
-            for pid in ended {
-                if let Some(job) = self.jobs.remove(&pid) {
-                    self.finish(job, session)?;
-                }
-            }
-        }
+        self.finish_ended(session)?;
         let waiting: Vec<String> = self.waiting.drain(..).map(|(raw, _, _)| raw).collect();
         for raw in waiting {
             self.report(Report::Requeue {
@@ -281,12 +266,9 @@ impl Worker {
         Ok(())
     }
 
-    /// This node's registration is over: everything it ran or held was
-    /// handed to others, so it stops every task (none is recorded: they run
-    /// again elsewhere), reports nothing for them, and forgets what waited.
-    pub(super) fn fence(&mut self, session: &mut Session) -> Result<()> {
-        // What ended before is finished as usual; its completion may still
-        // count (nobody took the task again yet).
+    /// Finish every task whose ffmpeg has ended, whatever its trace (the
+    /// kernel's record is looked up once more): they are done, not run again.
+    fn finish_ended(&mut self, session: &mut Session) -> Result<()> {
         self.reap()?;
         let ended: Vec<u32> = self
             .jobs
@@ -303,6 +285,16 @@ impl Worker {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// This node's registration is over: everything it ran or held was
+    /// handed to others, so it stops every task (none is recorded: they run
+    /// again elsewhere), reports nothing for them, and forgets what waited.
+    pub(super) fn fence(&mut self, session: &mut Session) -> Result<()> {
+        // What ended before is finished as usual; its completion may still
+        // count (nobody took the task again yet).
+        self.finish_ended(session)?;
         let dropped = self.waiting.len();
         self.waiting.clear();
         let stopped = self.kill_all();
