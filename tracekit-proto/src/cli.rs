@@ -41,8 +41,9 @@ pub struct RedisArgs {
     #[arg(long, value_name = "FILE")]
     pub redis_password_file: Option<PathBuf>,
     /// Give up after Redis has been unreachable this many seconds (default:
-    /// 30 for the one-shot commands status, gather, dispatch, wait and dead;
-    /// never for central and the agent).
+    /// 30 for the one-shot commands status, gather, wait and dead, and for
+    /// dispatch's first connection; never for central, the agent, and a
+    /// dispatch under way).
     #[arg(long, value_name = "SECONDS")]
     pub redis_retry_for: Option<f64>,
     /// PEM file of the CA that signed the Redis server's certificate
@@ -69,6 +70,15 @@ impl RedisArgs {
                 limit.as_secs_f64()
             )
         })
+    }
+
+    /// Connects like [`RedisArgs::connect_once`] (a mistyped URL is an
+    /// error after the limit), then rides out outages like a service unless
+    /// `--redis-retry-for` says otherwise: a dispatch in progress is an
+    /// experiment's clock, and giving up half-way would lose the rest of it.
+    pub async fn connect_for_run(&self) -> anyhow::Result<RedisConn> {
+        let conn = self.connect_once().await?;
+        Ok(conn.retrying_for(self.retry_for()?))
     }
 
     fn retry_for(&self) -> anyhow::Result<Option<Duration>> {
@@ -116,6 +126,12 @@ impl RedisArgs {
 
     pub async fn queue(&self, keys: Keys) -> anyhow::Result<Queue> {
         Ok(Queue::new(self.connect().await?, keys))
+    }
+
+    /// [`RedisArgs::queue`] for a command that runs an experiment (see
+    /// [`RedisArgs::connect_for_run`]).
+    pub async fn queue_for_run(&self, keys: Keys) -> anyhow::Result<Queue> {
+        Ok(Queue::new(self.connect_for_run().await?, keys))
     }
 
     /// [`RedisArgs::queue`] for a one-shot command (see [`RedisArgs::connect_once`]).

@@ -196,6 +196,13 @@ impl RedisConn {
         Ok(conn)
     }
 
+    /// The same connection, retrying operations for `retry_for` (None =
+    /// for ever) from now on.
+    pub fn retrying_for(mut self, retry_for: Option<Duration>) -> RedisConn {
+        self.retry_for = retry_for;
+        self
+    }
+
     /// The URL with the password hidden.
     pub fn url(&self) -> &str {
         &self.url

@@ -449,7 +449,7 @@ pub async fn run(a: DispatchArgs) -> anyhow::Result<()> {
     let _ = std::fs::create_dir_all(&a.outputs);
     let queue = a
         .redis
-        .queue_once(Keys {
+        .queue_for_run(Keys {
             pending: a.pending_key.clone(),
             ..Keys::default()
         })
