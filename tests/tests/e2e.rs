@@ -79,12 +79,13 @@ fn demo_runs_every_task_once_and_exports_a_valid_trace() {
         "the run did not do what it was asked"
     );
 
+    // The run's directory (beside it: the agents' report journals).
     let run = std::fs::read_dir(dir.join("logs"))
         .expect("logs")
         .flatten()
-        .next()
-        .expect("a run directory")
-        .path();
+        .map(|e| e.path())
+        .find(|p| p.is_dir())
+        .expect("a run directory");
     // Every task exactly once across the nodes, each a success with its CPU.
     let mut seqs = HashSet::new();
     let mut nodes = 0;

@@ -148,16 +148,27 @@ pub async fn run(a: CentralArgs) -> anyhow::Result<()> {
     let mut last_wait_note = Instant::now();
     loop {
         if last_recover.is_none_or(|t| t.elapsed() >= a.recover_interval) {
-            for r in queue
-                .recover_dead_nodes(a.heartbeat_timeout, watch_gap(a.recover_interval))
-                .await
-                .context("recovering dead nodes")?
-            {
+            // Every call retries through Redis outages; a stop ends the wait
+            // (a script call cut short either ran whole or not at all).
+            let recovered = tokio::select! {
+                r = queue.recover_dead_nodes(a.heartbeat_timeout, watch_gap(a.recover_interval)) => r,
+                () = &mut stop => {
+                    tracing::info!(placed, "stopping central scheduler");
+                    return Ok(());
+                }
+            };
+            for r in recovered.context("recovering dead nodes")? {
                 tracing::warn!(node = %r.node, tasks = r.tasks, "node missed its heartbeat: declared dead, its tasks are back at the head of pending");
             }
             last_recover = Some(Instant::now());
         }
-        let out = queue.place(&opts).await.context("placing tasks")?;
+        let out = tokio::select! {
+            out = queue.place(&opts) => out.context("placing tasks")?,
+            () = &mut stop => {
+                tracing::info!(placed, "stopping central scheduler");
+                return Ok(());
+            }
+        };
         for ev in &out.events {
             if matches!(ev, PlaceEvent::Placed { .. }) {
                 placed += 1;
