@@ -152,9 +152,11 @@ fn a_paused_agent_is_fenced_and_its_run_leaves_nothing() {
     env.wait("the task done", Duration::from_secs(180), |e| {
         e.invocations("f1").len() == 1
     });
-    env.wait("its completion", Duration::from_secs(30), |e| {
-        e.snapshot().nodes.iter().all(|n| n.inflight == 0)
-    });
+    env.wait(
+        "its completion, its output in place",
+        Duration::from_secs(30),
+        |e| e.snapshot().nodes.iter().all(|n| n.inflight == 0) && outputs(e).0.len() == 1,
+    );
     let invs = env.invocations("f1");
     assert_eq!(invs.len(), 1, "{invs:?}");
     assert_eq!(invs[0]["exit_code"], 0);

@@ -298,12 +298,26 @@ fn kill_9_and_restart_runs_every_task_once_more() {
         3,
         "every task ran to completion once after the restart: {invs:?}"
     );
-    // The killed runs' partial outputs were swept; each task has its output.
-    let names: Vec<String> = std::fs::read_dir(env.path("outputs"))
-        .expect("outputs")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    // The killed runs' partial outputs were swept; each task has its output
+    // (moved into place once its completion is accepted, just after its
+    // line is written).
+    let names = |e: &Env| -> Vec<String> {
+        std::fs::read_dir(e.path("outputs"))
+            .expect("outputs")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let mut last = Vec::new();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        last = names(&env);
+        if last.len() == 3 && last.iter().all(|n| !n.starts_with(".tracekit.")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let names = last;
     assert!(
         names.iter().all(|n| !n.starts_with(".tracekit.")),
         "{names:?}"
