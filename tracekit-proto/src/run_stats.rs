@@ -76,8 +76,16 @@ impl Queue {
                 return Err(bad_reply("stats.lua", "odd field list"));
             };
             // A gauge below zero can only come from tasks that predate the
-            // counters: shown as none.
-            let n = int(n).unwrap_or(0).max(0);
+            // counters: shown as none, and said.
+            let raw_n = int(n).unwrap_or(0);
+            if raw_n < 0 {
+                tracing::warn!(
+                    counter = ?utf8(k),
+                    value = raw_n,
+                    "a run counter is below zero (tasks older than the counters?): shown as 0"
+                );
+            }
+            let n = raw_n.max(0);
             match utf8(k).as_deref() {
                 Some("submitted") => s.submitted = n,
                 Some("placed") => s.placed = n,

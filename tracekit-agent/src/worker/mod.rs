@@ -459,7 +459,14 @@ pub async fn run_until(
         session.update_meta(|m| m.clock = Some(s))?;
     }
     session.finish()?;
-    if !args.no_publish {
+    if replaced.is_some() && !args.no_publish {
+        // Another agent holds the node id now and publishes under it: this
+        // one's traces would replace its successor's at gather.
+        tracing::warn!(
+            "not publishing: another agent holds this node id; this agent's traces stay in {}",
+            node_dir.display()
+        );
+    } else if !args.no_publish {
         let publish =
             tracekit_proto::gather::publish(queue.conn(), &id.run_id, &id.node, &node_dir);
         let until = deadline.max(tokio::time::Instant::now() + PUBLISH_AT_LEAST);
