@@ -30,6 +30,16 @@ pub struct Plan {
     pub argv: Vec<String>,
 }
 
+impl Plan {
+    /// Have ffmpeg write to `path` instead of the output (the output is the
+    /// argument vector's last element, see [`plan`]).
+    pub fn write_to(&mut self, path: &Path) {
+        if let Some(last) = self.argv.last_mut() {
+            *last = path.to_string_lossy().into_owned();
+        }
+    }
+}
+
 /// Why a task is not run.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]

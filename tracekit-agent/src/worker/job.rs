@@ -94,9 +94,7 @@ impl Worker {
         // The output gets its name only when the completion counts: a run
         // that does not (its node was declared dead meanwhile) leaves nothing.
         let staged = staged_path(&plan.output, &self.node, &trace_id);
-        if let Some(last) = plan.argv.last_mut() {
-            *last = staged.to_string_lossy().into_owned();
-        }
+        plan.write_to(&staged);
         let group = match &self.cgroups {
             Some(cg) => Some(
                 self.bind(cg, &trace_id, &plan, &cores)

@@ -317,11 +317,7 @@ pub async fn run_until(
         () = std::future::ready(()) => false,
     };
     if stopping {
-        // Stopping first: a heartbeat must not register the node again
-        // (and put it back in placement) while it leaves.
-        let _ = stop_tx.send(true);
-        leave(&queue, &id.node, &lease_rx).await;
-        worker.stop(&stop_tx, &mut session)?;
+        begin_stop(&queue, &lease_rx, &stop_tx, &mut worker, &mut session).await?;
     }
     let mut intake_open = true;
     let mut replaced: Option<String> = None;
@@ -385,9 +381,7 @@ pub async fn run_until(
             }
             () = &mut stop, if !stopping => {
                 stopping = true;
-                let _ = stop_tx.send(true);
-                leave(&queue, &id.node, &lease_rx).await;
-                worker.stop(&stop_tx, &mut session)?;
+                begin_stop(&queue, &lease_rx, &stop_tx, &mut worker, &mut session).await?;
             }
         }
         let period = session.tick_every(!worker.jobs.is_empty());
@@ -516,6 +510,21 @@ fn send_report(
 /// node id over.
 fn lease_ms(heartbeat_ms: u64) -> u64 {
     (heartbeat_ms * 5).max(3000)
+}
+
+/// SIGINT/SIGTERM: the stop flag first (a heartbeat must not register the
+/// node again, and so put it back in placement, while it leaves), then out
+/// of placement, then the tasks are handed back or drained.
+async fn begin_stop(
+    queue: &Queue,
+    lease: &watch::Receiver<String>,
+    stop_tx: &watch::Sender<bool>,
+    worker: &mut Worker,
+    session: &mut Session,
+) -> Result<()> {
+    let _ = stop_tx.send(true);
+    leave(queue, &worker.node, lease).await;
+    worker.stop(stop_tx, session)
 }
 
 /// A stopping node leaves placement before it hands anything back, so

@@ -26,16 +26,7 @@ impl NodeLock {
     }
 
     pub fn acquire_in(dir: &Path, node: &str) -> Result<NodeLock> {
-        let name: String = node
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let name = super::job::group_name(node);
         let path = dir.join(format!("tracekit-node-{name}.lock"));
         let mut file = OpenOptions::new()
             .read(true)

@@ -53,10 +53,15 @@ local function quote(s)
   return string.sub(s, 1, cut) .. '… (' .. #s .. ' bytes in all)'
 end
 
--- Whether the registration of lease `token` still holds `node` ('' = the
--- caller does not say: an older worker, or a test).
+-- Whether the registration of lease `token` holds `node`.
+local function lease_is(node, token)
+  return redis.call('HGET', key_lease(node), 'token') == token
+end
+
+-- Like lease_is, but a report that does not say its token ('' = an older
+-- worker, or a test) is taken as the holder's.
 local function holds(node, token)
-  return token == nil or token == '' or redis.call('HGET', key_lease(node), 'token') == token
+  return token == nil or token == '' or lease_is(node, token)
 end
 
 -- Why a task can never be placed, judged on its size alone (nil = fine).

@@ -9,7 +9,7 @@ local node, token = ARGV[1], ARGV[2]
 if not redis.call('ZSCORE', ALIVE, node) then
   return 0
 end
-if redis.call('HGET', key_lease(node), 'token') ~= token then
+if not lease_is(node, token) then
   return 0
 end
 redis.call('ZADD', ALIVE, now_ms(), node)

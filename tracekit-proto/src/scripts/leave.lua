@@ -5,7 +5,7 @@
 -- runs stays in flight until it reports it. Returns the number of queued
 -- tasks handed back, or -1 when another registration holds the lease.
 local node, token = ARGV[1], ARGV[2]
-if redis.call('HGET', key_lease(node), 'token') ~= token then
+if not lease_is(node, token) then
   return -1
 end
 redis.call('SADD', LEAVING, node)

@@ -9,7 +9,7 @@
 local node, token, lease = ARGV[1], ARGV[2], ARGV[3]
 local memo = key_take_memo(token)
 local prev = redis.call('GET', memo)
-local alive = redis.call('ZSCORE', ALIVE, node) and redis.call('HGET', key_lease(node), 'token') == lease
+local alive = redis.call('ZSCORE', ALIVE, node) and lease_is(node, lease)
 if prev then
   -- The answer of a call whose reply was lost, if the task is still ours.
   if alive and redis.call('LPOS', key_inflight(node), prev) then
