@@ -1,6 +1,7 @@
 //! A tracing session: a collector, the process table and the trace writer,
 //! driven by the caller's event loop (trace-only mode, and the worker).
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -23,8 +24,15 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(60);
 pub struct Session {
     pub collector: Collector,
     pub table: ProcessTable,
-    pub writer: TraceWriter,
+    /// The open run's trace directory (none between runs of an agent that
+    /// follows the controller's runs: nothing is recorded then).
+    writer: Option<TraceWriter>,
     meta: NodeMeta,
+    /// The agent's own counters when the open run began: each run's
+    /// `tracer_stats.json` holds its own share.
+    stats_base: TracerStats,
+    /// Lines that came while no run was open (not recorded).
+    unrecorded: u64,
     clock: Clock,
     events: Vec<Event>,
     interval: Duration,
@@ -33,12 +41,13 @@ pub struct Session {
 }
 
 impl Session {
-    /// Choose and start the collector, and open `<logs>/<RUN_ID>/`;
-    /// `describe` adds what the caller knows to `node_meta.json`.
+    /// Choose and start the collector, and open the run's directory `dir`
+    /// (`None`: no run yet, see [`Session::open_run`]); `describe` adds what
+    /// the caller knows to `node_meta.json`.
     pub fn start(
         args: &TracerArgs,
         id: &NodeIdentity,
-        dir: &std::path::Path,
+        dir: Option<&Path>,
         freq: Option<f64>,
         describe: impl FnOnce(&mut NodeMeta),
     ) -> Result<Self> {
@@ -61,7 +70,7 @@ impl Session {
         meta.proc_match = Some(args.proc_match.clone());
         meta.tracekit = Some(crate::VERSION.to_string());
         describe(&mut meta);
-        let writer = TraceWriter::create(dir, &meta)?;
+        let writer = dir.map(|d| TraceWriter::create(d, &meta)).transpose()?;
         let table = ProcessTable::new(
             matcher,
             id.node.clone(),
@@ -78,6 +87,8 @@ impl Session {
             interval,
             last_stats: Instant::now(),
             last_progress: Instant::now(),
+            stats_base: TracerStats::default(),
+            unrecorded: 0,
         };
         if args.scope == Scope::Host {
             session.adopt_running()?;
@@ -88,16 +99,68 @@ impl Session {
         tracing::info!(
             collector = %session.collector.kind(),
             scope = %args.scope,
-            dir = %dir.display(),
+            dir = %dir.map_or_else(|| "none until a run starts".into(), |d| d.display().to_string()),
             "tracing"
         );
         Ok(session)
     }
 
+    /// The open run's trace directory.
+    pub fn run_dir(&self) -> Option<&Path> {
+        self.writer.as_ref().map(|w| w.dir())
+    }
+
+    /// Open run `run_id`'s trace directory `dir`: lines go there from now.
+    pub fn open_run(&mut self, run_id: &str, dir: &Path) -> Result<()> {
+        self.meta.run_id = run_id.to_string();
+        self.writer = Some(TraceWriter::create(dir, &self.meta)?);
+        self.stats_base = self.cumulative_stats();
+        self.last_stats = Instant::now();
+        tracing::info!(run = run_id, dir = %dir.display(), "recording into a new run");
+        Ok(())
+    }
+
+    /// Close the open run's directory: the last lines, its share of the
+    /// tracer's stats, everything synced. Returns the directory.
+    pub fn close_run(&mut self) -> Result<Option<PathBuf>> {
+        self.pump()?;
+        if self.writer.is_none() {
+            return Ok(None);
+        }
+        self.write_stats()?;
+        let Some(mut w) = self.writer.take() else {
+            return Ok(None);
+        };
+        w.flush()?;
+        w.sync()?;
+        Ok(Some(w.dir().to_path_buf()))
+    }
+
+    /// Write a task's invocation line (the worker's, when the tracer's did
+    /// not come) and flush it.
+    pub fn invocation(&mut self, inv: &Invocation) -> Result<()> {
+        match self.writer.as_mut() {
+            Some(w) => {
+                w.invocation(inv)?;
+                w.flush()
+            }
+            None => {
+                tracing::error!(
+                    pid = inv.pid,
+                    "an invocation line with no run open: not recorded"
+                );
+                Ok(())
+            }
+        }
+    }
+
     /// Change what `node_meta.json` says (rewritten atomically).
     pub fn update_meta(&mut self, change: impl FnOnce(&mut NodeMeta)) -> Result<()> {
         change(&mut self.meta);
-        self.writer.write_meta(&self.meta)
+        match &self.writer {
+            Some(w) => w.write_meta(&self.meta),
+            None => Ok(()),
+        }
     }
 
     /// The agent's clock, its first tick one period from now.
@@ -188,9 +251,16 @@ impl Session {
             finished.extend(self.apply()?);
         }
         if !finished.is_empty() {
-            self.writer.flush()?;
+            self.flush()?;
         }
         Ok(finished)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        match self.writer.as_mut() {
+            Some(w) => w.flush(),
+            None => Ok(()),
+        }
     }
 
     /// Traced processes that ended (their parent reaped them) but whose exit
@@ -204,7 +274,7 @@ impl Session {
         }
         finished.extend(self.apply()?);
         if !finished.is_empty() {
-            self.writer.flush()?;
+            self.flush()?;
         }
         Ok(finished)
     }
@@ -222,11 +292,24 @@ impl Session {
         for command in out.commands {
             self.collector.run(command);
         }
-        for line in &out.lines {
-            match line {
-                Line::Sample(s) => self.writer.sample(s)?,
-                Line::Invocation(i) => self.writer.invocation(i)?,
+        match self.writer.as_mut() {
+            Some(w) => {
+                for line in &out.lines {
+                    match line {
+                        Line::Sample(s) => w.sample(s)?,
+                        Line::Invocation(i) => w.invocation(i)?,
+                    }
+                }
             }
+            None if !out.lines.is_empty() => {
+                self.unrecorded += out.lines.len() as u64;
+                tracing::debug!(
+                    lines = out.lines.len(),
+                    total = self.unrecorded,
+                    "trace lines with no run open: not recorded"
+                );
+            }
+            None => {}
         }
         Ok(out.finished)
     }
@@ -244,7 +327,7 @@ impl Session {
                 .sample(clock::epoch_ms(), |pid| c.reading(pid), &mut out);
             finished.extend(self.carry_out(out)?);
         }
-        self.writer.flush()?;
+        self.flush()?;
         if self.last_stats.elapsed() >= STATS_EVERY {
             self.write_stats()?;
         }
@@ -261,8 +344,13 @@ impl Session {
         Ok(finished)
     }
 
-    /// The collector's and the agent's own cost so far.
+    /// The collector's and the agent's own cost during the open run.
     pub fn stats(&mut self) -> TracerStats {
+        self.cumulative_stats().since(&self.stats_base)
+    }
+
+    /// The collector's and the agent's own cost since the agent started.
+    fn cumulative_stats(&mut self) -> TracerStats {
         let c = self.collector.stats();
         let t = self.table.counts();
         let (agent_cpu_ms, agent_max_rss_kb) = self_usage();
@@ -298,15 +386,20 @@ impl Session {
                 "the kernel side dropped data"
             );
         }
-        self.writer.write_stats(&stats)
+        match &self.writer {
+            Some(w) => w.write_stats(&stats),
+            None => Ok(()),
+        }
     }
 
     /// Final pass at stop: last events, stats, everything synced.
     pub fn finish(mut self) -> Result<TracerStats> {
         self.tick()?;
         let stats = self.stats();
-        self.writer.write_stats(&stats)?;
-        self.writer.sync()?;
+        if let Some(w) = self.writer.as_mut() {
+            w.write_stats(&stats)?;
+            w.sync()?;
+        }
         for p in &stats.programs {
             tracing::info!(
                 program = %p.program,

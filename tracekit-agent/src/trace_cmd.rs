@@ -43,7 +43,13 @@ pub fn run(args: TraceArgs) -> Result<i32> {
     let signals = StopSignals::new()?;
     let id = args.identity.identity();
     let dir = args.identity.node_dir(&id);
-    let mut session = Session::start(&args.tracer, &id, &dir, args.identity.cpu_freq_mhz, |_| {})?;
+    let mut session = Session::start(
+        &args.tracer,
+        &id,
+        Some(&dir),
+        args.identity.cpu_freq_mhz,
+        |_| {},
+    )?;
     let mut ticker = session.ticker()?;
 
     let mut child = match args.command.split_first() {

@@ -39,6 +39,14 @@ pub const DONE_TIMES: &str = "stats:done_times";
 /// Hash of gauges kept by the transitions: `placed` (tasks on node queues)
 /// and `running` (tasks in flight). Never reset: they describe what exists.
 pub const STATS_LIVE: &str = "stats:live";
+/// The current run's id (absent between runs): agents that follow the
+/// controller's runs record into it. Set by `run start`, removed by `run stop`.
+pub const RUN_CURRENT: &str = "runs:current";
+/// Sorted set run id → when it started (ms, Redis time): `run list`.
+pub const RUNS: &str = "runs:started";
+/// Hash node → the run its agent records into ("" = none yet), for agents
+/// that follow the controller's runs; written by each heartbeat.
+pub const NODE_RUN: &str = "nodes:run";
 /// Placement index: sorted set of the nodes placement may consider (alive and
 /// not found stale), scored by `cap_total`.
 pub const INDEX_LIVE: &str = "idx:live";
@@ -66,6 +74,9 @@ const FIXED: &[(&str, &str)] = &[
     ("STATS_RUN", STATS_RUN),
     ("DONE_TIMES", DONE_TIMES),
     ("STATS_LIVE", STATS_LIVE),
+    ("RUN_CURRENT", RUN_CURRENT),
+    ("RUNS", RUNS),
+    ("NODE_RUN", NODE_RUN),
     ("IDX_LIVE", INDEX_LIVE),
     ("IDX_CAPS", INDEX_CAPS),
     ("IDX_FAMILIES", INDEX_FAMILIES),
@@ -113,6 +124,9 @@ builders! {
     lease => "lease:",
     /// The answer a completion of a run (its trace id) got, kept a day.
     completed => "done:",
+    /// Hash of a run started by `run start`: `started_ms`, and from its
+    /// stop `stopped_ms` with the run's counters as they were then.
+    run_info => "run:",
     /// The answer a take call gave, under the call's token.
     take_memo => "take:",
     /// Placement index, first fit: indexed nodes without slot tokens whose

@@ -544,18 +544,47 @@ impl Queue {
     /// Refreshes the node's heartbeat, if the registration of `lease` (its
     /// token) still holds the node.
     pub async fn heartbeat(&self, node: &str, lease: &str) -> Result<Heartbeat, QueueError> {
+        Ok(self.heartbeat_run(node, lease, None).await?.0)
+    }
+
+    /// A heartbeat that also says which run the agent records into:
+    /// `following` is `Some(run)` ("" = none yet) for an agent that follows
+    /// the controller's runs, `None` for one with a run of its own. Returns
+    /// the current run too (None between runs).
+    pub async fn heartbeat_run(
+        &self,
+        node: &str,
+        lease: &str,
+        following: Option<&str>,
+    ) -> Result<(Heartbeat, Option<String>), QueueError> {
+        let (mode, run) = match following {
+            Some(run) => ("follow", run),
+            None => ("fixed", ""),
+        };
         let v = self
             .eval(
                 "heartbeat.lua",
                 &scripts::HEARTBEAT,
                 &[],
-                &[node.as_bytes(), lease.as_bytes()],
+                &[
+                    node.as_bytes(),
+                    lease.as_bytes(),
+                    mode.as_bytes(),
+                    run.as_bytes(),
+                ],
             )
             .await?;
-        match int(&v) {
-            Some(1) => Ok(Heartbeat::Alive),
-            Some(0) => Ok(Heartbeat::Lost),
-            _ => Err(bad_reply("heartbeat.lua", format!("{v:?}"))),
+        let bad = || bad_reply("heartbeat.lua", format!("{v:?}"));
+        let Value::Array(items) = &v else {
+            return Err(bad());
+        };
+        match items.first().and_then(int) {
+            Some(1) => {
+                let current = items.get(1).and_then(utf8).ok_or_else(bad)?;
+                Ok((Heartbeat::Alive, (!current.is_empty()).then_some(current)))
+            }
+            Some(0) => Ok((Heartbeat::Lost, None)),
+            _ => Err(bad()),
         }
     }
 
@@ -604,16 +633,25 @@ impl Queue {
     /// is not UTF-8 cannot be a task: it is dead-lettered and the next one taken.
     /// `lease`: the registration's token (a replaced one takes nothing).
     pub async fn take_task(&self, node: &str, lease: &str) -> Result<Take, QueueError> {
+        self.take_task_in(node, lease, None).await
+    }
+
+    /// [`Queue::take_task`] for an agent that follows the controller's runs
+    /// and records into `run`: nothing is taken (`Take::Empty`) while `run`
+    /// is not the current run.
+    pub async fn take_task_in(
+        &self,
+        node: &str,
+        lease: &str,
+        run: Option<&str>,
+    ) -> Result<Take, QueueError> {
         loop {
             let token = take_token(node);
-            let v = self
-                .eval(
-                    "take.lua",
-                    &scripts::TAKE,
-                    &[],
-                    &[node.as_bytes(), token.as_bytes(), lease.as_bytes()],
-                )
-                .await?;
+            let mut args = vec![node.as_bytes(), token.as_bytes(), lease.as_bytes()];
+            if let Some(run) = run {
+                args.push(run.as_bytes());
+            }
+            let v = self.eval("take.lua", &scripts::TAKE, &[], &args).await?;
             let Value::Array(a) = &v else {
                 return Err(bad_reply("take.lua", format!("{v:?}")));
             };
@@ -640,16 +678,18 @@ impl Queue {
 
     /// [`Queue::take_task`], polling (20 ms growing to 250 ms) until a task
     /// arrives, the node is lost, or `timeout` passes (then `Take::Empty`).
+    /// `run`: as in [`Queue::take_task_in`].
     pub async fn take_task_wait(
         &self,
         node: &str,
         lease: &str,
+        run: Option<&str>,
         timeout: Duration,
     ) -> Result<Take, QueueError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut delay = Duration::from_millis(20);
         loop {
-            match self.take_task(node, lease).await? {
+            match self.take_task_in(node, lease, run).await? {
                 Take::Empty if tokio::time::Instant::now() + delay < deadline => {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_millis(250));

@@ -815,3 +815,115 @@ async fn completions_are_idempotent_and_tied_to_their_registration() {
     );
     assert!(q.check_index().await.unwrap().is_empty());
 }
+
+/// Runs from the controller: one current run at a time, ids used once, a
+/// stop refused while tasks are outstanding (unless forced), the counters
+/// kept at the stop and reset by the next start, and heartbeats that carry
+/// the current run out and the run each following agent records into back.
+#[tokio::test]
+async fn runs_start_and_stop_once_and_heartbeats_carry_them() {
+    use crate::run::{RunStart, RunStop};
+    let s = RedisServer::start().expect("redis");
+    let q = s.queue().await.expect("queue");
+    q.register(&reg("a", 4, 0)).await.unwrap();
+    q.register(&reg("b", 4, 0)).await.unwrap();
+    assert_eq!(q.current_run().await.unwrap(), None);
+    assert_eq!(q.run_stop(None, false).await.unwrap(), RunStop::NoRun);
+    // Between runs a following agent hears of none.
+    assert_eq!(
+        q.heartbeat_run("a", "tok-a", Some("")).await.unwrap(),
+        (Heartbeat::Alive, None)
+    );
+
+    assert_eq!(q.run_start("r1").await.unwrap(), RunStart::Started);
+    assert_eq!(
+        q.run_start("r2").await.unwrap(),
+        RunStart::Busy {
+            current: "r1".into()
+        }
+    );
+    assert_eq!(q.current_run().await.unwrap().as_deref(), Some("r1"));
+    assert_eq!(
+        q.heartbeat_run("a", "tok-a", Some("")).await.unwrap(),
+        (Heartbeat::Alive, Some("r1".into()))
+    );
+    // `a` follows and records into r1; `b` has a run of its own.
+    q.heartbeat_run("a", "tok-a", Some("r1")).await.unwrap();
+    q.heartbeat_run("b", "tok-b", None).await.unwrap();
+
+    let items: Vec<(u64, String)> = (0..2).map(|i| (i, task(i, 1))).collect();
+    q.submit("d1", SubmitTarget::Pending, &items).await.unwrap();
+    let refused = q.run_stop(None, false).await.unwrap();
+    let RunStop::Outstanding { run, left } = refused else {
+        panic!("{refused:?}");
+    };
+    assert_eq!((run.as_str(), left.pending), ("r1", 2));
+    assert_eq!(
+        q.run_stop(Some("r9"), false).await.unwrap(),
+        RunStop::NotCurrent {
+            current: "r1".into()
+        }
+    );
+    q.place(&place_opts()).await.unwrap();
+    for node in ["a", "b"] {
+        let lease = format!("tok-{node}");
+        while let Take::Task(raw) = q.take_task(node, &lease).await.unwrap() {
+            q.complete_run(
+                node,
+                &raw,
+                RunRef {
+                    lease: &lease,
+                    trace_id: "",
+                },
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let stopped = q.run_stop(Some("r1"), false).await.unwrap();
+    assert_eq!(
+        stopped,
+        RunStop::Stopped {
+            run: "r1".into(),
+            left: Default::default(),
+            nodes: vec!["a".into()],
+        }
+    );
+    assert_eq!(q.current_run().await.unwrap(), None);
+    assert_eq!(
+        q.heartbeat_run("a", "tok-a", Some("r1")).await.unwrap(),
+        (Heartbeat::Alive, None)
+    );
+    assert_eq!(q.run_start("r1").await.unwrap(), RunStart::Used);
+
+    // The next run's counters start from zero; the last one's are kept.
+    assert_eq!(q.run_start("r2").await.unwrap(), RunStart::Started);
+    let st = q.run_stats().await.unwrap();
+    assert_eq!((st.submitted, st.done), (0, 0));
+    assert_eq!(st.run.as_deref(), Some("r2"));
+    q.submit("d2", SubmitTarget::Pending, &[(0, task(9, 1))])
+        .await
+        .unwrap();
+    let forced = q.run_stop(None, true).await.unwrap();
+    let RunStop::Stopped { left, .. } = forced else {
+        panic!("{forced:?}");
+    };
+    assert_eq!(left.pending, 1, "the forced stop leaves the task queued");
+    assert_eq!(q.last_run().await.unwrap().as_deref(), Some("r2"));
+    let runs = q.runs().await.unwrap();
+    let ids: Vec<&str> = runs.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["r1", "r2"]);
+    assert_eq!(
+        (runs[0].submitted, runs[0].done, runs[0].outstanding),
+        (2, 2, 0)
+    );
+    assert!(runs[0].stopped_ms >= Some(runs[0].started_ms));
+    assert_eq!((runs[1].submitted, runs[1].outstanding), (1, 1));
+    // A node that leaves is no longer said to record into anything.
+    q.deregister("a", "tok-a").await.unwrap();
+    q.run_start("r3").await.unwrap();
+    let RunStop::Stopped { nodes, .. } = q.run_stop(None, true).await.unwrap() else {
+        panic!("not stopped");
+    };
+    assert!(nodes.is_empty(), "{nodes:?}");
+}

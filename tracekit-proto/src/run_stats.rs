@@ -16,6 +16,10 @@ use crate::scripts;
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RunStats {
     pub now_ms: i64,
+    /// The current run (`run start`), if one is.
+    pub run: Option<String>,
+    /// When the current run started (ms, Redis time).
+    pub run_started_ms: Option<i64>,
     /// Tasks submitted by dispatchers.
     pub submitted: i64,
     /// Tasks on node queues, not yet taken.
@@ -69,9 +73,11 @@ impl Queue {
             pending: get(1)?,
             dead_letters: get(2)?,
             done_last_minute: get(3)?,
+            run: items.get(4).and_then(utf8).filter(|r| !r.is_empty()),
+            run_started_ms: Some(get(5)?).filter(|&t| t > 0),
             ..RunStats::default()
         };
-        for pair in items[4..].chunks(2) {
+        for pair in items[6..].chunks(2) {
             let [k, n] = pair else {
                 return Err(bad_reply("stats.lua", "odd field list"));
             };

@@ -50,6 +50,9 @@ scripts! {
     DEAD_LIST => "dead_list.lua",
     DEAD_REQUEUE => "dead_requeue.lua",
     DEAD_CLEAR => "dead_clear.lua",
+    RUN_START => "run_start.lua",
+    RUN_STOP => "run_stop.lua",
+    RUN_SETTLE => "run_settle.lua",
 }
 
 /// Test support: sets a node's counters and re-files it in the placement

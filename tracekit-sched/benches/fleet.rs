@@ -163,7 +163,7 @@ async fn agent(
     let mut r = tracekit_sched::mix::rng(seed);
     while !shared.stop.load(Ordering::Relaxed) {
         match q
-            .take_task_wait(&node, &format!("tok-{node}"), wait)
+            .take_task_wait(&node, &format!("tok-{node}"), None, wait)
             .await
             .context("take")?
         {

@@ -112,6 +112,10 @@ pub struct DispatchArgs {
     /// CRF of the policy modes.
     #[arg(long, default_value_t = 28)]
     pub crf: i64,
+    /// The run to submit into: started if no run is current (default: the
+    /// current run, or a new one named run-<UTC date>-<time>).
+    #[arg(long, env = "RUN_ID")]
+    pub run_id: Option<String>,
     /// Print the tasks as JSON lines instead of submitting them.
     #[arg(long)]
     pub dry_run: bool,
@@ -454,8 +458,9 @@ pub async fn run(a: DispatchArgs) -> anyhow::Result<()> {
             ..Keys::default()
         })
         .await?;
+    let run = crate::run::ensure_current(&queue, a.run_id.as_deref()).await?;
     let id = format!("{:016x}", mix::rng(0).next_u64());
-    tracing::info!(redis = %queue.conn().url(), dispatcher = %id, tasks = planned.len(), "dispatching");
+    tracing::info!(redis = %queue.conn().url(), %run, dispatcher = %id, tasks = planned.len(), "dispatching");
     let mut s = Submitter {
         queue,
         id,

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::progress::Progress;
@@ -11,9 +11,9 @@ use crate::redis_conn::RedisArgs;
 
 #[derive(Debug, Args)]
 pub struct GatherArgs {
-    /// The run to gather.
+    /// The run to gather (default: the last run started with `run start`).
     #[arg(long, env = "RUN_ID")]
-    pub run_id: String,
+    pub run_id: Option<String>,
     /// Directory that receives <RUN_ID>/<node>/.
     #[arg(long, default_value = "logs")]
     pub out: PathBuf,
@@ -24,9 +24,16 @@ pub struct GatherArgs {
 
 pub async fn run(args: GatherArgs) -> Result<()> {
     let conn = args.redis.connect_once().await?;
+    let run_id = match args.run_id {
+        Some(id) => id,
+        None => tracekit_proto::Queue::new(conn.clone(), tracekit_proto::Keys::default())
+            .last_run()
+            .await?
+            .context("which run? --run-id (or RUN_ID): no run was started with `tracekit-sched run start`")?,
+    };
     let mut progress = Progress::new("nodes gathered", 0);
     let gathered =
-        tracekit_proto::gather::gather_with(&conn, &args.run_id, &args.out, |done, total, g| {
+        tracekit_proto::gather::gather_with(&conn, &run_id, &args.out, |done, total, g| {
             progress.update(done as u64, total as u64, &g.node);
         })
         .await?;
@@ -37,8 +44,8 @@ pub async fn run(args: GatherArgs) -> Result<()> {
     println!(
         "gathered {} node(s) of run {} into {}",
         gathered.len(),
-        args.run_id,
-        args.out.join(&args.run_id).display()
+        run_id,
+        args.out.join(&run_id).display()
     );
     Ok(())
 }

@@ -15,6 +15,7 @@ pub mod progress;
 pub mod py_random;
 pub mod redis_conn;
 pub mod report;
+pub mod run;
 pub mod stats;
 pub mod status;
 pub mod svg;

@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
-use tracekit_sched::{central, compare, dead, dispatch, gather, report, status, wait};
+use tracekit_sched::{central, compare, dead, dispatch, gather, report, run, status, wait};
 use tracing_subscriber::EnvFilter;
 
 /// Tracekit's controller: central scheduler, dispatcher, status, audit,
@@ -17,6 +17,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Start, stop or list runs: agents without a RUN_ID of their own follow
+    /// the current run and publish its traces when it stops.
+    Run(run::RunArgs),
     /// Place pending tasks on live workers (strict FIFO, filters + weigher).
     Central(central::CentralArgs),
     /// Build a task mix and submit it (pulse or fifo arrival, or per-node modes).
@@ -79,6 +82,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         .build()?;
     rt.block_on(async {
         match cli.command {
+            Command::Run(a) => run::run(a).await,
             Command::Central(a) => central::run(a).await.map(|_| 0),
             Command::Dispatch(a) => dispatch::run(a).await.map(|_| 0),
             Command::Status(a) => status::run(a).await.map(|_| 0),

@@ -57,8 +57,19 @@ pub fn render_stats(st: &RunStats) -> String {
         Some(s) => format!("{}s", s.round()),
         None => "unknown (nothing done in the last minute)".into(),
     };
+    let run = match (&st.run, st.run_started_ms) {
+        (Some(id), Some(t)) => format!(
+            "run: {id} (started {}, {}s ago)\n",
+            &crate::fmt::utc(t)[..19],
+            (st.now_ms - t) / 1000
+        ),
+        (Some(id), None) => format!("run: {id}\n"),
+        (None, _) => {
+            "run: none current (`tracekit-sched run start`, or a dispatch starts one)\n".into()
+        }
+    };
     format!(
-        "tasks: {} submitted   {} pending   {} placed   {} running   {} done   {} failed attempts   {} dead\nthroughput: {}/min   ETA: {}\n",
+        "{run}tasks: {} submitted   {} pending   {} placed   {} running   {} done   {} failed attempts   {} dead\nthroughput: {}/min   ETA: {}\n",
         st.submitted,
         st.pending,
         st.placed,

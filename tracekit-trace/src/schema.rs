@@ -290,6 +290,53 @@ pub struct TracerStats {
     pub programs: Vec<ProgramCost>,
 }
 
+impl TracerStats {
+    /// What accrued since `base` (an earlier reading of the same agent): an
+    /// agent that records run after run writes each run's own share. The
+    /// gauges (collector, sampler CPU, stall, longest run, peak RSS) stay
+    /// as read now.
+    pub fn since(&self, base: &TracerStats) -> TracerStats {
+        let programs = self
+            .programs
+            .iter()
+            .map(|p| {
+                let before = base.programs.iter().find(|b| b.program == p.program);
+                let run_count = p.run_count - before.map_or(0, |b| b.run_count.min(p.run_count));
+                let run_time_ns =
+                    p.run_time_ns - before.map_or(0, |b| b.run_time_ns.min(p.run_time_ns));
+                ProgramCost {
+                    program: p.program.clone(),
+                    run_count,
+                    run_time_ns,
+                    ns_per_call: if run_count > 0 {
+                        run_time_ns as f64 / run_count as f64
+                    } else {
+                        0.0
+                    },
+                }
+            })
+            .collect();
+        TracerStats {
+            events_lost: self.events_lost.saturating_sub(base.events_lost),
+            map_full: self.map_full.saturating_sub(base.map_full),
+            processes_seen: self.processes_seen.saturating_sub(base.processes_seen),
+            exits_recorded: self.exits_recorded.saturating_sub(base.exits_recorded),
+            exits_recovered: self.exits_recovered.saturating_sub(base.exits_recovered),
+            samples_cut: self.samples_cut.saturating_sub(base.samples_cut),
+            samples_dropped: self.samples_dropped.saturating_sub(base.samples_dropped),
+            sampler_moves: self.sampler_moves.saturating_sub(base.sampler_moves),
+            sampler_runs: self.sampler_runs.saturating_sub(base.sampler_runs),
+            sampler_run_ns: self.sampler_run_ns.saturating_sub(base.sampler_run_ns),
+            sampler_slow_runs: self
+                .sampler_slow_runs
+                .saturating_sub(base.sampler_slow_runs),
+            agent_cpu_ms: (self.agent_cpu_ms - base.agent_cpu_ms).max(0.0),
+            programs,
+            ..self.clone()
+        }
+    }
+}
+
 /// A line of `CTS/invocations.jsonl` as readers take it: every field optional,
 /// because traces of the original may hold `null` or lack fields, and the audit
 /// counts what is missing instead of failing. Unknown fields are ignored.

@@ -16,7 +16,7 @@ use super::args::binding_name;
 use super::cgroup::{Applied, TaskGroup};
 use super::command::{self, Plan};
 use super::cores::cpu_list;
-use super::link::{Report, StagedOutput};
+use super::link::{Report, StagedOutput, withdrawn_file};
 use super::runas;
 use crate::clock;
 use crate::session::Session;
@@ -380,9 +380,8 @@ impl Worker {
             (record.exit_code, record.signal) = crate::tracer::decode_status(status.into_raw());
         }
         record.extra.extend(fields.into_extra());
-        session.writer.invocation(&record)?;
         // On disk now, not at the next tick: an idle worker ticks rarely.
-        session.writer.flush()?;
+        session.invocation(&record)?;
         if let (Some(cg), Some(g)) = (&self.cgroups, &job.group)
             && let Err(e) = cg.destroy(g)
         {
@@ -407,6 +406,7 @@ impl Worker {
                 lease: job.lease,
                 output: Some(output),
                 trace_id: Some(job.trace_id.clone()),
+                withdrawn: session.run_dir().map(withdrawn_file),
                 raw: job.raw,
             });
             return Ok(());

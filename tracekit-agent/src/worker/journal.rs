@@ -135,6 +135,7 @@ mod tests {
             lease: String::new(),
             trace_id: None,
             output: None,
+            withdrawn: None,
         }
     }
 

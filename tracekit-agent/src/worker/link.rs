@@ -36,6 +36,9 @@ pub enum Report {
         /// The run's output, written under a staged name: moved into place
         /// only when the completion counts, removed when it is refused.
         output: Option<StagedOutput>,
+        /// The `withdrawn.jsonl` of the trace the run is recorded in.
+        #[serde(default)]
+        withdrawn: Option<PathBuf>,
     },
     Requeue {
         raw: String,
@@ -51,6 +54,16 @@ pub enum Report {
         lease: String,
         reason: String,
     },
+    /// A run the controller stopped is closed here: its traces go to Redis
+    /// for `gather`, after every report before it.
+    Publish { run: String, dir: PathBuf },
+}
+
+/// A run directory's `withdrawn.jsonl`.
+pub fn withdrawn_file(run_dir: &Path) -> PathBuf {
+    run_dir
+        .join(tracekit_trace::CTS_DIR)
+        .join(tracekit_trace::WITHDRAWN_FILE)
 }
 
 /// Where a run wrote its output, and where the task wants it.
@@ -97,15 +110,34 @@ pub async fn intake(
     node: String,
     lease: LeaseToken,
     tasks: mpsc::Sender<(String, String)>,
+    gate: Gate,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Gate {
+        mut open,
+        recording,
+    } = gate;
     loop {
         if *stop.borrow() {
             return;
         }
+        // Closed while no run is open to record tasks into.
+        if !*open.borrow() {
+            tokio::select! {
+                r = open.wait_for(|o| *o) => if r.is_err() { return },
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
         let token = lease.borrow().clone();
+        let run = recording.as_ref().and_then(|r| r.borrow().clone());
+        if recording.is_some() && run.is_none() {
+            // Between runs: the loop opens the gate once a run starts.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
         match queue
-            .take_task_wait(&node, &token, Duration::from_millis(500))
+            .take_task_wait(&node, &token, run.as_deref(), Duration::from_millis(500))
             .await
         {
             Ok(Take::Task(raw)) => {
@@ -132,12 +164,39 @@ pub async fn intake(
     }
 }
 
+/// When the intake may take tasks: while `open`, and for an agent that
+/// follows the controller's runs (`recording`), only into the run it records
+/// into while that run is current (checked by the take itself).
+pub struct Gate {
+    pub open: watch::Receiver<bool>,
+    pub recording: Option<watch::Receiver<Option<String>>>,
+}
+
 /// What the heartbeat asks of the loop.
 pub enum Fence {
     /// This registration is over: stop every task, then reply.
     StopAll(oneshot::Sender<()>),
     /// Another agent holds the node id: the agent must end.
     Replaced(String),
+}
+
+/// An agent that follows the controller's runs: what it records into
+/// (told with each heartbeat), and the current run (learnt from it).
+pub struct Following {
+    pub recording: watch::Receiver<Option<String>>,
+    pub current: watch::Sender<Option<String>>,
+}
+
+/// What the heartbeat tells the loop.
+pub struct Tell {
+    /// The registration's lease token (a new one after registering again).
+    pub lease: watch::Sender<String>,
+    /// The registration is over, or another agent holds the node id.
+    pub fence: mpsc::Sender<Fence>,
+    /// The clock against Redis.
+    pub clock: watch::Sender<Option<ClockSkew>>,
+    /// The current run, for an agent that follows the controller's runs.
+    pub following: Option<Following>,
 }
 
 /// Heartbeats while the agent lives. When the registration is over (the
@@ -147,11 +206,15 @@ pub async fn heartbeat(
     queue: Queue,
     registration: Registration,
     period: Duration,
-    lease: watch::Sender<String>,
-    fence: mpsc::Sender<Fence>,
-    clock: watch::Sender<Option<ClockSkew>>,
+    tell: Tell,
     stop: watch::Receiver<bool>,
 ) {
+    let Tell {
+        lease,
+        fence,
+        clock,
+        following,
+    } = tell;
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut skew = ClockTracker::default();
@@ -165,7 +228,22 @@ pub async fn heartbeat(
             Err(e) => tracing::debug!("reading Redis TIME: {e}"),
         }
         let token = lease.borrow().clone();
-        match queue.heartbeat(&registration.node, &token).await {
+        let recording = following
+            .as_ref()
+            .map(|f| f.recording.borrow().clone().unwrap_or_default());
+        match queue
+            .heartbeat_run(&registration.node, &token, recording.as_deref())
+            .await
+            .map(|(beat, current)| {
+                if let Some(f) = &following {
+                    f.current.send_if_modified(|c| {
+                        let changed = *c != current;
+                        *c = current;
+                        changed
+                    });
+                }
+                beat
+            }) {
             Ok(Heartbeat::Alive) => {}
             Ok(Heartbeat::Lost) if !*stop.borrow() => {
                 tracing::warn!(
@@ -217,14 +295,14 @@ pub async fn heartbeat(
 pub async fn reporter(
     queue: Queue,
     node: String,
-    withdrawn: PathBuf,
+    withdrawn: Option<PathBuf>,
     journal: Arc<Mutex<Journal>>,
     mut reports: mpsc::UnboundedReceiver<(u64, Report)>,
     mut give_up: watch::Receiver<bool>,
 ) {
     while let Some((id, report)) = reports.recv().await {
         tokio::select! {
-            () = deliver(&queue, &node, &withdrawn, &report) => {}
+            () = deliver(&queue, &node, withdrawn.as_deref(), &report) => {}
             _ = give_up.wait_for(|g| *g) => {
                 let left = journal.lock().map(|j| j.undelivered()).unwrap_or(0);
                 tracing::error!(
@@ -246,12 +324,17 @@ pub async fn reporter(
 }
 
 /// Applies one report, retrying until Redis answers, and then moves or
-/// removes the run's output; a refused completion's run is noted in
-/// `withdrawn` (the trace's `withdrawn.jsonl`).
-pub async fn deliver(queue: &Queue, node: &str, withdrawn: &Path, report: &Report) {
+/// removes the run's output; a refused completion's run is noted in its
+/// trace's `withdrawn.jsonl` (`withdrawn`: where, for reports that do not
+/// say).
+pub async fn deliver(queue: &Queue, node: &str, withdrawn: Option<&Path>, report: &Report) {
+    if let Report::Publish { run, dir } = report {
+        return publish(queue, node, run, dir).await;
+    }
     let mut delay = Duration::from_millis(100);
     loop {
         let result = match report {
+            Report::Publish { .. } => return,
             Report::Complete {
                 raw,
                 lease,
@@ -314,10 +397,17 @@ pub async fn deliver(queue: &Queue, node: &str, withdrawn: &Path, report: &Repor
                         );
                         if let Report::Complete {
                             trace_id: Some(trace_id),
+                            withdrawn: own,
                             ..
                         } = report
                         {
-                            withdraw(withdrawn, trace_id);
+                            match own.as_deref().or(withdrawn) {
+                                Some(path) => withdraw(path, trace_id),
+                                None => tracing::error!(
+                                    %trace_id,
+                                    "a withdrawn run whose trace is unknown: not noted in any withdrawn.jsonl"
+                                ),
+                            }
                         }
                     }
                 }
@@ -369,5 +459,33 @@ fn report_raw(r: &Report) -> &str {
         Report::Complete { raw, .. }
         | Report::Requeue { raw, .. }
         | Report::DeadLetter { raw, .. } => raw,
+        Report::Publish { .. } => "",
+    }
+}
+
+/// Attempts at publishing a run before its traces are left on disk only.
+const PUBLISH_ATTEMPTS: u32 = 10;
+
+/// Publish run `run`'s trace directory for `gather`, retrying through a
+/// short outage; after that the traces stay on disk (and say so).
+async fn publish(queue: &Queue, node: &str, run: &str, dir: &Path) {
+    let mut delay = Duration::from_millis(250);
+    for attempt in 1..=PUBLISH_ATTEMPTS {
+        match tracekit_proto::gather::publish(queue.conn(), run, node, dir).await {
+            Ok(m) => {
+                tracing::info!(run, files = m.files.len(), "traces published for gather");
+                return;
+            }
+            Err(e) if attempt < PUBLISH_ATTEMPTS => {
+                tracing::warn!(run, "publishing traces (will retry): {e:#}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => tracing::error!(
+                run,
+                "publishing traces: {e:#}; they stay in {}",
+                dir.display()
+            ),
+        }
     }
 }

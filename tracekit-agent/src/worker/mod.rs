@@ -22,7 +22,7 @@ pub mod runas;
 pub use args::{Binding, WorkerArgs, check};
 
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,7 +41,7 @@ use command::{Limits, Plan};
 use cores::CoreAllocator;
 use job::Job;
 use journal::Journal;
-use link::{Fence, Report, heartbeat, intake, reporter};
+use link::{Fence, Following, Gate, Report, Tell, heartbeat, intake, reporter, withdrawn_file};
 use node_lock::NodeLock;
 use runas::RunAs;
 
@@ -61,7 +61,10 @@ struct Worker {
     journal: Arc<Mutex<Journal>>,
     /// The lease token the tasks it accepts were taken under.
     lease: String,
+    /// Where ffmpeg's stderr of the open run's tasks is kept.
     stderr_dir: PathBuf,
+    /// Start no waiting task: the run is switching (or none is open).
+    hold: bool,
     seq: u64,
     /// When this agent started (epoch ms), in the trace ids it makes.
     started_ms: i64,
@@ -118,7 +121,14 @@ pub async fn run_until(
     identity: IdentityArgs,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<i32> {
-    let id = identity.identity();
+    // Without a run id of its own the agent follows the controller's runs.
+    let follow = identity.run_id.is_none();
+    if follow && identity.node_dir.is_some() {
+        bail!(
+            "--node-dir needs --run-id: an agent that follows the controller's runs writes <logs>/<run>/<node>/"
+        );
+    }
+    let mut id = identity.identity();
     let cores_total = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);
@@ -178,19 +188,49 @@ pub async fn run_until(
     }
     let (cgroups, binding_note) = binding::prepare(&args, &id.node)?;
 
-    let node_dir = identity.node_dir(&id);
+    // The run recorded into: the agent's own, or the controller's current
+    // one (none: tasks wait until a run starts).
+    let mut recording = if follow {
+        queue
+            .current_run()
+            .await
+            .context("reading the controller's current run")?
+    } else {
+        Some(id.run_id.clone())
+    };
+    match &recording {
+        Some(run) => id.run_id = run.clone(),
+        None => tracing::info!(
+            "no run is current: tasks are taken once one starts (`tracekit-sched run start`, or a dispatch)"
+        ),
+    }
+    let run_dir = |run: &str| {
+        if follow {
+            identity.logs.join(run).join(&id.node)
+        } else {
+            identity.node_dir(&id)
+        }
+    };
+    let node_dir = recording.as_deref().map(run_dir);
     // Before the tracer starts: these encodes are not this node's tasks.
     let encoders = tracekit_trace::node::encoder_versions();
-    let mut session = Session::start(&tracer, &id, &node_dir, identity.cpu_freq_mhz, |meta| {
-        meta.cpu_binding = Some(binding_name(args.cpu_binding).to_string());
-        meta.binding_error = binding_note.clone();
-        meta.run_as = Some(args.run_as.clone());
-        meta.privileges_dropped = Some(user.is_some());
-        (meta.x264, meta.x265) = encoders;
-    })?;
-    let stderr_dir = node_dir.join("ffmpeg");
-    std::fs::create_dir_all(&stderr_dir)
-        .with_context(|| format!("creating {}", stderr_dir.display()))?;
+    let mut session = Session::start(
+        &tracer,
+        &id,
+        node_dir.as_deref(),
+        identity.cpu_freq_mhz,
+        |meta| {
+            meta.cpu_binding = Some(binding_name(args.cpu_binding).to_string());
+            meta.binding_error = binding_note.clone();
+            meta.run_as = Some(args.run_as.clone());
+            meta.privileges_dropped = Some(user.is_some());
+            (meta.x264, meta.x265) = encoders;
+        },
+    )?;
+    let stderr_dir = match &node_dir {
+        Some(dir) => stderr_dir_of(dir)?,
+        None => PathBuf::new(),
+    };
 
     // Reports a previous agent of this node could not deliver go first:
     // registering would send their tasks back to pending, to run again.
@@ -200,11 +240,8 @@ pub async fn run_until(
         .logs
         .join(format!(".tracekit-{}.journal", job::group_name(&id.node)));
     let (mut journal, undelivered) = Journal::open(&journal_path)?;
-    let withdrawn = session
-        .writer
-        .dir()
-        .join(tracekit_trace::CTS_DIR)
-        .join(tracekit_trace::WITHDRAWN_FILE);
+    // For journaled reports that do not say which trace they belong to.
+    let withdrawn = session.run_dir().map(withdrawn_file);
     if !undelivered.is_empty() {
         tracing::info!(
             reports = undelivered.len(),
@@ -212,7 +249,7 @@ pub async fn run_until(
             "delivering the reports a previous agent of this node left"
         );
         for (report_id, report) in undelivered {
-            link::deliver(&queue, &id.node, &withdrawn, &report).await;
+            link::deliver(&queue, &id.node, withdrawn.as_deref(), &report).await;
             journal.delivered(report_id)?;
         }
     }
@@ -259,13 +296,24 @@ pub async fn run_until(
     let (lease_tx, lease_rx) = watch::channel(registration.lease.token.clone());
     let (fence_tx, mut fence_rx) = mpsc::channel::<Fence>(1);
     let (clock_tx, mut clock_rx) = watch::channel(None);
+    // The run recorded into goes out with the heartbeats; the current run
+    // comes back with them; the intake takes tasks only while a run is open.
+    let (recording_tx, recording_rx) = watch::channel(recording.clone());
+    let (current_tx, mut current_rx) = watch::channel(recording.clone());
+    let (open_tx, open_rx) = watch::channel(recording.is_some());
     let heartbeat_task = tokio::spawn(heartbeat(
         queue.clone(),
         registration.clone(),
         Duration::from_millis(args.heartbeat_ms),
-        lease_tx,
-        fence_tx,
-        clock_tx,
+        Tell {
+            lease: lease_tx,
+            fence: fence_tx,
+            clock: clock_tx,
+            following: follow.then_some(Following {
+                recording: recording_rx.clone(),
+                current: current_tx,
+            }),
+        },
         stop_rx.clone(),
     ));
     let intake_task = tokio::spawn(intake(
@@ -273,6 +321,10 @@ pub async fn run_until(
         id.node.clone(),
         lease_rx.clone(),
         task_tx,
+        Gate {
+            open: open_rx,
+            recording: follow.then(|| recording_rx.clone()),
+        },
         stop_rx,
     ));
     let reporter_task = tokio::spawn(reporter(
@@ -299,6 +351,7 @@ pub async fn run_until(
         journal,
         lease: registration.lease.token.clone(),
         stderr_dir,
+        hold: recording.is_none(),
         seq: 0,
         started_ms: clock::epoch_ms(),
     };
@@ -379,9 +432,49 @@ pub async fn run_until(
                     clock_written = Some(s);
                 }
             }
+            Ok(()) = current_rx.changed(), if follow => {
+                let wanted = current_rx.borrow_and_update().clone();
+                if wanted != recording {
+                    // Nothing new starts until the switch: what runs now
+                    // finishes in the run it started in.
+                    let _ = open_tx.send(false);
+                    worker.hold = true;
+                    tracing::info!(
+                        from = recording.as_deref().unwrap_or("none"),
+                        to = wanted.as_deref().unwrap_or("none"),
+                        running = worker.jobs.len(),
+                        "the controller's run changed: switching once the tasks running are done"
+                    );
+                }
+            }
             () = &mut stop, if !stopping => {
                 stopping = true;
                 begin_stop(&queue, &lease_rx, &stop_tx, &mut worker, &mut session).await?;
+            }
+        }
+        if follow && !stopping && worker.jobs.is_empty() && *current_rx.borrow() != recording {
+            // The run that ended is published after every report of its
+            // tasks (the reporter keeps their order).
+            let ended = recording.take();
+            let closed = session.close_run()?;
+            if let (Some(run), Some(dir)) = (ended, closed)
+                && !args.no_publish
+            {
+                worker.report(Report::Publish { run, dir });
+            }
+            recording = current_rx.borrow().clone();
+            if let Some(run) = &recording {
+                let dir = run_dir(run);
+                session.open_run(run, &dir)?;
+                worker.stderr_dir = stderr_dir_of(&dir)?;
+            }
+            // Said with the next heartbeat (and by each take) before the
+            // gate opens.
+            let _ = recording_tx.send(recording.clone());
+            if recording.is_some() {
+                worker.hold = false;
+                let _ = open_tx.send(true);
+                worker.start_waiting(&mut session);
             }
         }
         let period = session.tick_every(!worker.jobs.is_empty());
@@ -452,35 +545,60 @@ pub async fn run_until(
     if let Some(s) = *clock_rx.borrow() {
         session.update_meta(|m| m.clock = Some(s))?;
     }
+    let node_dir = session.run_dir().map(Path::to_path_buf);
     session.finish()?;
-    if replaced.is_some() && !args.no_publish {
-        // Another agent holds the node id now and publishes under it: this
-        // one's traces would replace its successor's at gather.
-        tracing::warn!(
-            "not publishing: another agent holds this node id; this agent's traces stay in {}",
-            node_dir.display()
-        );
-    } else if !args.no_publish {
-        let publish =
-            tracekit_proto::gather::publish(queue.conn(), &id.run_id, &id.node, &node_dir);
-        let until = deadline.max(tokio::time::Instant::now() + PUBLISH_AT_LEAST);
-        match tokio::time::timeout_at(until, publish).await {
-            Ok(Ok(m)) => tracing::info!(files = m.files.len(), "traces published for gather"),
-            Ok(Err(e)) => tracing::error!(
-                "publishing traces: {e:#} (they stay in {})",
-                node_dir.display()
-            ),
-            Err(_) => tracing::error!(
-                "publishing traces: Redis out of reach (they stay in {})",
-                node_dir.display()
-            ),
-        }
+    // Between runs nothing was recorded since the last publication.
+    if let Some((run, node_dir)) = recording.zip(node_dir) {
+        publish_at_stop(
+            &queue,
+            &run,
+            &id.node,
+            &node_dir,
+            &args,
+            replaced.is_some(),
+            deadline,
+        )
+        .await;
     }
     drop(node_lock);
     if let Some(why) = replaced {
         bail!("{why}");
     }
     Ok(0)
+}
+
+/// A stopping agent publishes the run it records into, unless another agent
+/// holds the node id now (it publishes under it: this one's traces would
+/// replace its successor's at gather).
+async fn publish_at_stop(
+    queue: &Queue,
+    run: &str,
+    node: &str,
+    dir: &Path,
+    args: &WorkerArgs,
+    replaced: bool,
+    deadline: tokio::time::Instant,
+) {
+    if args.no_publish {
+        return;
+    }
+    if replaced {
+        tracing::warn!(
+            "not publishing: another agent holds this node id; this agent's traces stay in {}",
+            dir.display()
+        );
+        return;
+    }
+    let publish = tracekit_proto::gather::publish(queue.conn(), run, node, dir);
+    let until = deadline.max(tokio::time::Instant::now() + PUBLISH_AT_LEAST);
+    match tokio::time::timeout_at(until, publish).await {
+        Ok(Ok(m)) => tracing::info!(run, files = m.files.len(), "traces published for gather"),
+        Ok(Err(e)) => tracing::error!("publishing traces: {e:#} (they stay in {})", dir.display()),
+        Err(_) => tracing::error!(
+            "publishing traces: Redis out of reach (they stay in {})",
+            dir.display()
+        ),
+    }
 }
 
 /// Journal `report` (on disk before it is sent), then send it to the
@@ -504,6 +622,13 @@ fn send_report(
             let _ = reports.send((u64::MAX, report));
         }
     }
+}
+
+/// The directory that keeps ffmpeg's stderr of a run's tasks, created.
+fn stderr_dir_of(run_dir: &Path) -> Result<PathBuf> {
+    let dir = run_dir.join("ffmpeg");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }
 
 /// How long after this agent's last heartbeat another host may take its
@@ -574,6 +699,9 @@ impl Worker {
 
     /// Start waiting tasks, in order, while they fit.
     fn start_waiting(&mut self, session: &mut Session) {
+        if self.hold {
+            return;
+        }
         while let Some((_, _, plan)) = self.waiting.front() {
             let units = plan.units as usize;
             let cores = match self.args.cpu_binding {

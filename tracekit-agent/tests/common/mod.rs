@@ -96,6 +96,20 @@ impl Env {
     /// The agent's command line for `node` in this environment, after
     /// whatever `cmd` already holds.
     pub fn agent_args(&self, cmd: &mut Command, node: &str, args: &[&str]) {
+        cmd.args(["--run-id", "run"]);
+        self.agent_args_following(cmd, node, args);
+    }
+
+    /// An agent that follows the controller's runs (no `--run-id`): it
+    /// records run R into logs/<node>/R/<node>/.
+    pub fn agent_following(&self, node: &str, args: &[&str]) -> KillOnDrop {
+        let mut cmd = Command::new(AGENT);
+        self.agent_args_following(&mut cmd, node, args);
+        die_with_the_test(&mut cmd);
+        KillOnDrop(cmd.spawn().expect("starting the agent"))
+    }
+
+    fn agent_args_following(&self, cmd: &mut Command, node: &str, args: &[&str]) {
         cmd.current_dir(self.dir.path())
             .args([
                 "--redis",
@@ -103,7 +117,7 @@ impl Env {
                 "--node-id",
                 node,
             ])
-            .args(["--run-id", "run", "--logs"])
+            .args(["--logs"])
             .arg(self.path(&format!("logs/{node}")))
             .args(["--inputs"])
             .arg(self.path("inputs"))

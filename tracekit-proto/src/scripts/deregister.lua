@@ -14,5 +14,6 @@ push_head(tasks)
 redis.call('ZREM', ALIVE, node)
 redis.call('SREM', LEAVING, node)
 redis.call('DEL', key_lease(node))
+redis.call('HDEL', NODE_RUN, node)
 redis.call('ZADD', LEFT, now_ms(), node)
 return #tasks

@@ -1,0 +1,40 @@
+-- run_stop.lua: ARGV 1 the run to stop ('' = the current one), 2 force
+-- ('1' stops it with tasks outstanding: they stay queued and run in the
+-- next run). Ends the current run: agents that follow it finish what they
+-- run, then publish its traces. Returns
+--   { 0 }                                         no run is current
+--   { -1, current }                               ARGV 1 is not the current run
+--   { -2, current, pending, placed, running }     tasks outstanding, no force
+--   { 1, run, pending, placed, running, node… }   stopped; the live nodes
+--                                                 that record into it
+local wanted, force = ARGV[1], ARGV[2] == '1'
+local current = redis.call('GET', RUN_CURRENT)
+if not current then
+  return { 0 }
+end
+if wanted ~= '' and wanted ~= current then
+  return { -1, current }
+end
+local pending = redis.call('LLEN', PENDING)
+local placed = math.max(num(redis.call('HGET', STATS_LIVE, 'placed')), 0)
+local running = math.max(num(redis.call('HGET', STATS_LIVE, 'running')), 0)
+if not force and pending + placed + running > 0 then
+  return { -2, current, pending, placed, running }
+end
+local info = key_run_info(current)
+redis.call('DEL', RUN_CURRENT)
+redis.call('HSET', info, 'stopped_ms', now_ms(),
+  'pending', pending, 'placed', placed, 'running', running)
+local counters = redis.call('HGETALL', STATS_RUN)
+if #counters > 0 then
+  redis.call('HSET', info, unpack(counters))
+end
+local out = { 1, current, pending, placed, running }
+local following = redis.call('HGETALL', NODE_RUN)
+for i = 1, #following, 2 do
+  local node, run = following[i], following[i + 1]
+  if run == current and redis.call('ZSCORE', ALIVE, node) then
+    out[#out + 1] = node
+  end
+end
+return out
