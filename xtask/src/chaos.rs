@@ -27,7 +27,7 @@ use serde_json::json;
 use tracekit_proto::testing::RedisServer;
 use tracekit_proto::{DeadLetter, Queue, RedisConn, RedisOptions, Snapshot};
 
-use crate::fleet::{self, AgentSpec, NetnsHost, Proc};
+use crate::fleet::{self, AgentRun, AgentSpec, NetnsHost, Proc};
 use crate::util;
 use sampler::{AgentPids, Sampler};
 use schedule::{Fault, Kind, Params, Schedule, Target};
@@ -190,8 +190,10 @@ impl Fleet {
             agent_bin: &self.agent_bin,
             dir: &self.dir,
             node: &node,
-            run: &self.run,
-            node_dir: self.node_dir(i),
+            run: AgentRun::Own {
+                run: &self.run,
+                node_dir: self.node_dir(i),
+            },
             cpu_binding: "shared",
             interval_ms: 500,
         };

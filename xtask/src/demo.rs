@@ -16,7 +16,7 @@ use clap::Args;
 use serde_json::{Value, json};
 use tracekit_proto::testing::RedisServer;
 
-use crate::fleet::{self, AgentSpec, NetnsHost, Proc};
+use crate::fleet::{self, AgentRun, AgentSpec, NetnsHost, Proc};
 use crate::util;
 
 #[derive(Debug, Args)]
@@ -111,7 +111,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     };
     let inputs = dir.join("inputs");
     let outputs = dir.join("outputs");
-    // Each agent writes its own node directory (as on its own machine);
+    // Each agent writes its own node directory (as on its own machine),
+    // agents/<node>/<RUN_ID>/<node>/, for the run the controller starts;
     // `gather` brings them together under logs/<RUN_ID>/<node>/.
     let agent_dirs = dir.join("agents");
     let logs = dir.join("logs").join(&run);
@@ -155,6 +156,22 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         redis.port()
     );
 
+    // The run belongs to the controller: the agents pick it up from Redis.
+    let sched = |what: &[&str]| -> Result<()> {
+        let status = Command::new(&sched_bin)
+            .current_dir(&dir)
+            .args(what)
+            .args(["--redis", &url])
+            .env("REDIS_PASSWORD", redis.password())
+            .status()
+            .with_context(|| format!("running tracekit-sched {}", what.join(" ")))?;
+        if !status.success() {
+            bail!("tracekit-sched {} failed ({status})", what.join(" "));
+        }
+        Ok(())
+    };
+    sched(&["run", "start", "--id", &run])?;
+
     let mut agents = Vec::new();
     for i in 1..=args.nodes {
         let node = format!("node{i}");
@@ -171,8 +188,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             agent_bin: &agent_bin,
             dir: &dir,
             node: &node,
-            run: &run,
-            node_dir: agent_dirs.join(&node),
+            run: AgentRun::Following {
+                logs: agent_dirs.join(&node),
+            },
             cpu_binding: &args.cpu_binding,
             interval_ms: args.interval_ms,
         };
@@ -249,7 +267,11 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             }
         }
         let done: usize = (1..=args.nodes)
-            .map(|i| count_lines(&agent_dirs.join(format!("node{i}/CTS/invocations.jsonl"))))
+            .map(|i| {
+                count_lines(
+                    &agent_dirs.join(format!("node{i}/{run}/node{i}/CTS/invocations.jsonl")),
+                )
+            })
             .sum();
         let s = queue_rt.block_on(queue.snapshot(Duration::from_secs(5)))?;
         let running: usize = s.nodes.iter().map(|n| n.inflight).sum();
@@ -278,7 +300,12 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     }
     let dead = queue_rt.block_on(queue.dead_letters(0, -1))?;
 
-    // Stop everything cleanly: agents deregister and flush their traces.
+    // The run ends: every agent publishes its traces, and they are gathered
+    // while the agents run on (as between two experiments).
+    sched(&["run", "stop", "--timeout", "120"])?;
+    sched(&["gather", "--run-id", &run, "--out", "logs"])?;
+
+    // Stop everything cleanly: agents deregister and end.
     for mut a in agents {
         let name = a.name.clone();
         let status = a.stop(Duration::from_secs(30))?;
@@ -287,15 +314,6 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         }
     }
     central.stop(Duration::from_secs(10))?;
-    let gathered = Command::new(&sched_bin)
-        .args(["gather", "--redis", &url, "--run-id", &run, "--out"])
-        .arg(dir.join("logs"))
-        .env("REDIS_PASSWORD", redis.password())
-        .status()
-        .context("running gather")?;
-    if !gathered.success() {
-        bail!("gathering the traces through Redis failed");
-    }
     drop(queue);
     drop(redis);
     drop(hosts);

@@ -333,10 +333,17 @@ pub struct AgentSpec<'a> {
     /// and `outputs/`).
     pub dir: &'a Path,
     pub node: &'a str,
-    pub run: &'a str,
-    pub node_dir: PathBuf,
+    /// How the agent knows its run: its own id (`--run-id`, writing
+    /// `node_dir`), or the controller's current run (`run start`: it
+    /// writes `<logs>/<run>/<node>/`).
+    pub run: AgentRun<'a>,
     pub cpu_binding: &'a str,
     pub interval_ms: u64,
+}
+
+pub enum AgentRun<'a> {
+    Own { run: &'a str, node_dir: PathBuf },
+    Following { logs: PathBuf },
 }
 
 impl AgentSpec<'_> {
@@ -358,17 +365,16 @@ impl AgentSpec<'_> {
             None => (Command::new(self.agent_bin), redis.url_without_password()),
         };
         cmd.current_dir(self.dir)
-            .args([
-                "--redis",
-                &url,
-                "--node-id",
-                self.node,
-                "--run-id",
-                self.run,
-            ])
-            .arg("--node-dir")
-            .arg(&self.node_dir)
-            .args(["--inputs", "inputs", "--outputs", "outputs"])
+            .args(["--redis", &url, "--node-id", self.node]);
+        match &self.run {
+            AgentRun::Own { run, node_dir } => {
+                cmd.args(["--run-id", run, "--node-dir"]).arg(node_dir);
+            }
+            AgentRun::Following { logs } => {
+                cmd.arg("--logs").arg(logs);
+            }
+        }
+        cmd.args(["--inputs", "inputs", "--outputs", "outputs"])
             .args(["--cpu-binding", self.cpu_binding, "--allocation-ratio", "1"])
             .args(["--interval-ms", &self.interval_ms.to_string()])
             .args(["--reset-capacity", "--clear-queue"])
