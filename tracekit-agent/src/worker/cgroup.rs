@@ -1,10 +1,17 @@
-//! CPU binding through cgroups, driven directly (no systemd): cgroup v2
-//! (`cpuset.cpus`, `cpu.weight`, `cpu.max`) where the unified hierarchy has
-//! the cpu and cpuset controllers, else v1 (`cpuset.cpus`, `cpu.shares`,
+//! CPU binding through cgroups, driven directly: cgroup v2 (`cpuset.cpus`,
+//! `cpu.weight`, `cpu.max`) where the unified hierarchy has the cpu and
+//! cpuset controllers, else v1 (`cpuset.cpus`, `cpu.shares`,
 //! `cpu.cfs_quota_us`). Each task gets its own group under
 //! `tracekit/<node>/`; the child process joins it before exec (see
 //! [`TaskGroup::procs_files`]), so it is bound from its first instruction and,
 //! unprivileged, cannot leave it or widen its mask.
+//!
+//! Under systemd with `Delegate=yes` (v2) the groups go inside the agent's
+//! own unit group, which systemd hands over to it: the agent first moves
+//! itself into a leaf (`<unit>/agent`, since a v2 group with processes
+//! cannot pass controllers down), then makes `<unit>/tracekit/<node>/`.
+//! Elsewhere they go under the hierarchy's root. A task's group is ended
+//! with `cgroup.kill` where the kernel has it (v2), else process by process.
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +40,9 @@ impl std::fmt::Display for Version {
 #[derive(Debug, Clone)]
 pub struct Cgroups {
     version: Version,
+    /// Where the cpu hierarchy is mounted: group paths as
+    /// `/proc/<pid>/cgroup` names them are relative to it.
+    cpu_mount: PathBuf,
     /// v2: the group `tracekit/<node>` in the unified tree. v1: the same
     /// group in the cpu and in the cpuset hierarchy.
     cpu_base: PathBuf,
@@ -73,29 +83,102 @@ fn read(path: &Path) -> Result<String> {
         .to_string())
 }
 
+/// The xattr systemd sets on a group it delegated (`Delegate=yes`): from
+/// then on the unit's processes own the subtree.
+const DELEGATE_XATTRS: [&str; 2] = ["trusted.delegate", "user.delegate"];
+
+/// The leaf a delegated agent moves itself into.
+const AGENT_LEAF: &str = "agent";
+
+/// This process's group in the v2 hierarchy ("/system.slice/x.service").
+fn own_v2_group() -> Option<String> {
+    std::fs::read_to_string("/proc/self/cgroup")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+}
+
+/// Whether systemd delegated `dir` to the processes in it.
+pub fn is_delegated(dir: &Path) -> bool {
+    DELEGATE_XATTRS
+        .iter()
+        .any(|name| matches!(xattr::get(dir, name), Ok(Some(_))))
+}
+
+/// The v2 group the agent's groups go under: its own unit's group when
+/// systemd delegated it (the agent, `pid`, and whatever else runs in the
+/// unit move into the leaf `agent/` first), else the hierarchy's root.
+pub fn v2_parent(root: &Path, own: Option<&str>, pid: u32) -> Result<PathBuf> {
+    let Some(own) = own
+        .map(|o| o.trim_start_matches('/'))
+        .filter(|o| !o.is_empty())
+    else {
+        return Ok(root.to_path_buf());
+    };
+    let own_dir = root.join(own);
+    if own.ends_with(AGENT_LEAF) && is_delegated(own_dir.parent().unwrap_or(root)) {
+        // Already moved by an earlier start in this unit.
+        return Ok(own_dir.parent().unwrap_or(root).to_path_buf());
+    }
+    if !is_delegated(&own_dir) {
+        if own.ends_with(".service") {
+            tracing::warn!(
+                unit_group = own,
+                "the agent's systemd unit has no Delegate=yes: task groups go under {}/tracekit, outside the unit (see the README's unit)",
+                root.display()
+            );
+        }
+        return Ok(root.to_path_buf());
+    }
+    let leaf = own_dir.join(AGENT_LEAF);
+    std::fs::create_dir_all(&leaf).with_context(|| format!("creating {}", leaf.display()))?;
+    // Every process of the unit (the agent among them) into the leaf.
+    let procs = read(&own_dir.join("cgroup.procs"))?;
+    for p in procs
+        .lines()
+        .chain(std::iter::once(pid.to_string().as_str()))
+    {
+        let p = p.trim();
+        if p.is_empty() {
+            continue;
+        }
+        if let Err(e) = write(&leaf.join("cgroup.procs"), p)
+            && p == pid.to_string()
+        {
+            return Err(e).context("moving the agent into its delegated group's leaf");
+        }
+    }
+    tracing::info!(group = %own_dir.display(), "cgroups inside the agent's delegated unit group");
+    Ok(own_dir)
+}
+
 impl Cgroups {
     /// Find the host's hierarchy under `/sys/fs/cgroup` and create
-    /// `tracekit/<node>`.
+    /// `tracekit/<node>` (v2 under systemd with `Delegate=yes`: inside the
+    /// agent's unit group).
     pub fn detect(node: &str) -> Result<Cgroups> {
-        Self::detect_at(Path::new("/sys/fs/cgroup"), node)
+        Self::detect_at(Path::new("/sys/fs/cgroup"), own_v2_group().as_deref(), node)
     }
 
-    /// As [`Cgroups::detect`] with another mount root (tests use a
-    /// fabricated tree).
-    pub fn detect_at(root: &Path, node: &str) -> Result<Cgroups> {
+    /// As [`Cgroups::detect`] with another mount root and own group (tests
+    /// use a fabricated tree).
+    pub fn detect_at(root: &Path, own: Option<&str>, node: &str) -> Result<Cgroups> {
         let rel = Path::new("tracekit").join(node);
         let controllers =
             std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
         let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
         let cgroups = if has("cpu") && has("cpuset") {
+            let parent = v2_parent(root, own, std::process::id())?;
             Cgroups {
                 version: Version::V2,
-                cpu_base: root.join(&rel),
-                cpuset_base: root.join(&rel),
+                cpu_mount: root.to_path_buf(),
+                cpu_base: parent.join(&rel),
+                cpuset_base: parent.join(&rel),
             }
         } else if root.join("cpu/cpu.shares").exists() && root.join("cpuset/cpuset.cpus").exists() {
             Cgroups {
                 version: Version::V1,
+                cpu_mount: root.join("cpu"),
                 cpu_base: root.join("cpu").join(&rel),
                 cpuset_base: root.join("cpuset").join(&rel),
             }
@@ -105,20 +188,50 @@ impl Cgroups {
                 root.display()
             );
         };
-        cgroups.prepare(root)?;
+        cgroups.prepare()?;
         Ok(cgroups)
+    }
+
+    /// A v2 node base `<root>/tracekit/<node>` taken as it is, without
+    /// passing controllers down: for tests of the kernel's v2 mechanics on
+    /// a mount that lacks the cpu and cpuset controllers.
+    #[doc(hidden)]
+    pub fn v2_at(root: &Path, node: &str) -> Cgroups {
+        let base = root.join("tracekit").join(node);
+        Cgroups {
+            version: Version::V2,
+            cpu_mount: root.to_path_buf(),
+            cpu_base: base.clone(),
+            cpuset_base: base,
+        }
     }
 
     pub fn version(&self) -> Version {
         self.version
     }
 
+    /// Task `name`'s group (made or not).
+    pub fn group(&self, name: &str) -> TaskGroup {
+        TaskGroup {
+            name: name.to_string(),
+            cpu: self.cpu_base.join(name),
+            cpuset: self.cpuset_base.join(name),
+        }
+    }
+
     /// Create the base groups; v2 delegates the controllers down to them,
     /// v1 cpuset groups start empty and inherit their parent's CPUs.
-    fn prepare(&self, root: &Path) -> Result<()> {
+    fn prepare(&self) -> Result<()> {
         match self.version {
             Version::V2 => {
-                let mut dir = root.to_path_buf();
+                let tracekit = self
+                    .cpu_base
+                    .parent()
+                    .context("the node group has a parent")?;
+                let mut dir = tracekit
+                    .parent()
+                    .context("the tracekit group has a parent")?
+                    .to_path_buf();
                 for part in ["tracekit", self.node_name()] {
                     write(&dir.join("cgroup.subtree_control"), "+cpu +cpuset")?;
                     dir = dir.join(part);
@@ -151,11 +264,7 @@ impl Cgroups {
 
     /// Create (or reuse) the group of task `name`.
     pub fn create(&self, name: &str) -> Result<TaskGroup> {
-        let g = TaskGroup {
-            name: name.to_string(),
-            cpu: self.cpu_base.join(name),
-            cpuset: self.cpuset_base.join(name),
-        };
+        let g = self.group(name);
         for dir in [&g.cpu, &g.cpuset] {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -284,10 +393,9 @@ impl Cgroups {
         })
     }
 
-    /// The group's path as /proc/<pid>/cgroup names it ("/tracekit/…").
+    /// The group's path as /proc/<pid>/cgroup names it ("/…/tracekit/…").
     fn relative(&self, dir: &Path) -> String {
-        let base_depth = self.cpu_base.components().count() - 2;
-        let rel: PathBuf = dir.components().skip(base_depth).collect();
+        let rel = dir.strip_prefix(&self.cpu_mount).unwrap_or(dir);
         format!("/{}", rel.display())
     }
 
@@ -310,6 +418,11 @@ impl Cgroups {
 
     /// SIGKILL everything in the group, then remove it.
     pub fn destroy(&self, g: &TaskGroup) -> Result<()> {
+        // One write ends the whole group, forks racing it included.
+        let kill = g.cpu.join("cgroup.kill");
+        if self.version == Version::V2 && kill.exists() && !self.pids(g).is_empty() {
+            write(&kill, "1")?;
+        }
         for _ in 0..50 {
             let pids = self.pids(g);
             if pids.is_empty() {
@@ -334,14 +447,18 @@ impl Cgroups {
         Ok(())
     }
 
-    /// Remove this node's base groups at a clean stop, if no task group is
-    /// left in them (cgroupfs refuses to remove a group that has children).
+    /// Remove this node's base groups at a clean stop, and `tracekit/` if
+    /// no other node's is left, when they are empty (cgroupfs refuses to
+    /// remove a group that has children).
     pub fn remove_base(&self) {
-        for dir in [&self.cpu_base, &self.cpuset_base] {
-            if let Err(e) = std::fs::remove_dir(dir)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::debug!("keeping {}: {e}", dir.display());
+        for base in [&self.cpu_base, &self.cpuset_base] {
+            for dir in [Some(base.as_path()), base.parent()].into_iter().flatten() {
+                if let Err(e) = std::fs::remove_dir(dir)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::debug!("keeping {}: {e}", dir.display());
+                    break;
+                }
             }
         }
     }
@@ -354,14 +471,7 @@ impl Cgroups {
         };
         dir.flatten()
             .filter(|e| e.path().is_dir())
-            .filter_map(|e| {
-                let name = e.file_name().to_str()?.to_string();
-                Some(TaskGroup {
-                    cpu: self.cpu_base.join(&name),
-                    cpuset: self.cpuset_base.join(&name),
-                    name,
-                })
-            })
+            .filter_map(|e| Some(self.group(e.file_name().to_str()?)))
             .collect()
     }
 }
@@ -413,7 +523,7 @@ mod tests {
             "cpuset cpu io memory pids\n",
         )
         .expect("write");
-        let cg = Cgroups::detect_at(root.path(), "n1").expect("v2 detected");
+        let cg = Cgroups::detect_at(root.path(), None, "n1").expect("v2 detected");
         assert_eq!(cg.version(), Version::V2);
         assert_eq!(
             std::fs::read_to_string(root.path().join("tracekit/cgroup.subtree_control"))
@@ -449,7 +559,7 @@ mod tests {
     #[test]
     fn no_hierarchy_is_a_clear_error() {
         let root = tempfile::tempdir().expect("tempdir");
-        let e = Cgroups::detect_at(root.path(), "n1").expect_err("nothing there");
+        let e = Cgroups::detect_at(root.path(), None, "n1").expect_err("nothing there");
         assert!(format!("{e:#}").contains("no usable cgroup hierarchy"));
     }
 }
