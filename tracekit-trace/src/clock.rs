@@ -15,7 +15,7 @@
 //! durations, sample intervals and the join of samples to tasks are exactly
 //! what they were; only times from different clocks move against each other.
 
-use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use crate::schema::{ClockSkew, InvocationRecord, NodeMeta};
 
@@ -128,8 +128,9 @@ impl NodeClock {
 /// What a correction did over a run, for the lines that say so.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClockTally {
-    /// Node name → its shift (`None`: no measurement), in name order.
-    nodes: BTreeMap<String, Option<i64>>,
+    /// Each node (name, directory) and its shift (`None`: no measurement),
+    /// in the order read.
+    nodes: Vec<(String, PathBuf, Option<i64>)>,
     /// Submissions moved by their dispatcher's offset, and the range of
     /// those offsets, ms.
     by_dispatcher: u64,
@@ -140,8 +141,23 @@ pub struct ClockTally {
 
 impl ClockTally {
     /// A node whose times are being corrected.
-    pub fn node(&mut self, name: &str, clock: NodeClock) {
-        self.nodes.insert(name.to_string(), clock.shift_ms);
+    pub fn node(&mut self, name: &str, dir: &Path, clock: NodeClock) {
+        self.nodes
+            .push((name.to_string(), dir.to_path_buf(), clock.shift_ms));
+    }
+
+    /// Each node by its name, or by its directory where names repeat; and
+    /// its shift.
+    fn labelled(&self) -> impl Iterator<Item = (String, Option<i64>)> + '_ {
+        self.nodes.iter().map(|(name, dir, shift)| {
+            let shared = self.nodes.iter().filter(|(n, _, _)| n == name).count() > 1;
+            let label = if shared {
+                dir.display().to_string()
+            } else {
+                name.clone()
+            };
+            (label, *shift)
+        })
     }
 
     /// One invocation corrected (`rec` as it was read: its dispatcher
@@ -164,8 +180,7 @@ impl ClockTally {
     /// What was done: one line.
     pub fn note(&self) -> String {
         let nodes: Vec<String> = self
-            .nodes
-            .iter()
+            .labelled()
             .map(|(n, s)| match s {
                 Some(ms) => format!("{n} {:+} ms", -ms),
                 None => format!("{n} not measured"),
@@ -189,8 +204,7 @@ impl ClockTally {
     /// What could not be corrected: one line each, nothing when all was.
     pub fn warnings(&self) -> Vec<String> {
         let mut out: Vec<String> = self
-            .nodes
-            .iter()
+            .labelled()
             .filter(|(_, s)| s.is_none())
             .map(|(n, _)| {
                 format!(
@@ -284,8 +298,8 @@ mod tests {
         assert_eq!(times(&u), (Some(950), Some(1_200), Some(2_000)));
 
         let mut tally = ClockTally::default();
-        tally.node("a", node);
-        tally.node("b", unmeasured);
+        tally.node("a", Path::new("r/a"), node);
+        tally.node("b", Path::new("r/b"), unmeasured);
         tally.task(&raw, Submission::Uncorrected);
         tally.task(&with_dispatcher, Submission::Dispatcher);
         tally.task(&rec(1, 1, 2, Some(48.7)), Submission::Dispatcher);
@@ -302,8 +316,15 @@ mod tests {
         );
         // All measured: nothing to warn about.
         let mut all = ClockTally::default();
-        all.node("a", node);
+        all.node("a", Path::new("r/a"), node);
         all.task(&with_dispatcher, Submission::Dispatcher);
         assert!(all.warnings().is_empty());
+        // Two nodes of one name are told apart by their directories.
+        all.node("a", Path::new("r/a2"), unmeasured);
+        assert!(
+            all.note().contains("r/a +100 ms, r/a2 not measured"),
+            "{}",
+            all.note()
+        );
     }
 }

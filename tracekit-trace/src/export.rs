@@ -474,7 +474,7 @@ fn read_tasks(
         let mut seen = Seen::default();
         let clock = opts.correct_clock.then(|| NodeClock::of(&node.meta));
         if let (Some(clock), Some(tally)) = (clock, report.clock.as_mut()) {
-            tally.node(node.name(), clock);
+            tally.node(node.name(), &node.dir, clock);
         }
         let stats = node.read_invocations(|mut rec, _| {
             seen.records += 1;

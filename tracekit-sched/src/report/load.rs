@@ -211,7 +211,7 @@ pub fn read_tasks(dirs: &[NodeDir], correct_clock: bool) -> Result<ReadTasks> {
     for (n, dir) in dirs.iter().enumerate() {
         let clock = correct_clock.then(|| NodeClock::of(&dir.meta));
         if let (Some(clock), Some(tally)) = (clock, tally.as_mut()) {
-            tally.node(dir.name(), clock);
+            tally.node(dir.name(), &dir.dir, clock);
         }
         dir.read_invocations(|mut rec: InvocationRecord, _| {
             lines += 1;
