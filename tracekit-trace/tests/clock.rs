@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 use tracekit_trace::audit::{AuditOptions, audit_with};
-use tracekit_trace::export::{ExportOptions, export_opendc_with};
+use tracekit_trace::export::{ExportOptions, TaskIdMode, export_opendc_with, task_ids};
+use tracekit_trace::reader::discover;
 use tracekit_trace::synth::{SynthNode, write_node};
 
 /// Node 1 runs `NODE1_AHEAD_MS` ahead of Redis (its agent measured
@@ -121,6 +122,13 @@ fn corrected_export_equals_the_run_on_one_clock() {
         (fixed.tasks, fixed.fragments),
         (plain.tasks, plain.fragments)
     );
+    // compare --correct-clock matches the ids the export gave, at the
+    // corrected times.
+    let ids = |run: &Path, correct: bool| {
+        task_ids(&discover(run).unwrap(), TaskIdMode::Sequential, correct).unwrap()
+    };
+    assert_eq!(ids(&skewed, true), ids(&truth, false));
+    assert_ne!(ids(&skewed, false), ids(&truth, false));
     let tally = fixed.clock.unwrap();
     let note = tally.note();
     assert!(note.contains("node1 -700 ms, node2 +0 ms"), "{note}");
