@@ -160,7 +160,7 @@ impl ClockTally {
         })
     }
 
-    /// One invocation corrected (`rec` as it was read: its dispatcher
+    /// One invocation corrected, `how` its submission was (its dispatcher
     /// offset is counted).
     pub fn task(&mut self, rec: &InvocationRecord, how: Submission) {
         match how {
