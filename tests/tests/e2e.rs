@@ -117,7 +117,17 @@ fn demo_runs_every_task_once_and_exports_a_valid_trace() {
             "{meta}"
         );
         assert!(meta["binding_error"].is_null(), "{meta}");
+        // Its clock against Redis, measured with its heartbeats (one host:
+        // near zero).
+        assert!(
+            meta["clock"]["offset_ms"]
+                .as_f64()
+                .is_some_and(|o| o.abs() < 1000.0),
+            "{meta}"
+        );
         for inv in &invs {
+            // The dispatcher's clock against Redis when it stamped the task.
+            assert!(inv["ts_enqueue_offset_ms"].is_number(), "{inv}");
             assert_eq!(inv["exit_code"], 0, "{inv}");
             // The binding it asked for, read back from its cgroup while it
             // ran: its own group, weight by units, a CPU quota.
@@ -194,6 +204,7 @@ fn demo_runs_every_task_once_and_exports_a_valid_trace() {
         );
     }
     assert_eq!(nodes, 2, "two nodes traced");
+    clock_correction_undoes_a_node_pretended_ahead(&run, tmp.path());
     assert_eq!(seqs.len(), total, "every task done exactly once: {seqs:?}");
     // The OpenDC files are there and readable.
     for f in [
@@ -213,4 +224,90 @@ fn demo_runs_every_task_once_and_exports_a_valid_trace() {
         dc["clusters"][0]["hosts"][0]["count"].as_i64().unwrap_or(0) >= 1,
         "{dc}"
     );
+}
+
+/// The run, and a copy whose first node's clock is pretended 2 s ahead (its
+/// times moved, its measured offset too): `report --correct-clock` gives
+/// both the same tasks, to the millisecond; without it they differ.
+fn clock_correction_undoes_a_node_pretended_ahead(run: &Path, tmp: &Path) {
+    const AHEAD_MS: i64 = 2000;
+    let skewed = tmp.join("skewed-run");
+    copy_dir(run, &skewed);
+    let node = std::fs::read_dir(&skewed)
+        .expect("copied run")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("node_meta.json").exists())
+        .expect("a node");
+    let shift = |file: &str, fields: &[&str]| {
+        let path = node.join(file);
+        let lines: Vec<Value> = read_jsonl(&path).expect("trace lines");
+        let text: String = lines
+            .into_iter()
+            .map(|mut v| {
+                for f in fields {
+                    let t = v[*f].as_i64().expect("a time");
+                    v[*f] = Value::from(t + AHEAD_MS);
+                }
+                format!("{v}\n")
+            })
+            .collect();
+        std::fs::write(&path, text).expect("writing the skewed trace");
+    };
+    shift("CTS/invocations.jsonl", &["ts_start", "ts_end"]);
+    shift("CTS/proc_metrics.jsonl", &["ts_ms"]);
+    let meta_path = node.join("node_meta.json");
+    let mut meta: Value = read_json(&meta_path).expect("meta");
+    let offset = meta["clock"]["offset_ms"].as_f64().expect("measured");
+    meta["clock"]["offset_ms"] = Value::from(offset + AHEAD_MS as f64);
+    std::fs::write(&meta_path, meta.to_string()).expect("writing meta");
+
+    let tasks_csv = |run: &Path, name: &str, flags: &[&str]| {
+        let out = tmp.join(name);
+        let status = Command::new(target_bin("tracekit-sched"))
+            .arg("report")
+            .arg("--input")
+            .arg(run)
+            .arg("--output")
+            .arg(&out)
+            .args(flags)
+            .env("RUST_LOG", "error")
+            .output()
+            .expect("running report");
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        let summary = String::from_utf8_lossy(&status.stdout).into_owned();
+        if !flags.is_empty() {
+            assert!(
+                summary.contains("Clock: times on Redis's clock"),
+                "{summary}"
+            );
+            assert!(!summary.contains("Clock: warning"), "{summary}");
+        }
+        std::fs::read_to_string(out.join("tasks.csv")).expect("tasks.csv")
+    };
+    let fixed = ["--correct-clock"];
+    assert_eq!(
+        tasks_csv(run, "clock-real", &fixed),
+        tasks_csv(&skewed, "clock-skewed", &fixed)
+    );
+    assert_ne!(
+        tasks_csv(run, "raw-real", &[]),
+        tasks_csv(&skewed, "raw-skewed", &[])
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("listing").flatten() {
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if src.is_dir() {
+            copy_dir(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).expect("copying");
+        }
+    }
 }

@@ -84,7 +84,7 @@ fn the_loop_runs_a_task_and_stops_when_told() {
     let task = json!({
         "input": input, "output": path("outputs/out.mp4"), "scale": "320:180",
         "vcodec": "h264", "preset": "ultrafast", "crf": 30, "cpu_units": 1,
-        "_seq": 1, "ts_enqueue": tracekit_tests::epoch_ms(),
+        "_seq": 1, "ts_enqueue": tracekit_tests::epoch_ms(), "ts_enqueue_offset_ms": 12.5,
     })
     .to_string();
     rt.block_on(queue.submit("test", SubmitTarget::Pending, &[(1, task)]))
@@ -107,6 +107,8 @@ fn the_loop_runs_a_task_and_stops_when_told() {
     assert_eq!(invs.len(), 1, "{invs:?}");
     assert_eq!(invs[0]["exit_code"], 0, "{}", invs[0]);
     assert!(invs[0]["cgroup"].is_string(), "bound: {}", invs[0]);
+    // The dispatcher's clock offset goes with the task into its line.
+    assert_eq!(invs[0]["ts_enqueue_offset_ms"], 12.5, "{}", invs[0]);
 
     stop_tx.send(()).expect("the worker is running");
     let code = rt

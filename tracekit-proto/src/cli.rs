@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use crate::conn::{redact, resolve_password, url_has_password};
+use crate::conn::{is_unreachable, redact, resolve_password, url_has_password};
 use crate::{Keys, Queue, RedisConn, RedisOptions};
 
 /// How long a one-shot command (status, gather, dispatch, wait, dead) waits
@@ -59,16 +59,21 @@ impl RedisArgs {
         self.connect_within(self.retry_for()?).await
     }
 
-    /// Connects for a one-shot command: gives up after `--redis-retry-for`
-    /// (default [`ONE_SHOT_RETRY`]) with a message that says so.
+    /// Connects for a one-shot command: gives up on an unreachable Redis
+    /// after `--redis-retry-for` (default [`ONE_SHOT_RETRY`]) with a message
+    /// that says so; anything waiting cannot cure (a refused password, a bad
+    /// URL) fails at once with its own message.
     pub async fn connect_once(&self) -> anyhow::Result<RedisConn> {
         let limit = self.retry_for()?.unwrap_or(ONE_SHOT_RETRY);
-        self.connect_within(Some(limit)).await.with_context(|| {
-            format!(
+        self.connect_within(Some(limit)).await.map_err(|e| {
+            if !is_unreachable(&e) {
+                return e;
+            }
+            e.context(format!(
                 "cannot reach Redis at {} (gave up after {} s; --redis-retry-for SECONDS waits longer)",
                 redact(&self.redis),
                 limit.as_secs_f64()
-            )
+            ))
         })
     }
 

@@ -120,6 +120,39 @@ pub fn is_transient(e: &RedisError) -> bool {
         || e.is_timeout()
 }
 
+/// Whether Redis refused the password: a wrong one (`WRONGPASS`, refused at
+/// connection) or none where one is required (`NOAUTH`). Waiting does not
+/// change either.
+pub fn is_refused_password(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::AuthenticationFailed || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
+}
+
+/// A failed connection attempt as the user should read it: a refused
+/// password says so, anything else keeps its error under `doing`.
+fn connect_error(e: RedisError, url: &str, doing: &str) -> anyhow::Error {
+    if e.code() == Some("NOAUTH") {
+        anyhow::anyhow!(
+            "Redis at {url} wants a password and none was given ({e}): set REDIS_PASSWORD or \
+             use --redis-password-file"
+        )
+    } else if is_refused_password(&e) {
+        anyhow::anyhow!(
+            "Redis at {url} refused the password ({e}): set the right one in REDIS_PASSWORD, \
+             --redis-password-file or the URL"
+        )
+    } else {
+        anyhow::Error::new(e).context(format!("{doing} Redis at {url}"))
+    }
+}
+
+/// Whether an error (of any layer of `e`) is a connection that failed for a
+/// reason that may pass: refused, reset, timed out, a name not resolved.
+pub fn is_unreachable(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<RedisError>())
+        .any(|r| is_transient(r) && !is_refused_password(r))
+}
+
 /// A multiplexed, self-reconnecting connection (cheap to clone).
 #[derive(Clone)]
 pub struct RedisConn {
@@ -180,7 +213,7 @@ impl RedisConn {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(BACKOFF_MAX);
                 }
-                Err(e) => return Err(e).with_context(|| format!("connecting to Redis at {shown}")),
+                Err(e) => return Err(connect_error(e, &shown, "connecting to")),
             }
         };
         let conn = RedisConn {
@@ -192,7 +225,7 @@ impl RedisConn {
             redis::cmd("PING").query_async::<String>(&mut c).await
         })
         .await
-        .with_context(|| format!("talking to Redis at {}", conn.url))?;
+        .map_err(|e| connect_error(e, &conn.url, "talking to"))?;
         Ok(conn)
     }
 

@@ -591,12 +591,20 @@ impl Queue {
     /// One reading of this host's clock against Redis `TIME` (midpoint of
     /// the round trip): (this clock minus Redis's, round trip), ms.
     pub async fn clock_offset(&self) -> Result<(f64, f64), QueueError> {
-        let epoch_us = || {
+        self.clock_offset_of(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_micros() as f64)
                 .unwrap_or(0.0)
-        };
+        })
+        .await
+    }
+
+    /// [`Queue::clock_offset`] of the clock `epoch_us` reads (epoch µs).
+    pub async fn clock_offset_of(
+        &self,
+        epoch_us: impl Fn() -> f64,
+    ) -> Result<(f64, f64), QueueError> {
         let before = epoch_us();
         let (secs, micros): (i64, i64) = self
             .conn

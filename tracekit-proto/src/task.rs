@@ -94,6 +94,11 @@ pub struct Task {
     /// Submission time, epoch ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ts_enqueue: Option<i64>,
+    /// The submitter's clock minus Redis `TIME` when it stamped
+    /// `ts_enqueue`, ms (its best estimate then): the worker records it with
+    /// the task, so a trace's times can be put on one clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts_enqueue_offset_ms: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpuset: Option<String>,
     /// CPU quota in percent of one core.

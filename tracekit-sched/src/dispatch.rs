@@ -4,17 +4,20 @@
 //!
 //! Submission goes through `Queue::submit`, which is exactly-once per
 //! dispatcher run, so a Redis reconnect in the middle neither loses nor
-//! duplicates a task.
+//! duplicates a task. Each task carries the dispatcher's clock offset from
+//! Redis `TIME` beside its submission time (see [`Clock`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use rand_core::RngCore;
 use tracekit_proto::{Keys, Queue, SubmitTarget, Task};
+use tracekit_trace::audit::CLOCK_SKEW_WARN_MS;
+use tracekit_trace::clock::ClockTracker;
 
 use crate::mix;
 use crate::profiles::{Profile, Profiles};
@@ -119,6 +122,15 @@ pub struct DispatchArgs {
     /// Print the tasks as JSON lines instead of submitting them.
     #[arg(long)]
     pub dry_run: bool,
+    /// For tests: pretend this host's clock is this many ms ahead (the
+    /// submission times and the clock's measured offset both see it).
+    #[arg(
+        long,
+        hide = true,
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
+    pub test_clock_skew_ms: f64,
 
     #[command(flatten)]
     pub redis: RedisArgs,
@@ -169,6 +181,7 @@ fn profile_task(input: &Path, output: PathBuf, name: &str, prof: &Profile, seq: 
         cpu_units: Some(prof.cpu_units),
         seq: Some(seq),
         ts_enqueue: None,
+        ts_enqueue_offset_ms: None,
         cpuset: None,
         cpu_quota: None,
         cpu_weight: None,
@@ -243,6 +256,7 @@ fn policy_task(a: &DispatchArgs, input: &Path, seq: u64) -> Task {
         cpu_units: None,
         seq: Some(seq),
         ts_enqueue: None,
+        ts_enqueue_offset_ms: None,
         cpuset: None,
         cpu_quota: None,
         cpu_weight: None,
@@ -380,19 +394,98 @@ pub fn plan(a: &DispatchArgs, probe: &dyn Fn(&Path) -> f64) -> anyhow::Result<Ve
     }
 }
 
-/// Submission clock: epoch ms, strictly increasing within this dispatcher.
+/// Readings of the clock's offset when it starts submitting (the shortest
+/// round trip of them is the first estimate).
+const FIRST_READINGS: usize = 5;
+/// While it submits, one more reading at most this often.
+const READING_EVERY: Duration = Duration::from_secs(1);
+
+/// The dispatcher's clock: submission times (epoch ms, strictly increasing
+/// within this dispatcher) and its offset from Redis `TIME`, which each
+/// task carries (`ts_enqueue_offset_ms`) so that `--correct-clock` can put
+/// its submission time on Redis's clock wherever the trace is read.
 struct Clock {
     last: i64,
+    /// Added to the system clock (`--test-clock-skew-ms`), µs.
+    skew_us: i64,
+    offset: ClockTracker,
+    read_at: Option<Instant>,
 }
 
 impl Clock {
-    fn next(&mut self) -> i64 {
+    fn new(skew_ms: f64) -> Clock {
+        Clock {
+            last: 0,
+            skew_us: (skew_ms * 1000.0).round() as i64,
+            offset: ClockTracker::default(),
+            read_at: None,
+        }
+    }
+
+    fn now_us(&self) -> i64 {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
+            .map(|d| d.as_micros() as i64)
             .unwrap_or(0);
+        now + self.skew_us
+    }
+
+    fn next(&mut self) -> i64 {
+        let now = self.now_us().div_euclid(1000);
         self.last = now.max(self.last + 1);
         self.last
+    }
+
+    /// Takes `readings` readings of the offset (a failed one is logged and
+    /// skipped: the estimate so far stands).
+    async fn read(&mut self, queue: &Queue, readings: usize) {
+        for _ in 0..readings {
+            match queue.clock_offset_of(|| self.now_us() as f64).await {
+                Ok((offset, rtt)) => {
+                    self.offset.add(offset, rtt);
+                }
+                Err(e) => tracing::warn!("reading Redis TIME for this host's clock offset: {e}"),
+            }
+        }
+        self.read_at = Some(Instant::now());
+    }
+
+    /// A reading when the last is older than [`READING_EVERY`].
+    async fn read_now_and_then(&mut self, queue: &Queue) {
+        if self.read_at.is_none_or(|t| t.elapsed() >= READING_EVERY) {
+            self.read(queue, 1).await;
+        }
+    }
+
+    /// The estimate a task carries, ms (µs precision: more would be noise).
+    fn offset_ms(&self) -> Option<f64> {
+        self.offset
+            .estimate()
+            .map(|e| (e.offset_ms * 1000.0).round() / 1000.0)
+    }
+
+    /// Says what was measured (warns when no reading succeeded, or the
+    /// clock is far off: the audit's default threshold).
+    fn log(&self, when: &str) {
+        match self.offset.estimate() {
+            Some(e) if e.offset_ms.abs() > CLOCK_SKEW_WARN_MS => tracing::warn!(
+                "{when}: this host's clock is {:+.1} ms off Redis TIME (±{:.1} ms, {} reading(s)); \
+                 submission times carry it (export/report --correct-clock put them on Redis's clock)",
+                e.offset_ms,
+                e.rtt_ms / 2.0,
+                e.samples
+            ),
+            Some(e) => tracing::info!(
+                "{when}: this host's clock is {:+.1} ms off Redis TIME (±{:.1} ms, {} reading(s))",
+                e.offset_ms,
+                e.rtt_ms / 2.0,
+                e.samples
+            ),
+            None => tracing::warn!(
+                "{when}: no reading of Redis TIME succeeded: submission times carry no clock \
+                 offset, and --correct-clock will say it cannot correct them"
+            ),
+        }
     }
 }
 
@@ -409,9 +502,12 @@ struct Submitter {
 
 impl Submitter {
     async fn send(&mut self, target: SubmitTarget<'_>, tasks: &mut [Task]) -> anyhow::Result<()> {
+        self.clock.read_now_and_then(&self.queue).await;
+        let offset = self.clock.offset_ms();
         let mut items = Vec::with_capacity(tasks.len());
         for t in tasks.iter_mut() {
             t.ts_enqueue = Some(self.clock.next());
+            t.ts_enqueue_offset_ms = offset;
             items.push((self.next_index, t.to_json()));
             self.next_index += 1;
         }
@@ -461,11 +557,14 @@ pub async fn run(a: DispatchArgs) -> anyhow::Result<()> {
     let run = crate::run::ensure_current(&queue, a.run_id.as_deref()).await?;
     let id = format!("{:016x}", mix::rng(0).next_u64());
     tracing::info!(redis = %queue.conn().url(), %run, dispatcher = %id, tasks = planned.len(), "dispatching");
+    let mut clock = Clock::new(a.test_clock_skew_ms);
+    clock.read(&queue, FIRST_READINGS).await;
+    clock.log("before submitting");
     let mut s = Submitter {
         queue,
         id,
         next_index: 0,
-        clock: Clock { last: 0 },
+        clock,
         submitted: 0,
         total: planned.len(),
         progress: Progress::bar_only("tasks submitted", planned.len() as u64),
@@ -500,6 +599,7 @@ pub async fn run(a: DispatchArgs) -> anyhow::Result<()> {
         tracing::info!("enqueued {} tasks: {}", s.submitted, counts.join(", "));
     }
     s.progress.finish();
+    s.clock.log("after submitting");
     tracing::info!(submitted = s.submitted, total, "done");
     Ok(())
 }

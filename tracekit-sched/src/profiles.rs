@@ -109,6 +109,7 @@ fn validate(name: &str, p: &Profile) -> anyhow::Result<()> {
         cpu_units: Some(p.cpu_units),
         seq: None,
         ts_enqueue: None,
+        ts_enqueue_offset_ms: None,
         cpuset: None,
         cpu_quota: None,
         cpu_weight: None,

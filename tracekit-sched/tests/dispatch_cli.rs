@@ -197,6 +197,11 @@ async fn pulse_timing_and_ordering() {
     assert_eq!(tasks.len(), 7);
     let seqs: Vec<u64> = tasks.iter().map(|t| t.seq.unwrap()).collect();
     assert_eq!(seqs, (0..7).collect::<Vec<_>>());
+    // Each carries the dispatcher's clock offset from Redis (one host here).
+    for t in &tasks {
+        let offset = t.ts_enqueue_offset_ms.expect("a clock offset");
+        assert!(offset.abs() < 1000.0, "{offset} ms on loopback");
+    }
     let ts: Vec<i64> = tasks.iter().map(|t| t.ts_enqueue.unwrap()).collect();
     // Lower bounds only: sleeps are never shorter, a loaded machine only adds.
     for (i, w) in ts.windows(2).enumerate() {

@@ -2,7 +2,7 @@
 //! running tasks, retired nodes, `--watch` on and off a terminal), `wait`
 //! (exit statuses, dead-letter reasons, progress bar on a terminal) and
 //! `dead` (list, requeue, clear), and the one-shot commands' give-up on an
-//! unreachable Redis.
+//! unreachable Redis (and not on a refused password).
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
 mod common;
@@ -338,6 +338,39 @@ fn one_shot_commands_give_up_on_an_unreachable_redis() {
         .unwrap();
     assert_eq!(usage.status.code(), Some(2));
     assert!(!text(&usage).1.contains("backtrace"));
+}
+
+/// A wrong password, or none where Redis wants one, fails at once with a
+/// message that says so: waiting would not cure it, and Redis is reachable.
+#[test]
+fn a_refused_password_fails_at_once_and_says_so() {
+    let server = RedisServer::start().expect("redis");
+    let url = server.url_without_password();
+    for (password, says) in [
+        (Some("not-the-password"), "refused the password"),
+        (None, "wants a password and none was given"),
+    ] {
+        let mut cmd = assert_cmd::Command::new(env!("CARGO_BIN_EXE_tracekit-sched"));
+        cmd.args(["status", "--redis", &url])
+            .env_remove("REDIS_PASSWORD")
+            .env("RUST_LOG", "error")
+            // A generous bound: the old message came after no wait either,
+            // but a retry loop would hold it for the default 30 s.
+            .timeout(Duration::from_secs(20));
+        if let Some(p) = password {
+            cmd.env("REDIS_PASSWORD", p);
+        }
+        let out = cmd.assert().failure().code(1).get_output().clone();
+        let (_, stderr) = text(&out);
+        assert!(
+            stderr.starts_with(&format!("error: Redis at {url} {says}")),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("cannot reach"), "{stderr}");
+        assert!(!stderr.contains("gave up"), "{stderr}");
+        assert!(!stderr.contains(server.password()), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
 }
 
 /// A password inside the URL on the command line gets a warning.

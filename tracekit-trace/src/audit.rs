@@ -237,6 +237,12 @@ pub struct NodeAudit {
     pub withdrawn: usize,
     /// The node's clock against Redis, as its worker measured it.
     pub clock: Option<ClockSkew>,
+    /// The largest |offset| of a dispatcher's clock at a submission, ms,
+    /// and how many tasks carry one (`ts_enqueue_offset_ms`).
+    pub dispatcher_max_abs_offset_ms: Option<f64>,
+    pub tasks_with_dispatcher_offset: u64,
+    /// Clocks further than this from Redis are warned about, ms.
+    pub clock_skew_warn_ms: f64,
     pub problems: Vec<String>,
     pub warnings: Vec<String>,
     pub markdown: String,
@@ -277,12 +283,33 @@ impl AuditSummary {
     }
 }
 
+/// What an audit may be told.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AuditOptions {
+    /// A clock (a node's, a dispatcher's) further than this from Redis
+    /// `TIME` is worth a warning, ms.
+    pub clock_skew_warn_ms: f64,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        AuditOptions {
+            clock_skew_warn_ms: CLOCK_SKEW_WARN_MS,
+        }
+    }
+}
+
 /// Audit `input`: a node directory, or a run directory of node directories.
 pub fn audit(input: &Path) -> Result<AuditSummary> {
+    audit_with(input, &AuditOptions::default())
+}
+
+/// [`audit`] as `opts` say.
+pub fn audit_with(input: &Path, opts: &AuditOptions) -> Result<AuditSummary> {
     let nodes = discover(input)?;
     let mut audits = Vec::with_capacity(nodes.len());
     for node in &nodes {
-        audits.push(audit_node(node)?);
+        audits.push(audit_node(node, opts)?);
     }
     let mut totals = AuditCounts::default();
     let mut problems = Vec::new();
@@ -333,12 +360,15 @@ struct AuditTask {
     trace_id: Option<String>,
 }
 
-/// A node clock further than this from Redis `TIME` is worth a warning, ms.
+/// A clock further than this from Redis `TIME` is worth a warning, ms (the
+/// default of `--clock-skew-warn-ms`).
 pub const CLOCK_SKEW_WARN_MS: f64 = 50.0;
 
 /// Audit one node directory.
-pub fn audit_node(node: &NodeDir) -> Result<NodeAudit> {
+pub fn audit_node(node: &NodeDir, opts: &AuditOptions) -> Result<NodeAudit> {
     let mut c = AuditCounts::default();
+    let mut dispatcher_max_abs: Option<f64> = None;
+    let mut with_dispatcher_offset = 0u64;
     let mut tasks: Vec<AuditTask> = Vec::new();
     let mut inv_pids: HashSet<u32> = HashSet::new();
     let mut reused: HashSet<u32> = HashSet::new();
@@ -359,6 +389,10 @@ pub fn audit_node(node: &NodeDir) -> Result<NodeAudit> {
             && !inv_pids.insert(pid)
         {
             reused.insert(pid);
+        }
+        if let Some(o) = rec.ts_enqueue_offset_ms {
+            with_dispatcher_offset += 1;
+            dispatcher_max_abs = Some(dispatcher_max_abs.unwrap_or(0.0).max(o.abs()));
         }
         if let Some(why) = &rec.binding_error {
             c.unbound_tasks += 1;
@@ -561,6 +595,9 @@ pub fn audit_node(node: &NodeDir) -> Result<NodeAudit> {
     let mut audit = NodeAudit {
         withdrawn,
         clock: node.meta.clock,
+        dispatcher_max_abs_offset_ms: dispatcher_max_abs,
+        tasks_with_dispatcher_offset: with_dispatcher_offset,
+        clock_skew_warn_ms: opts.clock_skew_warn_ms,
         node: node.meta.node.clone(),
         stage: node.meta.stage.clone(),
         dir: node.dir.clone(),
@@ -645,12 +682,19 @@ fn judge(a: &mut NodeAudit) {
         ));
     }
     if let Some(clock) = a.clock
-        && clock.offset_ms.abs() > CLOCK_SKEW_WARN_MS
+        && clock.offset_ms.abs() > a.clock_skew_warn_ms
     {
         warnings.push(format!(
-            "this node's clock is {:+.0} ms off Redis TIME (±{:.0} ms): its start and end times are that far from the submission times",
+            "this node's clock is {:+.0} ms off Redis TIME (±{:.0} ms): its start and end times are that far from the submission times (export and report --correct-clock correct them)",
             clock.offset_ms,
             clock.rtt_ms / 2.0
+        ));
+    }
+    if let Some(max) = a.dispatcher_max_abs_offset_ms
+        && max > a.clock_skew_warn_ms
+    {
+        warnings.push(format!(
+            "a dispatcher's clock was up to {max:.0} ms off Redis TIME when it submitted this node's tasks: their submission times are that far off (export and report --correct-clock correct them)"
         ));
     }
     if a.withdrawn > 0 {

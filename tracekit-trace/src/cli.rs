@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 
-use crate::audit::{AuditSummary, audit};
+use crate::audit::{AuditOptions, AuditSummary, CLOCK_SKEW_WARN_MS, audit_with};
 use crate::export::{ExportOptions, TaskIdMode, export_opendc_with};
 use crate::opendc::{CpuSizing, UnmeasuredCpu};
 
@@ -31,6 +31,11 @@ pub struct ExportArgs {
     /// (shape-median), or the original export's quarter core (original).
     #[arg(long, value_enum, default_value_t = UnmeasuredCpu::Skip)]
     pub unmeasured_cpu: UnmeasuredCpu,
+    /// Put every time on Redis's clock: each node's by the offset its agent
+    /// measured, each submission by its dispatcher's (what cannot be
+    /// corrected is said).
+    #[arg(long)]
+    pub correct_clock: bool,
 }
 
 impl ExportArgs {
@@ -40,6 +45,7 @@ impl ExportArgs {
             id_mode: self.task_id_mode,
             cpu_sizing: self.cpu_sizing,
             unmeasured: self.unmeasured_cpu,
+            correct_clock: self.correct_clock,
         }
     }
 }
@@ -56,6 +62,19 @@ pub struct AuditArgs {
     /// Fail (exit non-zero) when the audit finds problems.
     #[arg(long)]
     pub strict: bool,
+    /// Warn about a clock (a node's, or a dispatcher's at submission) further
+    /// than this from Redis TIME, ms.
+    #[arg(long, value_name = "MS", default_value_t = CLOCK_SKEW_WARN_MS)]
+    pub clock_skew_warn_ms: f64,
+}
+
+impl AuditArgs {
+    /// The audit's options.
+    pub fn options(&self) -> AuditOptions {
+        AuditOptions {
+            clock_skew_warn_ms: self.clock_skew_warn_ms,
+        }
+    }
 }
 
 /// Run the export and print its summary.
@@ -124,6 +143,12 @@ pub fn run_export(args: &ExportArgs) -> Result<()> {
             r.tasks_unmeasured, r.unmeasured_mode
         );
     }
+    if let Some(tally) = &r.clock {
+        println!("{}", tally.note());
+        for w in tally.warnings() {
+            println!("warning: {w}");
+        }
+    }
     if r.invocations_incomplete > 0 || r.torn_tails > 0 || r.bad_lines > 0 {
         println!(
             "skipped: {} incomplete invocation(s), {} torn last line(s), {} bad line(s)",
@@ -136,7 +161,7 @@ pub fn run_export(args: &ExportArgs) -> Result<()> {
 /// Run the audit, print its summary, optionally write the reports; with
 /// `--strict`, problems are an error.
 pub fn run_audit(args: &AuditArgs) -> Result<AuditSummary> {
-    let summary = audit(&args.input)?;
+    let summary = audit_with(&args.input, &args.options())?;
     for n in &summary.nodes {
         let c = &n.counts;
         println!(

@@ -34,6 +34,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
+use crate::clock::{ClockTally, NodeClock};
 use crate::join::TaskIndex;
 use crate::opendc::{
     CpuSizing, DATACENTER_FILE, EXPERIMENT_FILE, FRAGMENTS_FILE, Host, Interval, MIN_MEM_KB,
@@ -73,6 +74,8 @@ pub struct ExportOptions {
     pub id_mode: TaskIdMode,
     pub cpu_sizing: CpuSizing,
     pub unmeasured: UnmeasuredCpu,
+    /// Put every time on Redis's clock by the measured offsets ([`crate::clock`]).
+    pub correct_clock: bool,
 }
 
 /// Rows per record batch handed to the parquet writer.
@@ -132,6 +135,8 @@ pub struct ExportReport {
     /// Files whose torn last line was skipped, and bad lines skipped elsewhere.
     pub torn_tails: usize,
     pub bad_lines: u64,
+    /// With `correct_clock`: what the correction did, and what it could not.
+    pub clock: Option<ClockTally>,
     pub seconds: f64,
 }
 
@@ -256,9 +261,16 @@ pub fn export_opendc_with(
     report.run_name = run_ids.join("+");
     let hosts: Vec<NodeHost> = nodes.iter().map(host_of).collect::<Result<_>>()?;
 
+    report.clock = opts.correct_clock.then(ClockTally::default);
     let mut names = Names::default();
     let mut shapes = Shapes::default();
     let mut tasks = read_tasks(&nodes, opts, &mut names, &mut shapes, &mut report)?;
+    if let Some(tally) = &report.clock {
+        tracing::info!("export: {}", tally.note());
+        for w in tally.warnings() {
+            tracing::warn!("export: {w}");
+        }
+    }
     if tasks.is_empty() {
         let files: Vec<String> = nodes
             .iter()
@@ -289,6 +301,7 @@ pub fn export_opendc_with(
             node,
             host: hosts[n].host,
             sizing: opts.cpu_sizing,
+            clock: opts.correct_clock.then(|| NodeClock::of(&node.meta)),
         };
         export_node(
             &ctx,
@@ -459,8 +472,18 @@ fn read_tasks(
         };
         let mut incomplete = 0u64;
         let mut seen = Seen::default();
-        let stats = node.read_invocations(|rec, _| {
+        let clock = opts.correct_clock.then(|| NodeClock::of(&node.meta));
+        if let (Some(clock), Some(tally)) = (clock, report.clock.as_mut()) {
+            tally.node(node.name(), &node.dir, clock);
+        }
+        let stats = node.read_invocations(|mut rec, _| {
             seen.records += 1;
+            if let Some(clock) = clock {
+                let how = clock.invocation(&mut rec);
+                if let Some(tally) = report.clock.as_mut() {
+                    tally.task(&rec, how);
+                }
+            }
             let Some(times) = rec.window() else {
                 seen.miss(rec.present());
                 incomplete += 1;
@@ -545,13 +568,21 @@ pub struct TaskId {
 
 /// The ids an export of `nodes` under `mode` writes, with the mode actually
 /// used, so that other tools (`compare`) match OpenDC's task ids to the
-/// traces exactly as the export assigned them.
-pub fn task_ids(nodes: &[NodeDir], mode: TaskIdMode) -> Result<(TaskIdMode, Vec<TaskId>)> {
+/// traces exactly as the export assigned them (with `correct_clock`, as
+/// `--correct-clock` orders them, and with their times corrected).
+pub fn task_ids(
+    nodes: &[NodeDir],
+    mode: TaskIdMode,
+    correct_clock: bool,
+) -> Result<(TaskIdMode, Vec<TaskId>)> {
     // Ids do not depend on the sizing or on unmeasured tasks (those skipped
     // keep theirs unused), so the default options give the export's ids.
     let mut tasks = read_tasks(
         nodes,
-        &ExportOptions::default(),
+        &ExportOptions {
+            correct_clock,
+            ..ExportOptions::default()
+        },
         &mut Names::default(),
         &mut Shapes::default(),
         &mut ExportReport::default(),
@@ -617,6 +648,8 @@ struct NodeCtx<'a> {
     node: &'a NodeDir,
     host: Host,
     sizing: CpuSizing,
+    /// Moves the node's sample times as its tasks' were moved (`--correct-clock`).
+    clock: Option<NodeClock>,
 }
 
 /// Pass 2 for one node.
@@ -655,6 +688,7 @@ fn export_node(
         let (Some(ts), Some(pid)) = (s.ts_ms, s.pid) else {
             return JoinedSample::Incomplete { present };
         };
+        let ts = ctx.clock.map_or(ts, |c| c.time(ts));
         let Some(local) = index.find(pid, ts, s.dt_ms.unwrap_or(0).max(0)) else {
             return JoinedSample::Unmatched { present };
         };

@@ -4,7 +4,8 @@
 //! [`node`] detects the host's description, [`writer`] appends records as a
 //! run goes, [`reader`] reads node and run directories back tolerantly
 //! ([`sample_line`] parses the samples' lines),
-//! [`join`] matches samples to tasks, [`audit`] checks a trace and renders
+//! [`join`] matches samples to tasks, [`clock`] measures a host's clock
+//! against Redis and puts a trace's times on Redis's clock, [`audit`] checks a trace and renders
 //! `audit_report.md`, [`opendc`] and [`export`] turn traces into an OpenDC
 //! workload, [`cli`] is the command-line surface of audit and export, and
 //! [`synth`] writes synthetic traces with known truth for tests and benchmarks.
@@ -12,6 +13,7 @@
 pub mod audit;
 #[cfg(feature = "export")]
 pub mod cli;
+pub mod clock;
 #[cfg(feature = "export")]
 pub mod export;
 pub mod join;

@@ -108,7 +108,8 @@ pub struct NodeMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x265: Option<String>,
     /// This node's clock against Redis `TIME` (the clock submissions are
-    /// compared with), measured by the worker with its heartbeats.
+    /// compared with), measured by the worker with its heartbeats; what
+    /// `--correct-clock` moves the node's times by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock: Option<ClockSkew>,
 }
@@ -377,6 +378,10 @@ pub struct InvocationRecord {
     pub profile: Option<serde_json::Value>,
     #[serde(default)]
     pub cpu_units: Option<serde_json::Value>,
+    /// The clock offset (its clock minus Redis `TIME`, ms) of the dispatcher
+    /// that stamped `ts_enqueue`, when it measured one.
+    #[serde(default)]
+    pub ts_enqueue_offset_ms: Option<f64>,
 }
 
 impl InvocationRecord {
@@ -484,6 +489,11 @@ pub struct TaskFields {
     /// The dispatcher's profile name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
+    /// The dispatcher's clock minus Redis `TIME` when it stamped
+    /// `ts_enqueue`, ms (the task's own field): what `--correct-clock`
+    /// moves the submission time by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts_enqueue_offset_ms: Option<f64>,
 }
 
 impl TaskFields {

@@ -42,6 +42,7 @@ fn arguments_parse() {
     assert_eq!(a.task_id_mode, TaskIdMode::Auto);
     assert_eq!(a.cpu_sizing, CpuSizing::Peak);
     assert_eq!(a.unmeasured_cpu, UnmeasuredCpu::Skip);
+    assert!(!a.correct_clock);
     let cli = Cli::try_parse_from([
         "x",
         "export-opendc",
@@ -53,11 +54,13 @@ fn arguments_parse() {
         "p95",
         "--unmeasured-cpu",
         "shape-median",
+        "--correct-clock",
     ])
     .unwrap();
     let Cmd::ExportOpendc(a) = cli.cmd else {
         panic!("export")
     };
+    assert!(a.correct_clock && a.options().correct_clock);
     assert_eq!(a.cpu_sizing, CpuSizing::P95);
     assert_eq!(a.unmeasured_cpu, UnmeasuredCpu::ShapeMedian);
     for (flag, bad) in [("--cpu-sizing", "p50"), ("--unmeasured-cpu", "zero")] {
@@ -93,6 +96,13 @@ fn arguments_parse() {
         panic!("audit")
     };
     assert!(a.write && a.strict);
+    assert_eq!(a.options().clock_skew_warn_ms, 50.0);
+    let cli =
+        Cli::try_parse_from(["x", "audit", "--input", "d", "--clock-skew-warn-ms", "5"]).unwrap();
+    let Cmd::Audit(a) = cli.cmd else {
+        panic!("audit")
+    };
+    assert_eq!(a.options().clock_skew_warn_ms, 5.0);
 }
 
 #[test]
@@ -109,6 +119,7 @@ fn strict_audit_fails_on_problems_and_export_runs() {
         input: node.clone(),
         write: true,
         strict: false,
+        clock_skew_warn_ms: 50.0,
     };
     let summary = run_audit(&lenient).unwrap();
     assert!(!summary.ok);
@@ -134,6 +145,7 @@ fn strict_audit_fails_on_problems_and_export_runs() {
         task_id_mode: TaskIdMode::Auto,
         cpu_sizing: CpuSizing::Peak,
         unmeasured_cpu: UnmeasuredCpu::Skip,
+        correct_clock: false,
     })
     .unwrap();
     for f in [

@@ -360,6 +360,7 @@ impl Worker {
             bytes_out,
             seq: job.task.seq,
             profile: job.task.profile.clone(),
+            ts_enqueue_offset_ms: job.task.ts_enqueue_offset_ms,
         };
         let inv = match job.invocation {
             Some(inv) => inv,

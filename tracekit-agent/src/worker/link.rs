@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracekit_proto::{Completion, Heartbeat, Lease, Queue, QueueError, Registration, RunRef, Take};
 
-use super::clock_skew::ClockTracker;
 use super::journal::Journal;
 use tracekit_trace::ClockSkew;
+use tracekit_trace::clock::ClockTracker;
 
 /// What happens to a task in flight, reported in order by [`reporter`].
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -43,6 +43,10 @@ pub struct CompareArgs {
     /// task_id when task_name does not hold the trace ids).
     #[arg(long, value_enum, default_value_t = TaskIdMode::Auto)]
     pub task_id_mode: TaskIdMode,
+    /// Put the run's times on Redis's clock, as export --correct-clock did
+    /// (give it when the run was exported with it).
+    #[arg(long)]
+    pub correct_clock: bool,
     /// Largest cumulative-completion RMSE after best-lag alignment, % of
     /// the tasks.
     #[arg(long, default_value_t = Thresholds::default().cumulative_rmse_pct)]
@@ -97,11 +101,19 @@ pub struct Context {
 /// The files a comparison consists of.
 pub const FILES: [&str; 3] = ["compare.json", "compare.md", "compare.html"];
 
-/// The run's complete tasks with the ids the export gives them.
-pub fn real_tasks(run: &Path, mode: TaskIdMode) -> Result<Vec<RealTask>> {
+/// The run's complete tasks with the ids the export gives them (with
+/// `correct_clock`, their times on Redis's clock, as the export's were).
+pub fn real_tasks(run: &Path, mode: TaskIdMode, correct_clock: bool) -> Result<Vec<RealTask>> {
     let dirs = discover(run)?;
-    let (tasks, _) = read_tasks(&dirs)?;
-    let (_, ids) = task_ids(&dirs, mode)?;
+    let read = read_tasks(&dirs, correct_clock)?;
+    if let Some(tally) = &read.clock {
+        tracing::info!("{}", tally.note());
+        for w in tally.warnings() {
+            tracing::warn!("{w}");
+        }
+    }
+    let tasks = read.tasks;
+    let (_, ids) = task_ids(&dirs, mode, correct_clock)?;
     let id_of: HashMap<(usize, u32, i64, i64), i32> = ids
         .iter()
         .map(|t| {
@@ -125,7 +137,7 @@ pub fn real_tasks(run: &Path, mode: TaskIdMode) -> Result<Vec<RealTask>> {
 
 /// Compare and render every file, in memory.
 pub fn build(args: &CompareArgs) -> Result<(Comparison, OutputSet)> {
-    let real = real_tasks(&args.run, args.task_id_mode)?;
+    let real = real_tasks(&args.run, args.task_id_mode, args.correct_clock)?;
     let sim_path = opendc_output::find(&args.opendc)?;
     let sim = opendc_output::read(&sim_path)?;
     tracing::info!(

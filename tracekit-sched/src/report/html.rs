@@ -46,6 +46,9 @@ pub fn render(r: &Report) -> String {
             esc(line)
         );
     }
+    for line in &r.clock {
+        let _ = write!(out, "<p class=\"meta\">Clock: {}</p>", esc(line));
+    }
     numbers(&mut out, r);
     charts(&mut out, r);
     out.push_str("</body></html>\n");

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
-use tracekit_trace::audit::audit;
+use tracekit_trace::audit::{AuditOptions, CLOCK_SKEW_WARN_MS, audit_with};
+use tracekit_trace::clock::{ClockTally, NodeClock};
 use tracekit_trace::join::TaskIndex;
 use tracekit_trace::reader::{NodeDir, discover};
 use tracekit_trace::{CollectorKind, InvocationRecord};
@@ -90,13 +91,58 @@ pub struct RunData {
     /// tasks run unbound, privileges kept), each with its node: the
     /// report's first lines.
     pub not_as_asked: Vec<String>,
+    /// With `--correct-clock`: what was corrected, then what could not be
+    /// (`warning: …`).
+    pub clock: Vec<String>,
+}
+
+/// How a run is read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoadOptions {
+    /// Put every time on Redis's clock (`tracekit_trace::clock`).
+    pub correct_clock: bool,
+    /// The audit's clock threshold, ms.
+    pub clock_skew_warn_ms: f64,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            correct_clock: false,
+            clock_skew_warn_ms: CLOCK_SKEW_WARN_MS,
+        }
+    }
+}
+
+/// The complete tasks of a run, as [`read_tasks`] finds them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadTasks {
+    /// Node by node, in file order.
+    pub tasks: Vec<RunTask>,
+    /// Invocation lines left out for lack of a required field.
+    pub incomplete: u64,
+    /// With `correct_clock`: what the correction did.
+    pub clock: Option<ClockTally>,
 }
 
 /// Read the run (or node) directory `input`, audit it, and read the dead
 /// letters from `dead` (JSON lines) when given.
-pub fn load(input: &Path, dead: Option<&Path>) -> Result<RunData> {
+pub fn load(input: &Path, dead: Option<&Path>, opts: &LoadOptions) -> Result<RunData> {
     let dirs = discover(input)?;
-    let (mut tasks, incomplete) = read_tasks(&dirs)?;
+    let ReadTasks {
+        mut tasks,
+        incomplete,
+        clock,
+    } = read_tasks(&dirs, opts.correct_clock)?;
+    let clock_lines = clock.map_or_else(Vec::new, |tally| {
+        let warnings = tally.warnings();
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        std::iter::once(tally.note())
+            .chain(warnings.into_iter().map(|w| format!("warning: {w}")))
+            .collect()
+    });
     if incomplete > 0 {
         tracing::warn!(
             "{}: {incomplete} invocation(s) lack a required field and are left out",
@@ -104,7 +150,13 @@ pub fn load(input: &Path, dead: Option<&Path>) -> Result<RunData> {
         );
     }
     // The audit's own findings, as `tracekit-sched audit` reports them.
-    let audit = audit(input).with_context(|| format!("auditing {}", input.display()))?;
+    let audit = audit_with(
+        input,
+        &AuditOptions {
+            clock_skew_warn_ms: opts.clock_skew_warn_ms,
+        },
+    )
+    .with_context(|| format!("auditing {}", input.display()))?;
     let mut run_ids: Vec<String> = Vec::new();
     let mut nodes = Vec::with_capacity(dirs.len());
     let mut first = 0;
@@ -114,7 +166,8 @@ pub fn load(input: &Path, dead: Option<&Path>) -> Result<RunData> {
         }
         // Tasks come node by node (read_tasks).
         let end = first + tasks[first..].iter().take_while(|t| t.node == n).count();
-        nodes.push(read_node(dir, &mut tasks[first..end])?);
+        let clock = opts.correct_clock.then(|| NodeClock::of(&dir.meta));
+        nodes.push(read_node(dir, &mut tasks[first..end], clock)?);
         first = end;
     }
     let mut data = RunData {
@@ -136,6 +189,7 @@ pub fn load(input: &Path, dead: Option<&Path>) -> Result<RunData> {
             .collect(),
         audit_problems: audit.problems,
         audit_warnings: audit.warnings,
+        clock: clock_lines,
     };
     data.tasks = tasks;
     if let Some(path) = dead {
@@ -145,16 +199,28 @@ pub fn load(input: &Path, dead: Option<&Path>) -> Result<RunData> {
 }
 
 /// Every complete task of `dirs`, node by node in file order, and the count
-/// of invocation lines left out for lack of a required field. Not a single
-/// complete task is an error naming the files and the fields missing.
-pub fn read_tasks(dirs: &[NodeDir]) -> Result<(Vec<RunTask>, u64)> {
+/// of invocation lines left out for lack of a required field; with
+/// `correct_clock`, their times on Redis's clock. Not a single complete
+/// task is an error naming the files and the fields missing.
+pub fn read_tasks(dirs: &[NodeDir], correct_clock: bool) -> Result<ReadTasks> {
     let mut tasks = Vec::new();
     let mut incomplete = 0u64;
     let mut missing = [0u64; 5];
     let mut lines = 0u64;
+    let mut tally = correct_clock.then(ClockTally::default);
     for (n, dir) in dirs.iter().enumerate() {
-        dir.read_invocations(|rec: InvocationRecord, _| {
+        let clock = correct_clock.then(|| NodeClock::of(&dir.meta));
+        if let (Some(clock), Some(tally)) = (clock, tally.as_mut()) {
+            tally.node(dir.name(), &dir.dir, clock);
+        }
+        dir.read_invocations(|mut rec: InvocationRecord, _| {
             lines += 1;
+            if let Some(clock) = clock {
+                let how = clock.invocation(&mut rec);
+                if let Some(tally) = tally.as_mut() {
+                    tally.task(&rec, how);
+                }
+            }
             for (i, present) in rec.present().into_iter().enumerate() {
                 missing[i] += u64::from(!present);
             }
@@ -204,12 +270,16 @@ pub fn read_tasks(dirs: &[NodeDir]) -> Result<(Vec<RunTask>, u64)> {
             lacking.join(", ")
         );
     }
-    Ok((tasks, incomplete))
+    Ok(ReadTasks {
+        tasks,
+        incomplete,
+        clock: tally,
+    })
 }
 
 /// Read a node's samples, join them to its tasks for each task's sampled
-/// CPU and peak RSS.
-fn read_node(dir: &NodeDir, tasks: &mut [RunTask]) -> Result<RunNode> {
+/// CPU and peak RSS; `clock` moves their times as the tasks' were moved.
+fn read_node(dir: &NodeDir, tasks: &mut [RunTask], clock: Option<NodeClock>) -> Result<RunNode> {
     let index = TaskIndex::new(tasks.iter().map(|t| (t.pid, t.ts_start, t.ts_end)));
     let mut sampled_cpu = vec![(0u64, 0.0f64, 0u64); tasks.len()];
     let mut samples = Vec::new();
@@ -218,6 +288,7 @@ fn read_node(dir: &NodeDir, tasks: &mut [RunTask]) -> Result<RunNode> {
             let (Some(ts), Some(pid)) = (s.ts_ms, s.pid) else {
                 return Ok(());
             };
+            let ts = clock.map_or(ts, |c| c.time(ts));
             let dt = s.dt_ms.unwrap_or(0).max(0);
             let cpu = s.cpu_ms.unwrap_or(0.0).max(0.0);
             let rss = s.rss_kb.unwrap_or(0);

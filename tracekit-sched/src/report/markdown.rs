@@ -16,6 +16,12 @@ pub fn render(r: &Report) -> String {
     if !r.not_as_asked.is_empty() {
         o.push('\n');
     }
+    for line in &r.clock {
+        let _ = writeln!(o, "Clock: {line}  ");
+    }
+    if !r.clock.is_empty() {
+        o.push('\n');
+    }
     let _ = writeln!(
         o,
         "Input `{}`; first submission {}, last end {}; makespan **{} s**.\n",

@@ -20,7 +20,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::output::OutputSet;
+use load::LoadOptions;
 pub use model::Report;
+use tracekit_trace::audit::CLOCK_SKEW_WARN_MS;
 
 /// `report`: numbers, tables and charts of a run.
 #[derive(Debug, Clone, Args)]
@@ -38,6 +40,24 @@ pub struct ReportArgs {
     /// is unknown.
     #[arg(long)]
     pub dead_letters: Option<PathBuf>,
+    /// Put every time on Redis's clock: each node's by the offset its agent
+    /// measured, each submission by its dispatcher's (what cannot be
+    /// corrected is said).
+    #[arg(long)]
+    pub correct_clock: bool,
+    /// The audit warns about a clock further than this from Redis TIME, ms.
+    #[arg(long, value_name = "MS", default_value_t = CLOCK_SKEW_WARN_MS)]
+    pub clock_skew_warn_ms: f64,
+}
+
+impl ReportArgs {
+    /// How the run is read.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            correct_clock: self.correct_clock,
+            clock_skew_warn_ms: self.clock_skew_warn_ms,
+        }
+    }
 }
 
 /// The files a report consists of.
@@ -52,8 +72,12 @@ pub const FILES: [&str; 7] = [
 ];
 
 /// Build the report of `input` and render every file, in memory.
-pub fn build(input: &Path, dead_letters: Option<&Path>) -> Result<(Report, OutputSet)> {
-    let data = load::load(input, dead_letters)?;
+pub fn build(
+    input: &Path,
+    dead_letters: Option<&Path>,
+    opts: &LoadOptions,
+) -> Result<(Report, OutputSet)> {
+    let data = load::load(input, dead_letters, opts)?;
     let report = model::compute(&data);
     drop(data);
     let mut files = OutputSet::new();
@@ -72,7 +96,11 @@ pub fn build(input: &Path, dead_letters: Option<&Path>) -> Result<(Report, Outpu
 /// Run the command: write the files, print the summary and where they are.
 pub fn run(args: &ReportArgs) -> Result<Report> {
     let started = Instant::now();
-    let (report, files) = build(&args.input, args.dead_letters.as_deref())?;
+    let (report, files) = build(
+        &args.input,
+        args.dead_letters.as_deref(),
+        &args.load_options(),
+    )?;
     let bytes = files.bytes();
     files.commit(&args.output)?;
     tracing::info!(

@@ -164,6 +164,10 @@ pub struct Report {
     pub audit_warnings: Vec<String>,
     /// What was asked and not done: shown before everything else.
     pub not_as_asked: Vec<String>,
+    /// With `--correct-clock`: what moved onto Redis's clock, then what
+    /// could not (each `warning: …`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub clock: Vec<String>,
     pub dead: Vec<DeadRow>,
     pub series: TimeSeries,
     /// (wait s, fraction of tasks waiting at most that long).
@@ -319,6 +323,7 @@ pub fn compute(data: &RunData) -> Report {
         audit_problems: data.audit_problems.clone(),
         audit_warnings: data.audit_warnings.clone(),
         not_as_asked: data.not_as_asked.clone(),
+        clock: data.clock.clone(),
         dead: data
             .dead
             .iter()
@@ -509,6 +514,7 @@ mod tests {
             audit_problems: vec![],
             audit_warnings: vec![],
             not_as_asked: vec![],
+            clock: vec![],
         }
     }
 

@@ -26,6 +26,9 @@ pub fn render(r: &Report) -> String {
     for line in &r.not_as_asked {
         let _ = writeln!(o, "NOT AS ASKED: {line}");
     }
+    for line in &r.clock {
+        let _ = writeln!(o, "Clock: {line}");
+    }
     if c.incomplete > 0 {
         let _ = writeln!(
             o,

@@ -41,7 +41,7 @@ pub fn synth_run(
 /// schedule and finish `shift_ms` later and runs `scale` times as long;
 /// `names` puts the trace ids in task_name, else it is empty.
 pub fn opendc_of(run: &Path, out: &Path, names: bool, shift_ms: i64, scale: f64) -> Vec<RealTask> {
-    let real = real_tasks(run, TaskIdMode::Auto).unwrap();
+    let real = real_tasks(run, TaskIdMode::Auto, false).unwrap();
     let rows: Vec<_> = opendc_output::replay(&real, names, shift_ms, scale)
         .iter()
         .flat_map(|t| opendc_output::rows_of(t, 30_000))

@@ -79,7 +79,7 @@ fn inputs(dir: &Path, tasks: usize) -> Result<(PathBuf, PathBuf, u64)> {
         write_node(&run.join(&cfg.node), &cfg)?;
     }
     let bytes = dir_bytes(&run)?;
-    let real = real_tasks(&run, TaskIdMode::Auto)?;
+    let real = real_tasks(&run, TaskIdMode::Auto, false)?;
     let rows: Vec<_> = opendc_output::replay(&real, true, 0, 1.0)
         .iter()
         .flat_map(|t| opendc_output::rows_of(t, 30_000))
