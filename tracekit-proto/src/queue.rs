@@ -277,6 +277,10 @@ pub struct NodeState {
     /// The worker's CPU binding as it reported it ("shared", "exclusive",
     /// or "UNBOUND: why").
     pub binding: Option<String>,
+    /// The run its agent records into, for an agent that follows the
+    /// controller's runs ("" between runs); None for one with a run of its
+    /// own.
+    pub recording: Option<String>,
     /// Its in-flight tasks, oldest first.
     pub running: Vec<RunningTask>,
 }
@@ -1062,14 +1066,15 @@ impl Queue {
                         p.cmd("LLEN").arg(keys::queue(n));
                         p.cmd("LRANGE").arg(keys::inflight(n)).arg(0).arg(-1);
                         p.cmd("HGETALL").arg(keys::taken_at(n));
+                        p.cmd("HGET").arg(keys::NODE_RUN).arg(n);
                     }
                     p.query_async(&mut c).await
                 })
                 .await?
         };
         let mut nodes = Vec::with_capacity(names.len());
-        for (name, row) in names.iter().zip(rows.chunks(5)) {
-            let [Value::Array(vals), hb, q, inf, since] = row else {
+        for (name, row) in names.iter().zip(rows.chunks(6)) {
+            let [Value::Array(vals), hb, q, inf, since, recording] = row else {
                 return Err(bad_reply("snapshot", format!("{row:?}")));
             };
             let get = |i: usize| vals.get(i).and_then(int).unwrap_or(0);
@@ -1090,6 +1095,7 @@ impl Queue {
                 inflight: running.len(),
                 slot_tokens: token_count.get(name.as_str()).copied().unwrap_or(0),
                 binding: text(6),
+                recording: utf8(recording),
                 running,
             });
         }

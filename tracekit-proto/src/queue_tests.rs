@@ -850,6 +850,9 @@ async fn runs_start_and_stop_once_and_heartbeats_carry_them() {
     // `a` follows and records into r1; `b` has a run of its own.
     q.heartbeat_run("a", "tok-a", Some("r1")).await.unwrap();
     q.heartbeat_run("b", "tok-b", None).await.unwrap();
+    let snap = q.snapshot(Duration::from_secs(10)).await.unwrap();
+    let recording: Vec<Option<&str>> = snap.nodes.iter().map(|n| n.recording.as_deref()).collect();
+    assert_eq!(recording, [Some("r1"), None]);
 
     let items: Vec<(u64, String)> = (0..2).map(|i| (i, task(i, 1))).collect();
     q.submit("d1", SubmitTarget::Pending, &items).await.unwrap();

@@ -82,8 +82,9 @@ pub fn render_stats(st: &RunStats) -> String {
     )
 }
 
-/// The status table.
-pub fn render(s: &Snapshot) -> String {
+/// The status table; `current`: the current run, to point out agents that
+/// follow the controller's runs and record into another one (or none).
+pub fn render(s: &Snapshot, current: Option<&str>) -> String {
     let mut out = String::new();
     let w = s
         .nodes
@@ -121,6 +122,23 @@ pub fn render(s: &Snapshot) -> String {
             hb,
             n.binding.as_deref().unwrap_or("-")
         );
+        match n.recording.as_deref() {
+            Some(r) if n.alive && r.is_empty() && current.is_some() => {
+                let _ = writeln!(
+                    out,
+                    "{:<w$}    no run yet (picks up the current run with its next heartbeat)",
+                    ""
+                );
+            }
+            Some(r) if n.alive && !r.is_empty() && Some(r) != current => {
+                let _ = writeln!(
+                    out,
+                    "{:<w$}    still recording run {r} (finishing its tasks of it)",
+                    ""
+                );
+            }
+            _ => {}
+        }
         for t in &n.running {
             let l = TaskLabel::of(&t.raw);
             let _ = writeln!(
@@ -199,6 +217,7 @@ fn to_json(s: &Snapshot, st: &RunStats) -> String {
                 "parallel": n.parallel, "slot_tokens": n.slot_tokens,
                 "queued": n.queued, "inflight": n.inflight, "phys": n.phys, "ratio": n.ratio,
                 "binding": n.binding,
+                "recording": n.recording,
                 "unbound": n.binding.as_deref().is_some_and(is_unbound),
                 "running": n.running.iter().map(|t| {
                     let l = TaskLabel::of(&t.raw);
@@ -252,7 +271,11 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
             } else if a.watch.is_some() {
                 println!("--- {}", crate::fmt::utc(snap.now_ms));
             }
-            print!("{}{}", render_stats(&stats), render(&snap));
+            print!(
+                "{}{}",
+                render_stats(&stats),
+                render(&snap, stats.run.as_deref())
+            );
         }
         let Some(every) = a.watch else { return Ok(()) };
         tokio::select! {
