@@ -178,5 +178,5 @@ fn cgroup_kill_ends_a_task_group_whole() {
     assert!(start.elapsed() < Duration::from_secs(5));
     // At a clean stop the node's base groups go too.
     cg.remove_base();
-    assert!(!m.root().join("tracekit").exists());
+    assert!(!m.root().join("tracekit/n1").exists());
 }

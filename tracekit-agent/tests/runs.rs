@@ -242,3 +242,126 @@ fn an_agent_follows_the_controllers_runs_and_publishes_each() {
     assert!(sigterm(&mut agent).success());
     env.assert_books_balanced();
 }
+
+fn runs(env: &Env) -> Vec<Value> {
+    stdout(&sched(env, &["run", "list", "--json"]))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A node declared dead (here: the agent paused past its timeout) registers
+/// again and goes on recording the run: the run is not closed or published
+/// on the way.
+#[test]
+fn a_fenced_agent_keeps_recording_the_current_run() {
+    let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !ready("a_fenced_agent_keeps_recording_the_current_run") {
+        return;
+    }
+    let mut env = Env::new(&[]);
+    let mut agent =
+        env.agent_following("f1", &["--capacity-units", "1", "--cpu-binding", "shared"]);
+    env.wait("registration", Duration::from_secs(30), |e| {
+        e.snapshot().nodes.iter().any(|n| n.alive)
+    });
+    assert!(
+        sched(&env, &["run", "start", "--id", "exp1"])
+            .status
+            .success()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: signals to the agent this test started.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGSTOP) };
+    env.rt.block_on(async {
+        env.queue.make_overdue("f1").await.unwrap();
+        env.queue.assume_watched().await.unwrap();
+        let dead = env
+            .queue
+            .recover_dead_nodes(Duration::from_secs(3), Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(dead.len(), 1);
+    });
+    // SAFETY: as above.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGCONT) };
+    env.wait("registered again", Duration::from_secs(30), |e| {
+        e.snapshot().nodes.iter().any(|n| n.alive)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let r = runs(&env);
+    assert!(r[0]["stopped_ms"].is_null(), "{r:?}");
+    assert!(
+        r[0]["published"].as_array().unwrap().is_empty(),
+        "published mid-run: {r:?}"
+    );
+    // And it still runs the run's tasks into the run's directory.
+    let t = env.task("short.mp4", 1, |_| {});
+    env.submit(&[t]);
+    env.wait("the task", Duration::from_secs(120), |e| {
+        recorded(e, "f1", "exp1").len() == 1
+    });
+    assert!(sigterm(&mut agent).success());
+}
+
+/// An agent restarted in the middle of a run publishes what it had when it
+/// stopped; `run stop` waits for the publication made after the stop, so
+/// `gather` never gets the older, partial one.
+#[test]
+fn run_stop_waits_for_a_publication_made_after_the_stop() {
+    let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !ready("run_stop_waits_for_a_publication_made_after_the_stop") {
+        return;
+    }
+    let mut env = Env::new(&[]);
+    let args = ["--capacity-units", "1", "--cpu-binding", "shared"];
+    let mut agent = env.agent_following("f1", &args);
+    env.wait("registration", Duration::from_secs(30), |e| {
+        e.snapshot().nodes.iter().any(|n| n.alive)
+    });
+    assert!(
+        sched(&env, &["run", "start", "--id", "exp1"])
+            .status
+            .success()
+    );
+    let t = env.task("short.mp4", 1, |_| {});
+    env.submit(&[t]);
+    env.wait("the first task", Duration::from_secs(120), |e| {
+        recorded(e, "f1", "exp1").len() == 1
+    });
+    env.wait("done in Redis", Duration::from_secs(30), |e| {
+        e.snapshot().nodes.iter().all(|n| n.run_count == 0)
+    });
+    // Stopped mid-run: it publishes the one task it has.
+    assert!(sigterm(&mut agent).success());
+    let mut agent = env.agent_following("f1", &args);
+    env.wait("registration again", Duration::from_secs(30), |e| {
+        e.snapshot().nodes.iter().any(|n| n.alive)
+    });
+    let t = env.task("long.mp4", 1, |_| {});
+    env.submit(&[t]);
+    env.wait("the long task running", Duration::from_secs(60), |e| {
+        e.snapshot().nodes.iter().any(|n| n.inflight == 1)
+    });
+    let stop = sched(&env, &["run", "stop", "--force", "--timeout", "300"]);
+    assert!(stop.status.success());
+    let out = env.path("gathered");
+    let g = sched(
+        &env,
+        &["gather", "--run-id", "exp1", "--out", out.to_str().unwrap()],
+    );
+    assert!(g.status.success());
+    let gathered = read_jsonl::<Value>(&out.join("exp1/f1/CTS/invocations.jsonl")).unwrap();
+    assert_eq!(
+        gathered.len(),
+        2,
+        "gathered a publication from before the stop"
+    );
+    let r = runs(&env);
+    assert_eq!(
+        (r[0]["done"].as_i64(), r[0]["outstanding"].as_i64()),
+        (Some(2), Some(0)),
+        "{r:?}"
+    );
+    assert!(sigterm(&mut agent).success());
+}

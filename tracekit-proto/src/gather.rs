@@ -80,6 +80,11 @@ fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// Whether a [`publish`] failed on Redis (worth retrying), not on the files.
+pub fn failed_on_redis(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<redis::RedisError>())
+}
+
 /// Publish node directory `dir` of run `run` for node `node`.
 pub async fn publish(conn: &RedisConn, run: &str, node: &str, dir: &Path) -> Result<Manifest> {
     let mut fields: Vec<(String, Vec<u8>)> = Vec::new();
@@ -102,14 +107,22 @@ pub async fn publish(conn: &RedisConn, run: &str, node: &str, dir: &Path) -> Res
     };
     fields.push((MANIFEST.to_string(), serde_json::to_vec(&manifest)?));
     let (hash, set) = (node_key(run, node), nodes_key(run));
+    // A stopped run's `run stop` waits for this publication.
+    let waiting = crate::keys::run_waiting(run);
     conn.run("publishing traces", |mut c| {
-        let (hash, set, fields, node) =
-            (hash.clone(), set.clone(), fields.clone(), node.to_string());
+        let (hash, set, waiting, fields, node) = (
+            hash.clone(),
+            set.clone(),
+            waiting.clone(),
+            fields.clone(),
+            node.to_string(),
+        );
         async move {
             let mut pipe = redis::pipe();
             pipe.atomic().del(&hash).ignore();
             pipe.hset_multiple(&hash, &fields).ignore();
             pipe.sadd(&set, &node).ignore();
+            pipe.srem(&waiting, &node).ignore();
             pipe.query_async::<()>(&mut c).await
         }
     })

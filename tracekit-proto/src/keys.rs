@@ -127,6 +127,9 @@ builders! {
     /// Hash of a run started by `run start`: `started_ms`, and from its
     /// stop `stopped_ms` with the run's counters as they were then.
     run_info => "run:",
+    /// Set of the nodes a run's stop waits on: each leaves it by publishing
+    /// the run's traces (a publication from before the stop does not count).
+    run_waiting => "runs:waiting:",
     /// The answer a take call gave, under the call's token.
     take_memo => "take:",
     /// Placement index, first fit: indexed nodes without slot tokens whose

@@ -9,7 +9,8 @@
 //! | `runs:current` | string | the current run's id; absent between runs |
 //! | `runs:started` | sorted set | run id → when it started (ms, Redis time) |
 //! | `run:<id>` | hash | `started_ms`; from its stop `stopped_ms`, the run's counters then (`submitted`, `done`, `failed`, `dead`) and what was outstanding (`pending`, `placed`, `running`) |
-//! | `nodes:run` | hash | node → the run its (following) agent records into, "" while none; set by each heartbeat |
+//! | `nodes:run` | hash | node → the run its (following) agent records into, "" while none; set by its heartbeats and by each task it takes |
+//! | `runs:waiting:<id>` | set | the nodes a stop of run `<id>` waits on; a node leaves it by publishing the run (a publication from before the stop does not count) |
 //!
 //! A run id is used once: starting a run resets the run's counters
 //! (`stats:run`), and a run's traces never mix with another's.
@@ -188,6 +189,25 @@ impl Queue {
         }
     }
 
+    /// The run node `node`'s agent last said it records into ("" none), if
+    /// it follows the controller's runs.
+    pub async fn recording_of(&self, node: &str) -> Result<Option<String>, QueueError> {
+        let node = node.to_string();
+        Ok(self
+            .conn()
+            .run("HGET nodes:run", |mut c| {
+                let node = node.clone();
+                async move {
+                    redis::cmd("HGET")
+                        .arg(keys::NODE_RUN)
+                        .arg(&node)
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?)
+    }
+
     /// The run started last from the controller (current or stopped).
     pub async fn last_run(&self) -> Result<Option<String>, QueueError> {
         let ids: Vec<String> = self
@@ -260,22 +280,23 @@ impl Queue {
         Ok(out)
     }
 
-    /// Of `nodes`, those that have published run `run`'s traces, and those
-    /// no longer alive (they will not: their traces stay on the node).
+    /// Of `nodes` (those a stop of run `run` waits on), those that have
+    /// published its traces since the stop, and those no longer alive
+    /// (they will not: their traces stay on the node).
     pub async fn run_publications(
         &self,
         run: &str,
         nodes: &[String],
     ) -> Result<(Vec<String>, Vec<String>), QueueError> {
-        let nodes_key = crate::gather::nodes_key(run);
-        let (published, alive): (Vec<String>, Vec<String>) = self
+        let waiting_key = keys::run_waiting(run);
+        let (waiting, alive): (Vec<String>, Vec<String>) = self
             .conn()
-            .run("SMEMBERS trace:<run>:nodes", |mut c| {
-                let nodes_key = nodes_key.clone();
+            .run("SMEMBERS runs:waiting:<run>", |mut c| {
+                let waiting_key = waiting_key.clone();
                 async move {
                     redis::pipe()
                         .cmd("SMEMBERS")
-                        .arg(&nodes_key)
+                        .arg(&waiting_key)
                         .cmd("ZRANGE")
                         .arg(keys::ALIVE)
                         .arg(0)
@@ -287,12 +308,12 @@ impl Queue {
             .await?;
         let done = nodes
             .iter()
-            .filter(|n| published.contains(n))
+            .filter(|n| !waiting.contains(n))
             .cloned()
             .collect();
         let gone = nodes
             .iter()
-            .filter(|n| !published.contains(n) && !alive.contains(n))
+            .filter(|n| waiting.contains(n) && !alive.contains(n))
             .cloned()
             .collect();
         Ok((done, gone))

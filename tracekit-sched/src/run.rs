@@ -84,8 +84,13 @@ pub async fn run(a: RunArgs) -> anyhow::Result<u8> {
     match a.action {
         RunAction::Start { id, redis } => {
             let queue = redis.queue_once(Keys::default()).await?;
-            let id = id.unwrap_or_else(new_run_id);
-            start(&queue, &id).await?;
+            let id = match id {
+                Some(id) => {
+                    start(&queue, &id).await?;
+                    id
+                }
+                None => start_new(&queue).await?,
+            };
             println!(
                 "run {id} started: agents that follow the controller record into <logs>/{id}/<node>/ from their next heartbeat"
             );
@@ -128,6 +133,27 @@ pub async fn start(queue: &Queue, id: &str) -> anyhow::Result<()> {
     }
 }
 
+/// Start a run under a new id (a second suffix when the second's id was
+/// used already).
+async fn start_new(queue: &Queue) -> anyhow::Result<String> {
+    let base = new_run_id();
+    for n in 1..=9 {
+        let id = if n == 1 {
+            base.clone()
+        } else {
+            format!("{base}-{n}")
+        };
+        match queue.run_start(&id).await? {
+            RunStart::Started => return Ok(id),
+            RunStart::Used => continue,
+            RunStart::Busy { current } => {
+                bail!("run {current} is current: `tracekit-sched run stop` it first")
+            }
+        }
+    }
+    bail!("run ids {base}…-9 were all used: give one with --id")
+}
+
 /// The run a dispatcher submits into: the current one, or `wanted` (else a
 /// new id) started now. A current run other than `wanted` is an error.
 pub async fn ensure_current(queue: &Queue, wanted: Option<&str>) -> anyhow::Result<String> {
@@ -140,14 +166,23 @@ pub async fn ensure_current(queue: &Queue, wanted: Option<&str>) -> anyhow::Resu
     if let Some(current) = queue.current_run().await? {
         return busy(current);
     }
-    let id = wanted.map_or_else(new_run_id, str::to_string);
-    if let Err(why) = check_run_id(&id) {
+    let Some(id) = wanted else {
+        let id = match start_new(queue).await {
+            Ok(id) => id,
+            // Another dispatcher started one meanwhile.
+            Err(_) if let Some(current) = queue.current_run().await? => return Ok(current),
+            Err(e) => return Err(e),
+        };
+        tracing::info!(run = %id, "no run was current: started it (`tracekit-sched run stop` ends it)");
+        return Ok(id);
+    };
+    if let Err(why) = check_run_id(id) {
         bail!("{why}");
     }
-    match queue.run_start(&id).await? {
+    match queue.run_start(id).await? {
         RunStart::Started => {
             tracing::info!(run = %id, "no run was current: started it (`tracekit-sched run stop` ends it)");
-            Ok(id)
+            Ok(id.to_string())
         }
         // Another dispatcher started one meanwhile.
         RunStart::Busy { current } => busy(current),
@@ -228,6 +263,8 @@ async fn stop(
         }
         if Instant::now() >= deadline {
             progress.finish();
+            // The counters as they are now, the best there is.
+            queue.run_settle(&run).await?;
             eprintln!(
                 "timed out: {} node(s) have not published run {run} yet (still running its tasks?): {}",
                 waiting.len(),
@@ -256,9 +293,9 @@ fn list_names(nodes: &[&String]) -> String {
 async fn list(queue: &Queue, json: bool) -> anyhow::Result<u8> {
     use std::io::Write;
     let mut runs = queue.runs().await?;
-    // The current run's counters are the live ones.
+    // The current run's counters are the live ones; times are Redis's.
+    let st = queue.run_stats().await?;
     if let Some(r) = runs.iter_mut().find(|r| r.stopped_ms.is_none()) {
-        let st = queue.run_stats().await?;
         (r.submitted, r.done, r.failed, r.dead) = (st.submitted, st.done, st.failed, st.dead);
     }
     let mut out = std::io::stdout().lock();
@@ -277,10 +314,7 @@ async fn list(queue: &Queue, json: bool) -> anyhow::Result<u8> {
         "{:<28} {:<24} {:>10} {:>9} {:>7} {:>7} {:>6}  published",
         "run", "started", "duration", "submitted", "done", "failed", "dead"
     )?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now = st.now_ms;
     for r in &runs {
         let (duration, state) = match r.stopped_ms {
             Some(end) => (end - r.started_ms, ""),

@@ -163,6 +163,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             .args(what)
             .args(["--redis", &url])
             .env("REDIS_PASSWORD", redis.password())
+            .env_remove("RUN_ID")
             .status()
             .with_context(|| format!("running tracekit-sched {}", what.join(" ")))?;
         if !status.success() {
@@ -248,7 +249,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         .args(["--seed", &args.seed.to_string()])
         .arg("--profiles")
         .arg(&profiles_file)
-        .env("REDIS_PASSWORD", redis.password());
+        .env("REDIS_PASSWORD", redis.password())
+        .env_remove("RUN_ID");
     let mut dispatcher = Proc::spawn("dispatch", &mut dispatch, &dir.join("dispatch.log"))?;
 
     // Progress until every task is done or dead-lettered.

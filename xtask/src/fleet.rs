@@ -371,7 +371,8 @@ impl AgentSpec<'_> {
                 cmd.args(["--run-id", run, "--node-dir"]).arg(node_dir);
             }
             AgentRun::Following { logs } => {
-                cmd.arg("--logs").arg(logs);
+                // A RUN_ID in the caller's environment would pin the run.
+                cmd.arg("--logs").arg(logs).env_remove("RUN_ID");
             }
         }
         cmd.args(["--inputs", "inputs", "--outputs", "outputs"])

@@ -116,9 +116,12 @@ pub fn v2_parent(root: &Path, own: Option<&str>, pid: u32) -> Result<PathBuf> {
         return Ok(root.to_path_buf());
     };
     let own_dir = root.join(own);
-    if own.ends_with(AGENT_LEAF) && is_delegated(own_dir.parent().unwrap_or(root)) {
-        // Already moved by an earlier start in this unit.
-        return Ok(own_dir.parent().unwrap_or(root).to_path_buf());
+    if own_dir.file_name() == Some(std::ffi::OsStr::new(AGENT_LEAF))
+        && let Some(unit) = own_dir.parent()
+        && is_delegated(unit)
+    {
+        // Already in the leaf (an earlier start in this unit moved it).
+        return Ok(unit.to_path_buf());
     }
     if !is_delegated(&own_dir) {
         if own.ends_with(".service") {
@@ -132,20 +135,23 @@ pub fn v2_parent(root: &Path, own: Option<&str>, pid: u32) -> Result<PathBuf> {
     }
     let leaf = own_dir.join(AGENT_LEAF);
     std::fs::create_dir_all(&leaf).with_context(|| format!("creating {}", leaf.display()))?;
-    // Every process of the unit (the agent among them) into the leaf.
-    let procs = read(&own_dir.join("cgroup.procs"))?;
-    for p in procs
-        .lines()
-        .chain(std::iter::once(pid.to_string().as_str()))
-    {
+    // Every process of the unit (the agent among them) into the leaf: the
+    // unit's group must hold none to pass controllers down.
+    write(&leaf.join("cgroup.procs"), &pid.to_string())
+        .context("moving the agent into its delegated group's leaf")?;
+    for p in read(&own_dir.join("cgroup.procs"))?.lines() {
         let p = p.trim();
-        if p.is_empty() {
+        let Err(e) = std::fs::write(leaf.join("cgroup.procs"), p) else {
             continue;
-        }
-        if let Err(e) = write(&leaf.join("cgroup.procs"), p)
-            && p == pid.to_string()
-        {
-            return Err(e).context("moving the agent into its delegated group's leaf");
+        };
+        // A process that ended meanwhile is no obstacle.
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            return Err(e).with_context(|| {
+                format!(
+                    "moving process {p} of the unit into {} (the unit's group must hold no process for its task groups)",
+                    leaf.display()
+                )
+            });
         }
     }
     tracing::info!(group = %own_dir.display(), "cgroups inside the agent's delegated unit group");
@@ -420,8 +426,12 @@ impl Cgroups {
     pub fn destroy(&self, g: &TaskGroup) -> Result<()> {
         // One write ends the whole group, forks racing it included.
         let kill = g.cpu.join("cgroup.kill");
-        if self.version == Version::V2 && kill.exists() && !self.pids(g).is_empty() {
-            write(&kill, "1")?;
+        if self.version == Version::V2
+            && kill.exists()
+            && !self.pids(g).is_empty()
+            && let Err(e) = write(&kill, "1")
+        {
+            tracing::warn!("{e:#}: killing the group's processes one by one");
         }
         for _ in 0..50 {
             let pids = self.pids(g);
@@ -447,18 +457,15 @@ impl Cgroups {
         Ok(())
     }
 
-    /// Remove this node's base groups at a clean stop, and `tracekit/` if
-    /// no other node's is left, when they are empty (cgroupfs refuses to
-    /// remove a group that has children).
+    /// Remove this node's base groups at a clean stop, if no task group is
+    /// left in them (cgroupfs refuses to remove a group that has children).
+    /// `tracekit/` itself is shared with the host's other agents: it stays.
     pub fn remove_base(&self) {
-        for base in [&self.cpu_base, &self.cpuset_base] {
-            for dir in [Some(base.as_path()), base.parent()].into_iter().flatten() {
-                if let Err(e) = std::fs::remove_dir(dir)
-                    && e.kind() != std::io::ErrorKind::NotFound
-                {
-                    tracing::debug!("keeping {}: {e}", dir.display());
-                    break;
-                }
+        for dir in [&self.cpu_base, &self.cpuset_base] {
+            if let Err(e) = std::fs::remove_dir(dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::debug!("keeping {}: {e}", dir.display());
             }
         }
     }

@@ -109,7 +109,7 @@ pub async fn intake(
     queue: Queue,
     node: String,
     lease: LeaseToken,
-    tasks: mpsc::Sender<(String, String)>,
+    tasks: mpsc::Sender<Taken>,
     gate: Gate,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -141,7 +141,12 @@ pub async fn intake(
             .await
         {
             Ok(Take::Task(raw)) => {
-                if tasks.send((token, raw)).await.is_err() {
+                let taken = Taken {
+                    lease: token,
+                    run: run.clone(),
+                    raw,
+                };
+                if tasks.send(taken).await.is_err() {
                     return;
                 }
             }
@@ -162,6 +167,15 @@ pub async fn intake(
             }
         }
     }
+}
+
+/// A task the intake took.
+pub struct Taken {
+    /// The lease token it was taken under.
+    pub lease: String,
+    /// The run it was taken in (an agent that follows the controller's runs).
+    pub run: Option<String>,
+    pub raw: String,
 }
 
 /// When the intake may take tasks: while `open`, and for an agent that
@@ -218,8 +232,17 @@ pub async fn heartbeat(
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut skew = ClockTracker::default();
+    let mut last_recording = None;
     loop {
         tick.tick().await;
+        let recording = following
+            .as_ref()
+            .map(|f| f.recording.borrow().clone().unwrap_or_default());
+        // Each run's clock estimate is its own.
+        if recording != last_recording {
+            skew = ClockTracker::default();
+            last_recording.clone_from(&recording);
+        }
         // The clock the node's times are compared with is Redis's.
         match queue.clock_offset().await {
             Ok((offset, rtt)) => {
@@ -228,13 +251,11 @@ pub async fn heartbeat(
             Err(e) => tracing::debug!("reading Redis TIME: {e}"),
         }
         let token = lease.borrow().clone();
-        let recording = following
-            .as_ref()
-            .map(|f| f.recording.borrow().clone().unwrap_or_default());
         match queue
             .heartbeat_run(&registration.node, &token, recording.as_deref())
             .await
-            .map(|(beat, current)| {
+        {
+            Ok((Heartbeat::Alive, current)) => {
                 if let Some(f) = &following {
                     f.current.send_if_modified(|c| {
                         let changed = *c != current;
@@ -242,10 +263,8 @@ pub async fn heartbeat(
                         changed
                     });
                 }
-                beat
-            }) {
-            Ok(Heartbeat::Alive) => {}
-            Ok(Heartbeat::Lost) if !*stop.borrow() => {
+            }
+            Ok((Heartbeat::Lost, _)) if !*stop.borrow() => {
                 tracing::warn!(
                     "this node's registration is over (declared dead, or taken over): stopping its tasks, then registering again"
                 );
@@ -281,7 +300,7 @@ pub async fn heartbeat(
                     }
                 }
             }
-            Ok(Heartbeat::Lost) => {}
+            Ok((Heartbeat::Lost, _)) => {}
             Err(e) => tracing::warn!("heartbeat: {e}"),
         }
     }
@@ -464,28 +483,33 @@ fn report_raw(r: &Report) -> &str {
 }
 
 /// Attempts at publishing a run before its traces are left on disk only.
+/// Attempts at a publication Redis refuses (an outage is retried by the
+/// connection itself, for as long as it lasts).
 const PUBLISH_ATTEMPTS: u32 = 10;
 
-/// Publish run `run`'s trace directory for `gather`, retrying through a
-/// short outage; after that the traces stay on disk (and say so).
+/// Publish run `run`'s trace directory for `gather`. What Redis refuses is
+/// tried again a few times; what cannot be published stays on disk, said.
 async fn publish(queue: &Queue, node: &str, run: &str, dir: &Path) {
     let mut delay = Duration::from_millis(250);
-    for attempt in 1..=PUBLISH_ATTEMPTS {
+    for attempt in 1.. {
         match tracekit_proto::gather::publish(queue.conn(), run, node, dir).await {
             Ok(m) => {
                 tracing::info!(run, files = m.files.len(), "traces published for gather");
                 return;
             }
-            Err(e) if attempt < PUBLISH_ATTEMPTS => {
+            Err(e) if tracekit_proto::gather::failed_on_redis(&e) && attempt < PUBLISH_ATTEMPTS => {
                 tracing::warn!(run, "publishing traces (will retry): {e:#}");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
-            Err(e) => tracing::error!(
-                run,
-                "publishing traces: {e:#}; they stay in {}",
-                dir.display()
-            ),
+            Err(e) => {
+                tracing::error!(
+                    run,
+                    "publishing traces: {e:#}; they stay in {}",
+                    dir.display()
+                );
+                return;
+            }
         }
     }
 }

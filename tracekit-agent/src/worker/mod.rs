@@ -63,7 +63,7 @@ struct Worker {
     lease: String,
     /// Where ffmpeg's stderr of the open run's tasks is kept.
     stderr_dir: PathBuf,
-    /// Start no waiting task: the run is switching (or none is open).
+    /// Start no waiting task: no run is open to record it in.
     hold: bool,
     seq: u64,
     /// When this agent started (epoch ms), in the trace ids it makes.
@@ -126,6 +126,11 @@ pub async fn run_until(
     if follow && identity.node_dir.is_some() {
         bail!(
             "--node-dir needs --run-id: an agent that follows the controller's runs writes <logs>/<run>/<node>/"
+        );
+    }
+    if follow && args.no_publish {
+        bail!(
+            "--no-publish needs --run-id: an agent that follows the controller's runs publishes each one (`run stop` waits for it)"
         );
     }
     let mut id = identity.identity();
@@ -253,6 +258,23 @@ pub async fn run_until(
             journal.delivered(report_id)?;
         }
     }
+    // A run the node's previous agent recorded into and never closed (it
+    // died, and the run ended meanwhile): published now, as it would have.
+    if follow
+        && let Some(prev) = queue
+            .recording_of(&id.node)
+            .await
+            .context("reading the run this node recorded last")?
+        && !prev.is_empty()
+        && Some(&prev) != recording.as_ref()
+    {
+        let dir = run_dir(&prev);
+        if dir.is_dir() {
+            tracing::info!(run = %prev, "publishing the run a previous agent of this node left open");
+            let publish = Report::Publish { run: prev, dir };
+            link::deliver(&queue, &id.node, withdrawn.as_deref(), &publish).await;
+        }
+    }
     let swept = job::sweep_staged(&limits.outputs, &id.node);
     if swept > 0 {
         tracing::info!(
@@ -290,7 +312,7 @@ pub async fn run_until(
     );
 
     let (report_tx, report_rx) = mpsc::unbounded_channel();
-    let (task_tx, mut task_rx) = mpsc::channel::<(String, String)>(64);
+    let (task_tx, mut task_rx) = mpsc::channel::<link::Taken>(64);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (give_up_tx, give_up_rx) = watch::channel(false);
     let (lease_tx, lease_rx) = watch::channel(registration.lease.token.clone());
@@ -394,9 +416,20 @@ pub async fn run_until(
             _ = sigchld.recv() => worker.progress(&mut session)?,
             taken = task_rx.recv(), if intake_open => {
                 match taken {
-                    Some((token, raw)) if token == *lease_rx.borrow() => {
-                        worker.lease = token;
-                        worker.accept(raw, &mut session)
+                    // Taken just before the run it was taken in ended here:
+                    // back to pending, to run in the run that is current.
+                    Some(t) if follow && t.run != recording => {
+                        tracing::info!(run = ?t.run, "handing back a task taken in a run this agent no longer records");
+                        worker.report(Report::Requeue {
+                            raw: t.raw,
+                            lease: t.lease,
+                            failed: false,
+                            reason: None,
+                        });
+                    }
+                    Some(t) if t.lease == *lease_rx.borrow() => {
+                        worker.lease = t.lease;
+                        worker.accept(t.raw, &mut session)
                     }
                     // Taken under a registration that is over: that
                     // registration's end sent it back to pending.
@@ -408,8 +441,8 @@ pub async fn run_until(
                 Some(Fence::StopAll(done)) => {
                     worker.fence(&mut session)?;
                     // Tasks taken under the old registration are not run.
-                    while let Ok((token, _)) = task_rx.try_recv() {
-                        tracing::info!(%token, "dropping a task taken before this node's registration ended");
+                    while let Ok(t) = task_rx.try_recv() {
+                        tracing::info!(token = %t.lease, "dropping a task taken before this node's registration ended");
                     }
                     let _ = done.send(());
                 }
@@ -435,15 +468,15 @@ pub async fn run_until(
             Ok(()) = current_rx.changed(), if follow => {
                 let wanted = current_rx.borrow_and_update().clone();
                 if wanted != recording {
-                    // Nothing new starts until the switch: what runs now
-                    // finishes in the run it started in.
+                    // Nothing new is taken until the switch: what was taken
+                    // in this run runs (and is recorded) in it.
                     let _ = open_tx.send(false);
-                    worker.hold = true;
                     tracing::info!(
                         from = recording.as_deref().unwrap_or("none"),
                         to = wanted.as_deref().unwrap_or("none"),
                         running = worker.jobs.len(),
-                        "the controller's run changed: switching once the tasks running are done"
+                        waiting = worker.waiting.len(),
+                        "the controller's run changed: switching once this run's tasks are done"
                     );
                 }
             }
@@ -452,7 +485,12 @@ pub async fn run_until(
                 begin_stop(&queue, &lease_rx, &stop_tx, &mut worker, &mut session).await?;
             }
         }
-        if follow && !stopping && worker.jobs.is_empty() && *current_rx.borrow() != recording {
+        if follow
+            && !stopping
+            && worker.jobs.is_empty()
+            && worker.waiting.is_empty()
+            && *current_rx.borrow() != recording
+        {
             // The run that ended is published after every report of its
             // tasks (the reporter keeps their order).
             let ended = recording.take();
@@ -463,6 +501,9 @@ pub async fn run_until(
                 worker.report(Report::Publish { run, dir });
             }
             recording = current_rx.borrow().clone();
+            // A run's clock estimate is the run's own.
+            clock_written = None;
+            session.update_meta(|m| m.clock = None)?;
             if let Some(run) = &recording {
                 let dir = run_dir(run);
                 session.open_run(run, &dir)?;
@@ -471,10 +512,9 @@ pub async fn run_until(
             // Said with the next heartbeat (and by each take) before the
             // gate opens.
             let _ = recording_tx.send(recording.clone());
+            worker.hold = recording.is_none();
             if recording.is_some() {
-                worker.hold = false;
                 let _ = open_tx.send(true);
-                worker.start_waiting(&mut session);
             }
         }
         let period = session.tick_every(!worker.jobs.is_empty());
@@ -492,11 +532,11 @@ pub async fn run_until(
     }
     // Tasks the intake delivered after the stop go straight back (those
     // of an ended registration are back already).
-    while let Ok((token, raw)) = task_rx.try_recv() {
-        if replaced.is_none() && token == *lease_rx.borrow() {
+    while let Ok(t) = task_rx.try_recv() {
+        if replaced.is_none() && t.lease == *lease_rx.borrow() {
             worker.report(Report::Requeue {
-                raw,
-                lease: token,
+                raw: t.raw,
+                lease: t.lease,
                 failed: false,
                 reason: None,
             });

@@ -16,7 +16,12 @@ if not lease_is(node, token) then
   return { 0 }
 end
 if mode == 'follow' then
-  redis.call('HSET', NODE_RUN, node, run)
+  -- A node noted as recording the current run (by a take) has switched:
+  -- a heartbeat composed before the switch must not move it back.
+  local current = redis.call('GET', RUN_CURRENT)
+  if not (current and run ~= current and redis.call('HGET', NODE_RUN, node) == current) then
+    redis.call('HSET', NODE_RUN, node, run)
+  end
 else
   redis.call('HDEL', NODE_RUN, node)
 end

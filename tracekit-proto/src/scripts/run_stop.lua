@@ -30,11 +30,14 @@ if #counters > 0 then
   redis.call('HSET', info, unpack(counters))
 end
 local out = { 1, current, pending, placed, running }
+local waiting = key_run_waiting(current)
+redis.call('DEL', waiting)
 local following = redis.call('HGETALL', NODE_RUN)
 for i = 1, #following, 2 do
   local node, run = following[i], following[i + 1]
   if run == current and redis.call('ZSCORE', ALIVE, node) then
     out[#out + 1] = node
+    redis.call('SADD', waiting, node)
   end
 end
 return out

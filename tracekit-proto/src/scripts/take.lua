@@ -24,15 +24,15 @@ end
 if not alive then
   return { 'lost' }
 end
-if run then
-  if redis.call('GET', RUN_CURRENT) ~= run then
-    return { 'empty' }
-  end
-  redis.call('HSET', NODE_RUN, node, run)
+if run and redis.call('GET', RUN_CURRENT) ~= run then
+  return { 'empty' }
 end
 local raw = redis.call('LMOVE', key_queue(node), key_inflight(node), 'LEFT', 'RIGHT')
 if not raw then
   return { 'empty' }
+end
+if run then
+  redis.call('HSET', NODE_RUN, node, run)
 end
 redis.call('SET', memo, raw, 'PX', 60000)
 redis.call('HSET', key_taken_at(node), raw, now_ms())
