@@ -492,6 +492,8 @@ impl Clock {
 /// Submits tasks exactly once (see `Queue::submit`), stamping `ts_enqueue`.
 struct Submitter {
     queue: Queue,
+    /// The run the tasks are submitted into.
+    run: String,
     id: String,
     next_index: u64,
     clock: Clock,
@@ -502,6 +504,24 @@ struct Submitter {
 
 impl Submitter {
     async fn send(&mut self, target: SubmitTarget<'_>, tasks: &mut [Task]) -> anyhow::Result<()> {
+        // Pulses can be minutes apart: the run may have been stopped since.
+        let current = self
+            .queue
+            .current_run()
+            .await
+            .context("reading the current run")?;
+        if current.as_deref() != Some(self.run.as_str()) {
+            anyhow::bail!(
+                "run {} was stopped while dispatching ({}): {} of {} task(s) submitted, the rest not",
+                self.run,
+                current.map_or_else(
+                    || "no run is current".into(),
+                    |c| format!("run {c} is current")
+                ),
+                self.submitted,
+                self.total
+            );
+        }
         self.clock.read_now_and_then(&self.queue).await;
         let offset = self.clock.offset_ms();
         let mut items = Vec::with_capacity(tasks.len());
@@ -562,6 +582,7 @@ pub async fn run(a: DispatchArgs) -> anyhow::Result<()> {
     clock.log("before submitting");
     let mut s = Submitter {
         queue,
+        run,
         id,
         next_index: 0,
         clock,

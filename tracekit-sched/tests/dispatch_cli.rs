@@ -410,3 +410,49 @@ fn the_seed_reproduces_the_original_python_sequences() {
         assert_eq!(inputs, want, "{case}");
     }
 }
+
+/// Dispatch starts a run when none is current and submits into it; a run
+/// stopped between two pulses stops the dispatcher with what it submitted.
+#[tokio::test]
+async fn dispatch_starts_a_run_and_stops_when_its_run_is_stopped() {
+    let server = RedisServer::start().expect("redis");
+    let d = inputs(2);
+    let mut c = dispatch(
+        d.path(),
+        &["--pending", "--pulse-size", "2", "--pulse-interval", "3"],
+    );
+    c.args(["--mix", "light1c=1", "--total", "4", "--run-id", "exp9"])
+        .env("REDIS_PASSWORD", server.password())
+        .args(["--redis", &server.url_without_password()]);
+    let child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let q = queue(&server).await;
+    let start = std::time::Instant::now();
+    while q.pending_len().await.unwrap() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(30), "no first pulse");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(q.current_run().await.unwrap().as_deref(), Some("exp9"));
+    let stop = sched(&server)
+        .args(["run", "stop", "--force", "--no-wait"])
+        .output()
+        .unwrap();
+    assert!(
+        stop.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stop.stderr)
+    );
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "run exp9 was stopped while dispatching (no run is current): 2 of 4 task(s) submitted"
+        ),
+        "{err}"
+    );
+    assert_eq!(q.pending_len().await.unwrap(), 2);
+}
