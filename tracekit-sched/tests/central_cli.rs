@@ -230,3 +230,69 @@ async fn central_and_status_over_tls() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("1/2"));
 }
+
+/// The README's central unit hardens it (`ProtectSystem=strict`,
+/// `ProtectHome=yes`, `PrivateTmp=yes`, `NoNewPrivileges=yes`); reproduced
+/// without systemd — the whole file system read-only, /home, /root and
+/// /tmp replaced by empty ones, no_new_privs — the central still places.
+#[tokio::test]
+async fn the_readme_units_hardening_leaves_the_central_working() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "needs root (mount namespaces) and CI is set"
+        );
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    const HARDEN: &str = r#"set -e
+mount --bind / / ; mount -o remount,bind,ro /
+for d in /home /root /tmp; do
+  if [ -d "$d" ]; then mount -t tmpfs -o mode=000 tmpfs "$d"; fi
+done
+bin="$1"; shift
+exec setpriv --no-new-privs "$bin" "$@"
+"#;
+    let server = RedisServer::start().expect("redis");
+    let q = queue(&server).await;
+    q.register(&reg("a", 2, 0)).await.unwrap();
+    let items: Vec<(u64, String)> = (0..2).map(|i| (i, task(&format!("t{i}"), 1))).collect();
+    q.submit("d", SubmitTarget::Pending, &items).await.unwrap();
+    let mut central = std::process::Command::new("unshare");
+    central
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            HARDEN,
+            "sh",
+        ])
+        .arg(env!("CARGO_BIN_EXE_tracekit-sched"))
+        .args(["central", "--idle-interval", "0.05"])
+        .env("REDIS_PASSWORD", server.password())
+        .env("TRACEKIT_REDIS", server.url_without_password())
+        .env("RUST_LOG", "warn");
+    let central = Proc::spawn(central);
+    let start = Instant::now();
+    while q.queue_len("a").await.unwrap() < 2 {
+        q.heartbeat("a", "tok-a").await.unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the hardened central placed nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", central.0.id())).unwrap();
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mounts", central.0.id())).unwrap();
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.split(' ').nth(1) == Some("/") && l.contains(" ro,")),
+        "/ is not read-only for the central: {mounts}"
+    );
+}
