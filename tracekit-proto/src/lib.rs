@@ -40,7 +40,7 @@
 //! | `lease:<node>` | hash | *new*: the registration holding the node id (`token`, `host`, `pid`, `lease_ms`): one live agent per node id; heartbeats, takes, leave and deregistration carry the token, so a replaced registration changes nothing |
 //! | `nodes:leaving` | set | *new*: stopping nodes, out of placement while they hand tasks back (`leave`) |
 //! | `nodes:watch_last`, `nodes:watch_since` | int | *new*: when a central last checked for dead nodes, and since when they have checked without a gap (Redis time, ms): no node is declared dead before a full heartbeat timeout of watching, so a Redis outage never counts against the nodes |
-//! | `runs:current`, `runs:started`, `run:<id>`, `nodes:run` | string, sorted set, hash, hash | *new*: runs started and stopped from the controller, and the run each following agent records into (see [`run`]) |
+//! | `runs:current`, `runs:started`, `run:<id>`, `runs:waiting:<id>`, `nodes:run` | string, sorted set, hash, set, hash | *new*: runs started and stopped from the controller, the nodes a stop waits on, and the run each following agent records into (see [`run`]) |
 //! | `trace:<run>:nodes`, `trace:<run>:<node>` | set, hash | *new*: node trace directories published for `gather` (see [`gather`]) |
 //! | `dispatch:<id>:mark` | int | *new*: highest submission index a dispatcher has pushed (exactly-once submission across retries), expires after a day |
 //!
