@@ -76,9 +76,13 @@
 //! O(D log K) for K nodes and D distinct free capacities (D is at most the
 //! largest node's capacity, whatever the size of the fleet). Each call first
 //! takes the nodes whose heartbeat is too old for its timeout out of the
-//! index (their next heartbeat puts them back), and checks the chosen head
-//! against the node's counters (an entry written by anything else is
-//! re-filed, so placement never overcommits). Nodes with slot tokens are few
+//! index (their next heartbeat puts them back), reads buckets in growing
+//! pages, and checks a page against its nodes' counters (one `MGET`) when one
+//! of its entries is chosen (an entry written by anything else is re-filed,
+//! so placement never overcommits). Within a call the index is only read:
+//! the nodes it places are kept aside in the script, and their queues,
+//! counters and index entries are written once at the end, a few commands
+//! per bucket and node queue. Nodes with slot tokens are few
 //! and read one by one. The index needs every script that changes counters
 //! to keep it: programs of a version without it must not share the Redis. One round trip per call, and a call may place a batch of tasks; the
 //! pure model of the policy is [`place_model`] (feature `testing`).

@@ -9,13 +9,18 @@ use redis::Script;
 
 const COMMON: &str = include_str!("scripts/common.lua");
 
-fn with_common(body: &str) -> Script {
-    Script::new(&format!(
-        "{}local MAX_TASK_BYTES = {}\nlocal QUOTE_BYTES = {}\n{COMMON}\n{body}",
+/// A script's whole text: the key prelude, the limits, `common` and `body`.
+pub(crate) fn source(common: &str, body: &str) -> String {
+    format!(
+        "{}local MAX_TASK_BYTES = {}\nlocal QUOTE_BYTES = {}\n{common}\n{body}",
         crate::keys::lua_prelude(),
         crate::task::MAX_TASK_BYTES,
         crate::task::QUOTE_BYTES,
-    ))
+    )
+}
+
+fn with_common(body: &str) -> Script {
+    Script::new(&source(COMMON, body))
 }
 
 macro_rules! scripts {

@@ -340,3 +340,10 @@ impl Drop for RedisServer {
         let _ = self.child.wait();
     }
 }
+
+/// A script as Tracekit runs one: today's key prelude and limits, then
+/// `common` (the helpers, `common.lua`) and `body` — for benchmarks that run
+/// an earlier revision's script beside today's on the same data.
+pub fn script_source(common: &str, body: &str) -> String {
+    crate::scripts::source(common, body)
+}

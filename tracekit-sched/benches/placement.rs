@@ -1,19 +1,23 @@
 //! Placement throughput against a real redis-server on loopback, before and
-//! after the placement index, side by side in one run.
+//! after, side by side in one run.
 //!
 //! `cargo bench -p tracekit-sched --bench placement [-- --nodes 50,500,5000
-//! --tasks N --rounds R --max-secs S --batches 64,1]`
+//! --tasks N --rounds R --max-secs S --batches 64,1 --before legacy|REV]`
 //!
 //! For each number of live nodes, every weigher × order and each batch size,
 //! places tasks from a pre-filled q:pending (capacity to spare, so nothing
-//! blocks) with the frozen pre-index script (`legacy/place_mget.lua`: every
-//! call reads every live node) and with today's `place.lua`, and reports
+//! blocks) with a *before* script and with today's `place.lua`, and reports
 //! placements per second (over N tasks or S seconds, whichever comes first),
 //! their ratio, redis-server's CPU time per placement for both (its threads'
-//! schedstat: steadier than wall-clock rates on a shared machine), and for
-//! today's script Redis commands and Redis time per placement (INFO
-//! commandstats deltas, which count the commands scripts run too). Variants and configurations are interleaved round by round, so load
-//! from other work hits them alike; the median round counts.
+//! schedstat: steadier than wall-clock rates on a shared machine), Redis
+//! commands per placement for both (INFO commandstats deltas, which count the
+//! commands scripts run too), and for today's script Redis time in the script
+//! and the client's own CPU per placement. *Before* is the frozen pre-index
+//! script (`legacy/place_mget.lua`: every call reads every live node; the
+//! default) or, with `--before REV`, `place.lua` and `common.lua` as they
+//! were at git revision REV (run with today's key prelude: the index layout
+//! is shared). Variants and configurations are interleaved round by round, so
+//! load from other work hits them alike; the median round counts.
 
 mod common;
 
@@ -69,8 +73,51 @@ enum Variant {
 struct Sample {
     rate: f64,
     cpu_us: f64,
+    client_us: f64,
     cmds: f64,
     server_us: f64,
+}
+
+/// The script of the *before* column.
+enum Before {
+    /// The frozen pre-index script.
+    Legacy,
+    /// `place.lua` at a git revision.
+    Rev(String),
+}
+
+impl Before {
+    fn script(&self) -> anyhow::Result<String> {
+        let rev = match self {
+            Before::Legacy => return Ok(LEGACY.to_string()),
+            Before::Rev(rev) => rev,
+        };
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let show = |file: &str| -> anyhow::Result<String> {
+            let spec = format!("{rev}:tracekit-proto/src/scripts/{file}");
+            let out = std::process::Command::new("git")
+                .args(["-C", root, "show", &spec])
+                .output()
+                .context("running git")?;
+            anyhow::ensure!(
+                out.status.success(),
+                "git show {spec}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            String::from_utf8(out.stdout).with_context(|| format!("{spec} is not UTF-8"))
+        };
+        Ok(tracekit_proto::testing::script_source(
+            &show("common.lua")?,
+            &show("place.lua")?,
+        ))
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Before::Legacy => "every call reads every live node (pre-index place.lua)".into(),
+            Before::Rev(rev) => format!("place.lua at {rev}"),
+        }
+    }
 }
 
 struct Args {
@@ -81,6 +128,7 @@ struct Args {
     max_secs: f64,
     /// Only the housekeeping figures (dead-node check, status).
     housekeeping_only: bool,
+    before: Before,
 }
 
 fn list(v: &str) -> anyhow::Result<Vec<usize>> {
@@ -124,6 +172,10 @@ fn parse_args() -> anyhow::Result<Args> {
             .context("--max-secs S")?
             .unwrap_or(2.0),
         housekeeping_only: argv.iter().any(|a| a == "--housekeeping-only"),
+        before: match get("--before").as_deref() {
+            None | Some("legacy") => Before::Legacy,
+            Some(rev) => Before::Rev(rev.to_string()),
+        },
     })
 }
 
@@ -169,8 +221,8 @@ async fn setup(
     Ok(())
 }
 
-/// One call of the pre-index script; returns (placements, whether to go on).
-async fn legacy_place(
+/// One call of the *before* script; returns (placements, whether to go on).
+async fn before_place(
     script: &redis::Script,
     q: &Queue,
     c: &mut ConnectionManager,
@@ -211,6 +263,7 @@ async fn measure(
     max: Duration,
 ) -> anyhow::Result<Sample> {
     let cpu0 = cpu_s(redis_pid)?;
+    let client0 = cpu_s(std::process::id())?;
     let start = Instant::now();
     let mut placed = 0usize;
     loop {
@@ -219,7 +272,7 @@ async fn measure(
                 let out = q.place(opts).await?;
                 (out.events.len(), out.status == PlaceStatus::More)
             }
-            Variant::Before => legacy_place(script, q, c, opts).await?,
+            Variant::Before => before_place(script, q, c, opts).await?,
         };
         placed += n;
         if !more || start.elapsed() >= max {
@@ -228,11 +281,13 @@ async fn measure(
     }
     let secs = start.elapsed().as_secs_f64();
     let cpu = cpu_s(redis_pid)? - cpu0;
+    let client = cpu_s(std::process::id())? - client0;
     let (all, usec) = commandstats(c).await?;
     anyhow::ensure!(placed > 0, "nothing placed");
     Ok(Sample {
         rate: placed as f64 / secs,
         cpu_us: cpu * 1e6 / placed as f64,
+        client_us: client * 1e6 / placed as f64,
         cmds: all as f64 / placed as f64,
         server_us: usec as f64 / placed as f64,
     })
@@ -251,7 +306,7 @@ async fn run(a: &Args) -> anyhow::Result<()> {
     if a.housekeeping_only {
         return housekeeping(&q, &mut c, a.nodes.iter().copied().max().unwrap_or(0)).await;
     }
-    let legacy = redis::Script::new(LEGACY);
+    let before_script = redis::Script::new(&a.before.script()?);
     let weighers = [
         (Weigher::None, WeigherOrder::Min, "none", "-"),
         (Weigher::Instances, WeigherOrder::Min, "instances", "min"),
@@ -289,7 +344,7 @@ async fn run(a: &Args) -> anyhow::Result<()> {
             };
             for v in order {
                 setup(&q, &mut c, nodes, a.tasks).await?;
-                let s = measure(server.pid(), v, &legacy, &q, &mut c, &opts, max).await?;
+                let s = measure(server.pid(), v, &before_script, &q, &mut c, &opts, max).await?;
                 match v {
                     Variant::Before => before[k].push(s),
                     Variant::After => after[k].push(s),
@@ -302,13 +357,14 @@ async fn run(a: &Args) -> anyhow::Result<()> {
         a.tasks, a.max_secs, a.rounds
     );
     println!(
-        "before = every call reads every live node (pre-index place.lua); after = placement index"
+        "before = {}; after = today's place.lua",
+        a.before.describe()
     );
     println!(
-        "pl/s = placements per second; cpuµs = redis-server CPU µs per placement; cmds/place and script µs/pl (Redis time in the script) are the after variant's"
+        "pl/s = placements per second; cpuµs = redis-server CPU µs per placement; cmds = Redis commands per placement; script µs (Redis time in the script) and client cpuµs (this process) per placement are the after variant's; cpu-bound pl/s = 1e6 / (after cpuµs + client cpuµs): the rate if Redis and this client each had a core of their own"
     );
     println!(
-        "{:>5}  {:>5}  {:<9}  {:<5}  {:>12}  {:>12}  {:>6}  {:>12}  {:>12}  {:>10}  {:>13}",
+        "{:>5}  {:>5}  {:<9}  {:<5}  {:>11}  {:>11}  {:>6}  {:>12}  {:>11}  {:>11}  {:>10}  {:>9}  {:>12}  {:>14}",
         "nodes",
         "batch",
         "weigher",
@@ -318,15 +374,18 @@ async fn run(a: &Args) -> anyhow::Result<()> {
         "ratio",
         "before cpuµs",
         "after cpuµs",
-        "cmds/place",
-        "script µs/pl"
+        "before cmds",
+        "after cmds",
+        "script µs",
+        "client cpuµs",
+        "cpu-bound pl/s"
     );
     for ((b, f), &(nodes, batch, (_, _, wn, on))) in before.into_iter().zip(after).zip(&configs) {
         let (Some(b), Some(f)) = (median_by_rate(b), median_by_rate(f)) else {
             continue;
         };
         println!(
-            "{:>5}  {:>5}  {:<9}  {:<5}  {:>12.0}  {:>12.0}  {:>6.2}  {:>12.1}  {:>12.1}  {:>10.2}  {:>13.1}",
+            "{:>5}  {:>5}  {:<9}  {:<5}  {:>11.0}  {:>11.0}  {:>6.2}  {:>12.1}  {:>11.1}  {:>11.2}  {:>10.2}  {:>9.1}  {:>12.1}  {:>14.0}",
             nodes,
             batch,
             wn,
@@ -336,8 +395,11 @@ async fn run(a: &Args) -> anyhow::Result<()> {
             f.rate / b.rate,
             b.cpu_us,
             f.cpu_us,
+            b.cmds,
             f.cmds,
-            f.server_us
+            f.server_us,
+            f.client_us,
+            1e6 / (f.cpu_us + f.client_us)
         );
     }
     housekeeping(&q, &mut c, a.nodes.iter().copied().max().unwrap_or(0)).await

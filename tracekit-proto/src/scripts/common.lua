@@ -307,14 +307,35 @@ local function mget(keys)
 end
 
 -- Whether `a` sorts before `b` in byte order (Lua's `<` on strings follows
--- the server's locale).
+-- the server's locale). Four bytes at a time: a byte past the end of the
+-- shorter name (nil) sorts first.
 local function name_less(a, b)
-  local la, lb = #a, #b
-  for i = 1, math.min(la, lb) do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then
-      return x < y
+  if a == b then
+    return false
+  end
+  local byte = string.byte
+  local n = math.min(#a, #b)
+  for i = 1, n, 4 do
+    local a1, a2, a3, a4 = byte(a, i, i + 3)
+    local b1, b2, b3, b4 = byte(b, i, i + 3)
+    if a1 ~= b1 then
+      return a1 < b1
+    elseif a2 ~= b2 then
+      return (a2 or -1) < (b2 or -1)
+    elseif a3 ~= b3 then
+      return (a3 or -1) < (b3 or -1)
+    elseif a4 ~= b4 then
+      return (a4 or -1) < (b4 or -1)
     end
   end
-  return la < lb
+  return #a < #b
+end
+
+-- A number as a command argument: integers as digits ('%d' costs less than
+-- the float formatting Redis applies to Lua numbers), anything else as is.
+local function int_arg(x)
+  if x == math.floor(x) and x > -2 ^ 53 and x < 2 ^ 53 then
+    return string.format('%d', x)
+  end
+  return x
 end
