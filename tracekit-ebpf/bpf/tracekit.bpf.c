@@ -386,21 +386,56 @@ struct sample_ctx {
 
 /* A run stops taking processes after this long, ns, and leaves the rest of
  * its slice to the next run: it must stay short whatever each process
- * costs (a thread walk per process, cold caches). */
+ * costs (a thread walk per process, cold caches). The first pass of a run
+ * stops after half of it. */
 #define TK_RUN_BUDGET_NS 40000
 
-/* Sample the process in slot `base + i` of `watched` into the run's
- * record. */
-static long sample_one(__u32 i, struct sample_ctx *ctx)
+/* A process of the slice, as the first pass of a run found it. */
+struct pending {
+	__u32 pid;
+	__u32 slot;
+	__u64 task;    /* its one thread if the shortcut may apply, else 0 */
+	__u64 last_rt; /* the shortcut's reading (see tk_proc) */
+	__u64 last_cpu_ns;
+	__u64 last_rss_pages;
+};
+
+/* The processes a run's first pass found (per CPU: only the sampling CPU's
+ * timer uses it). */
+struct pending_list {
+	__u32 count;
+	__u32 _pad;
+	struct pending items[TK_SLICE];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pending_list);
+} pending SEC(".maps");
+
+/* Whether the run has used `budget` ns; the clock is read every 16
+ * processes only, since each read costs too. */
+static __always_inline int over_budget(__u32 i, struct sample_ctx *ctx, __u64 budget)
+{
+	return i && !(i & 15) && bpf_ktime_get_ns() - ctx->start > budget;
+}
+
+/* First pass, slot `base + i` of `watched`: note the live process there
+ * and what the shortcut needs. The two passes let the CPU fetch the cold
+ * cache lines of several processes at once: each pass's reads do not
+ * depend on one another from process to process, where one walk chained
+ * them all. */
+static long find_one(__u32 i, struct sample_ctx *ctx)
 {
 	__u32 zero = 0;
 	__u32 slot = ctx->base + i;
 
-	/* The clock is read every 16 processes: each read costs too. */
-	if (i && !(i & 15) && bpf_ktime_get_ns() - ctx->start > TK_RUN_BUDGET_NS)
+	if (over_budget(i, ctx, TK_RUN_BUDGET_NS / 2))
 		return 1;
-	struct tk_samples *b = bpf_map_lookup_elem(&batch, &zero);
-	if (!b || b->count >= TK_SLICE)
+	struct pending_list *l = bpf_map_lookup_elem(&pending, &zero);
+	if (!l || l->count >= TK_SLICE)
 		return 1;
 	ctx->walked = i + 1;
 	__u32 *pid = bpf_map_lookup_elem(&watched, &slot);
@@ -416,33 +451,34 @@ static long sample_one(__u32 i, struct sample_ctx *ctx)
 	 * task_struct can be freed. */
 	if (!p || !p->signal || (p->flags & (TK_PROC_GROUP_DEAD | TK_PROC_EXITED)))
 		return 0;
-	__u32 n = b->count;
+	__u32 n = l->count;
 	if (n >= TK_SLICE)
 		return 1;
-	struct tk_sample *e = &b->samples[n];
+	struct pending *e = &l->items[n];
 	e->pid = *pid;
+	e->slot = slot;
+	e->last_rt = p->last_rt;
+	e->task = e->last_rt && p->threads == 1 ? p->task : 0;
+	e->last_cpu_ns = p->last_cpu_ns;
+	e->last_rss_pages = p->last_rss_pages;
+	l->count = n + 1;
+	return 0;
+}
 
-	/* One thread that has not run since the last full reading: the
-	 * process's clock has not moved, and neither has its memory but for
-	 * reclaim, which the next reading after it runs shows. Only that
-	 * thread's runtime is read (one cache line, where a full reading
-	 * touches the process's signal_struct, each thread and its mm). */
-	__u64 task = p->task;
-	__u64 last_rt = p->last_rt;
-	if (task && last_rt && p->threads == 1 &&
-	    BPF_CORE_READ((struct task_struct *)task, se.sum_exec_runtime) == last_rt) {
-		e->cpu_ns = p->last_cpu_ns;
-		e->rss_pages = p->last_rss_pages;
-		b->count = n + 1;
+/* A full reading of process `pid` into `e`: its CPU clock from all its
+ * threads, its RSS from its mm; the shortcut's reading is kept if it has
+ * one thread. False if the process ended meanwhile. */
+static __always_inline int read_fully(__u32 pid, struct tk_sample *e)
+{
+	struct tk_proc *p = bpf_map_lookup_elem(&procs, &pid);
+	if (!p || !p->signal || (p->flags & (TK_PROC_GROUP_DEAD | TK_PROC_EXITED)))
 		return 0;
-	}
-
+	__u64 task = p->task;
 	struct walk w = {};
 	__u64 cpu = group_runtime((struct signal_struct *)p->signal, &w);
 	__u64 rss = rss_pages(w.mm);
 	e->cpu_ns = cpu;
 	e->rss_pages = rss > 0xffffffffULL ? 0xffffffffU : rss;
-	b->count = n + 1;
 	if (w.first == w.last && w.last == task && p->threads == 1) {
 		p->last_cpu_ns = cpu;
 		p->last_rss_pages = e->rss_pages;
@@ -450,6 +486,42 @@ static long sample_one(__u32 i, struct sample_ctx *ctx)
 	} else {
 		p->last_rt = 0;
 	}
+	return 1;
+}
+
+/* Second pass: sample the `i`th process the first pass found into the
+ * run's record. */
+static long take_one(__u32 i, struct sample_ctx *ctx)
+{
+	__u32 zero = 0;
+	struct pending_list *l = bpf_map_lookup_elem(&pending, &zero);
+	struct tk_samples *b = bpf_map_lookup_elem(&batch, &zero);
+	if (!l || !b || i >= TK_SLICE)
+		return 1;
+	struct pending *p = &l->items[i];
+	if (over_budget(i, ctx, TK_RUN_BUDGET_NS)) {
+		/* The rest of the slice is the next run's. */
+		ctx->walked = p->slot - ctx->base;
+		return 1;
+	}
+	__u32 n = b->count;
+	if (n >= TK_SLICE)
+		return 1;
+	struct tk_sample *e = &b->samples[n];
+	e->pid = p->pid;
+	/* One thread that has not run since the last full reading: the
+	 * process's clock has not moved, and neither has its memory but for
+	 * reclaim, which the next reading after it runs shows. Only that
+	 * thread's runtime is read (one cache line, where a full reading
+	 * touches the process's signal_struct, each thread and its mm). */
+	struct task_struct *task = (void *)p->task;
+	if (task && BPF_CORE_READ(task, se.sum_exec_runtime) == p->last_rt) {
+		e->cpu_ns = p->last_cpu_ns;
+		e->rss_pages = p->last_rss_pages;
+	} else if (!read_fully(p->pid, e)) {
+		return 0; /* it ended since the first pass */
+	}
+	b->count = n + 1;
 	return 0;
 }
 
@@ -538,13 +610,16 @@ static int tk_tick(void *map, __u32 *key, struct tk_ticker *t)
 	__u32 to = n - from > TK_SLICE ? from + TK_SLICE : n;
 	struct sample_ctx c = { .start = start, .base = from };
 	struct tk_samples *b = bpf_map_lookup_elem(&batch, &zero);
-	if (!b)
+	struct pending_list *l = bpf_map_lookup_elem(&pending, &zero);
+	if (!b || !l)
 		return 0;
 	b->kind = TK_EV_SAMPLES;
 	b->count = 0;
 	b->ts_ns = start;
+	l->count = 0;
 
-	bpf_loop(to - from, sample_one, &c, 0);
+	bpf_loop(to - from, find_one, &c, 0);
+	bpf_loop(l->count, take_one, &c, 0);
 	to = from + c.walked;
 	emit_samples(b);
 	if (to < n) {
