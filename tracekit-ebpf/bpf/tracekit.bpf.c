@@ -103,11 +103,16 @@ struct {
 	__type(value, __u64);
 } stats SEC(".maps");
 
-static __always_inline void count(__u32 stat)
+static __always_inline void count_n(__u32 stat, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&stats, &stat);
 	if (v)
-		*v += 1; /* per-CPU slot: no atomic needed */
+		*v += n; /* per-CPU slot: no atomic needed */
+}
+
+static __always_inline void count(__u32 stat)
+{
+	count_n(stat, 1);
 }
 
 /* Account one sampler run that began at `start` (bpf_ktime_get_ns). */
@@ -415,6 +420,23 @@ struct {
 	__type(value, struct pending_list);
 } pending SEC(".maps");
 
+/* The record of traced process `pid` if the sampler may read it: alive,
+ * its signal_struct known. The signal_struct is freed after the process is
+ * reaped, which only comes after all its threads called exit
+ * (TK_PROC_GROUP_DEAD, set by tk_exit: no thread count involved), and a
+ * grace period after: the sampler runs in softirq, an RCU read section, so
+ * what it reads stays valid if the flag was clear when it looked. The exit
+ * record has the rest. `task` likewise: tk_switch clears it before the
+ * thread's task_struct can be freed. */
+static __always_inline struct tk_proc *live_proc(__u32 pid)
+{
+	struct tk_proc *p = bpf_map_lookup_elem(&procs, &pid);
+
+	if (!p || !p->signal || (p->flags & (TK_PROC_GROUP_DEAD | TK_PROC_EXITED)))
+		return 0;
+	return p;
+}
+
 /* Whether the run has used `budget` ns; the clock is read every 16
  * processes only, since each read costs too. */
 static __always_inline int over_budget(__u32 i, struct sample_ctx *ctx, __u64 budget)
@@ -441,15 +463,8 @@ static long find_one(__u32 i, struct sample_ctx *ctx)
 	__u32 *pid = bpf_map_lookup_elem(&watched, &slot);
 	if (!pid || !*pid)
 		return 0;
-	struct tk_proc *p = bpf_map_lookup_elem(&procs, pid);
-	/* The signal_struct is freed after the process is reaped, which only
-	 * comes after all its threads called exit (TK_PROC_GROUP_DEAD, set by
-	 * tk_exit: no thread count involved), and a grace period after: this
-	 * runs in softirq, an RCU read section, so what it reads stays valid
-	 * if the flag was clear when it looked. The exit record has the rest.
-	 * `task` likewise: tk_switch clears it before the thread's
-	 * task_struct can be freed. */
-	if (!p || !p->signal || (p->flags & (TK_PROC_GROUP_DEAD | TK_PROC_EXITED)))
+	struct tk_proc *p = live_proc(*pid);
+	if (!p)
 		return 0;
 	__u32 n = l->count;
 	if (n >= TK_SLICE)
@@ -470,8 +485,8 @@ static long find_one(__u32 i, struct sample_ctx *ctx)
  * one thread. False if the process ended meanwhile. */
 static __always_inline int read_fully(__u32 pid, struct tk_sample *e)
 {
-	struct tk_proc *p = bpf_map_lookup_elem(&procs, &pid);
-	if (!p || !p->signal || (p->flags & (TK_PROC_GROUP_DEAD | TK_PROC_EXITED)))
+	struct tk_proc *p = live_proc(pid);
+	if (!p)
 		return 0;
 	__u64 task = p->task;
 	struct walk w = {};
@@ -563,22 +578,15 @@ static __always_inline void emit_samples(struct tk_samples *b)
 	/* Samples must never crowd exec and exit events out of the ring. */
 	__u64 queued = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
 	if (queued > TK_RING_BYTES / 4 * 3) {
-		__u32 k = TK_STAT_SAMPLE_DROPPED;
-		__u64 *v = bpf_map_lookup_elem(&stats, &k);
-		if (v)
-			*v += n;
+		count_n(TK_STAT_SAMPLE_DROPPED, n);
 		return;
 	}
 	/* Wake user space only once the ring is half full: it drains on its
 	 * own every few seconds. */
 	__u64 size = sizeof(*b) - sizeof(b->samples) + n * sizeof(b->samples[0]);
 	if (bpf_ringbuf_output(&events, b, size,
-			       queued > TK_RING_BYTES / 2 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP)) {
-		__u32 k = TK_STAT_SAMPLE_DROPPED;
-		__u64 *v = bpf_map_lookup_elem(&stats, &k);
-		if (v)
-			*v += n;
-	}
+			       queued > TK_RING_BYTES / 2 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP))
+		count_n(TK_STAT_SAMPLE_DROPPED, n);
 }
 
 /* One run of the sampler: the next slice of the current tick's walk over
