@@ -59,7 +59,13 @@ impl Clock {
 
     /// Epoch ms of a monotonic timestamp (floored).
     pub fn epoch_ms_of(&self, mono_ns: u64) -> i64 {
-        (mono_ns as i128 + self.offset_ns).div_euclid(1_000_000) as i64
+        let ns = mono_ns as i128 + self.offset_ns;
+        // Called for every sample: 64-bit division where the value fits
+        // (always, for dates before 2262).
+        match i64::try_from(ns) {
+            Ok(ns) => ns.div_euclid(1_000_000),
+            Err(_) => ns.div_euclid(1_000_000) as i64,
+        }
     }
 }
 

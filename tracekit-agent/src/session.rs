@@ -18,6 +18,8 @@ use crate::tracer::{Collector, Event, ProcStart, Scope, ebpf};
 
 /// How often `tracer_stats.json` is rewritten.
 const STATS_EVERY: Duration = Duration::from_secs(60);
+/// Events taken from the collector and applied at a time.
+const DRAIN_CHUNK: usize = 1024;
 /// How often progress is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(60);
 
@@ -241,8 +243,16 @@ impl Session {
     pub fn pump(&mut self) -> Result<Vec<Invocation>> {
         // Kernel times become epoch ms here: follow any clock step first.
         self.clock.recalibrate();
-        self.collector.drain(&mut self.events)?;
-        let mut finished = self.apply()?;
+        // In chunks, so that the buffers stay small and are reused whatever
+        // the backlog (thousands of samples wait at every drain).
+        let mut finished = Vec::new();
+        loop {
+            let more = self.collector.drain(&mut self.events, DRAIN_CHUNK)?;
+            finished.extend(self.apply()?);
+            if !more {
+                break;
+            }
+        }
         let table = &self.table;
         if self
             .collector

@@ -10,6 +10,8 @@
 
 use std::collections::HashMap;
 
+use rustc_hash::FxHashMap;
+
 use tracekit_trace::{CollectorKind, Invocation, ProcSample};
 
 use crate::clock::Clock;
@@ -53,7 +55,8 @@ pub struct TableCounts {
 pub enum Line {
     Sample(ProcSample),
     /// A process the worker did not launch (a task's line is the worker's).
-    Invocation(Invocation),
+    /// Boxed: sample lines, by far the most, stay small.
+    Invocation(Box<Invocation>),
 }
 
 /// What the table asks of the collector.
@@ -84,7 +87,8 @@ pub struct ProcessTable {
     node: String,
     stage: String,
     collector: CollectorKind,
-    procs: HashMap<u32, Tracked>,
+    /// Looked up for every sample: a fast hash.
+    procs: FxHashMap<u32, Tracked>,
     /// Exit statuses learnt from wait(2) for children the agent reaped itself
     /// (procfs cannot see them otherwise).
     statuses: HashMap<u32, i32>,
@@ -99,7 +103,7 @@ impl ProcessTable {
             node,
             stage,
             collector,
-            procs: HashMap::new(),
+            procs: FxHashMap::default(),
             statuses: HashMap::new(),
             annotations: HashMap::new(),
             counts: TableCounts::default(),
@@ -259,7 +263,8 @@ impl ProcessTable {
         };
         // A task's line is written by the worker, with the task's fields.
         if annotation.is_none() {
-            out.lines.push(Line::Invocation(invocation.clone()));
+            out.lines
+                .push(Line::Invocation(Box::new(invocation.clone())));
         }
         self.counts.exits_recorded += 1;
         out.finished.push(invocation);

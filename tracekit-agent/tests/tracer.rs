@@ -946,13 +946,13 @@ fn recovers_lost_events_at_once() {
     let agent_pid = agent.child.id() as i32;
     // SAFETY: signalling the agent this test started.
     unsafe { libc::kill(agent_pid, libc::SIGSTOP) };
-    // Fill the ring buffer (1 MiB) with exec and exit events while the
-    // agent sleeps: what follows is lost.
+    // Fill the ring buffer (2 MiB) with exec and exit events (208 bytes
+    // each) while the agent sleeps: what follows is lost.
     let status = Command::new("/bin/sh")
         .args([
             "-c",
             &format!(
-                "i=0; while [ $i -lt 4000 ]; do {}; i=$((i+1)); done",
+                "i=0; while [ $i -lt 7000 ]; do {}; i=$((i+1)); done",
                 burst.display()
             ),
         ])

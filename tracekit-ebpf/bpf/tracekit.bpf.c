@@ -10,9 +10,9 @@
  * docs/benchmarks.md).
  *
  * Samples are taken here too: a BPF timer (tk_tick) walks the traced
- * processes every interval, a bounded slice per run, and writes each live
- * one's CPU clock and RSS to the ring buffer without waking user space,
- * which drains them every few seconds. On a VM, waking a process costs CPU whatever it then does; this way the agent wakes every few seconds, not every interval.
+ * processes every interval, a bounded slice per run, and writes the live
+ * ones' CPU clocks and RSS to the ring buffer, one record per run, without
+ * waking user space, which drains them every few seconds. On a VM, waking a process costs CPU whatever it then does; this way the agent wakes every few seconds, not every interval.
  * Every lost event or full map is counted in `stats`.
  */
 #include "kernel.h"
@@ -23,8 +23,9 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-/* The ring buffer's size (max_entries of `events`). */
-#define TK_RING_BYTES (1 << 20)
+/* The ring buffer's size (max_entries of `events`): room for the samples
+ * of a few thousand processes between two drains of user space. */
+#define TK_RING_BYTES (1 << 21)
 
 /* Set by the loader before load (TK_SCOPE_*). */
 const volatile __u32 cfg_scope = TK_SCOPE_WORKER;
@@ -86,6 +87,15 @@ struct {
 	__uint(max_entries, TK_RING_BYTES);
 } events SEC(".maps");
 
+/* The record a sampler run fills, copied to the ring buffer once at the
+ * end of the run (only the entries written). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tk_samples);
+} batch SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, TK_STAT_MAX);
@@ -93,11 +103,16 @@ struct {
 	__type(value, __u64);
 } stats SEC(".maps");
 
-static __always_inline void count(__u32 stat)
+static __always_inline void count_n(__u32 stat, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&stats, &stat);
 	if (v)
-		*v += 1; /* per-CPU slot: no atomic needed */
+		*v += n; /* per-CPU slot: no atomic needed */
+}
+
+static __always_inline void count(__u32 stat)
+{
+	count_n(stat, 1);
 }
 
 /* Account one sampler run that began at `start` (bpf_ktime_get_ns). */
@@ -190,6 +205,7 @@ static __always_inline struct tk_proc *track(__u32 tgid, struct task_struct *tas
 		.threads = 1,
 		.ppid = ppid,
 		.signal = (__u64)BPF_CORE_READ(task, signal),
+		.task = (__u64)task,
 	};
 
 	long err = bpf_map_update_elem(&procs, &tgid, &fresh, BPF_NOEXIST);
@@ -210,8 +226,11 @@ int BPF_PROG(tk_exec, struct task_struct *task, int old_pid, struct linux_binprm
 	struct tk_proc *p = bpf_map_lookup_elem(&procs, &tgid);
 	if (p) {
 		/* Traced already (forked by a traced process, or exec'd before):
-		 * a new image. User space decides on it by this number. */
+		 * a new image. User space decides on it by this number. Exec
+		 * leaves one thread, which may not be the one known before. */
 		__sync_fetch_and_add(&p->image, 1);
+		p->task = (__u64)task;
+		p->last_rt = 0;
 	} else {
 		if (cfg_comm_filter) {
 			char comm[TK_COMM_LEN] = {};
@@ -238,8 +257,10 @@ int BPF_PROG(tk_fork, struct task_struct *parent, struct task_struct *child)
 	if (ctgid == ptgid) {
 		/* A new thread: count it if its process is traced. */
 		p = bpf_map_lookup_elem(&procs, &ptgid);
-		if (p)
+		if (p) {
 			__sync_fetch_and_add(&p->threads, 1);
+			p->last_rt = 0;
+		}
 		return 0;
 	}
 
@@ -297,6 +318,11 @@ int BPF_PROG(tk_switch, bool preempt, struct task_struct *prev, struct task_stru
 	/* update_curr() ran for prev before this tracepoint and prev never runs
 	 * again: its runtime is final to the nanosecond. */
 	__sync_fetch_and_add(&p->cpu_ns, prev->se.sum_exec_runtime);
+	/* Before its task_struct can be freed (an RCU grace period after
+	 * this switch): the sampler reads it only while it is listed here. */
+	p->last_rt = 0;
+	if (p->task == (__u64)prev)
+		p->task = 0;
 	if (__sync_fetch_and_add(&p->threads, -1) != 1)
 		return 0;
 	/* The process ends here, not at the exit tracepoint: tearing down its
@@ -307,11 +333,19 @@ int BPF_PROG(tk_switch, bool preempt, struct task_struct *prev, struct task_stru
 	return 0;
 }
 
+/* What a full reading found besides the CPU clock. */
+struct walk {
+	struct mm_struct *mm; /* a live thread's mm */
+	__u64 last;           /* the last listed thread */
+	__u64 last_rt;        /* its runtime */
+	__u64 first;          /* the first listed thread: the only one if last */
+};
+
 /* The process's CPU clock as the kernel computes it (thread_group_cputime):
  * runtime of the released threads plus that of every listed thread, read
  * again if a thread's release (which moves its runtime from one to the
- * other under stats_lock) overlapped. `mm` gets a live thread's mm. */
-static __always_inline __u64 group_runtime(struct signal_struct *sig, struct mm_struct **mm)
+ * other under stats_lock) overlapped. */
+static __always_inline __u64 group_runtime(struct signal_struct *sig, struct walk *w)
 {
 	struct list_head *head = __builtin_preserve_access_index(&sig->thread_head);
 	__u64 off = bpf_core_field_offset(struct task_struct, thread_node);
@@ -323,12 +357,21 @@ static __always_inline __u64 group_runtime(struct signal_struct *sig, struct mm_
 		struct list_head *node = BPF_CORE_READ(sig, thread_head.next);
 		int i;
 
+		/* Not the count of threads walked: a value derived from `i`
+		 * that is tested later makes the verifier follow every
+		 * iteration of the loop. */
+		w->first = (__u64)node - off;
 		sum = BPF_CORE_READ(sig, sum_sched_runtime);
 		for (i = 0; i < TK_MAX_THREADS && node != head; i++) {
 			struct task_struct *t = (void *)node - off;
-			sum += BPF_CORE_READ(t, se.sum_exec_runtime);
-			if (!*mm)
-				*mm = BPF_CORE_READ(t, mm);
+			__u64 rt = BPF_CORE_READ(t, se.sum_exec_runtime);
+			sum += rt;
+			/* Unconditional, so the verifier has no branch to follow:
+			 * with one thread, the last is the only one. */
+			w->last = (__u64)t;
+			w->last_rt = rt;
+			if (!w->mm)
+				w->mm = BPF_CORE_READ(t, mm);
 			node = BPF_CORE_READ(t, thread_node.next);
 		}
 		cut = node != head;
@@ -341,47 +384,159 @@ static __always_inline __u64 group_runtime(struct signal_struct *sig, struct mm_
 }
 
 struct sample_ctx {
-	__u64 now;
-	__u32 base; /* the slice's first slot */
+	__u64 start;  /* the run's start, bpf_ktime_get_ns() */
+	__u32 base;   /* the slice's first slot */
+	__u32 walked; /* slots walked so far */
 };
 
-/* Sample the process in slot `base + i` of `watched`. */
-static long sample_one(__u32 i, struct sample_ctx *ctx)
+/* A run stops taking processes after this long, ns, and leaves the rest of
+ * its slice to the next run: it must stay short whatever each process
+ * costs (a thread walk per process, cold caches). The first pass of a run
+ * stops after half of it. */
+#define TK_RUN_BUDGET_NS 40000
+
+/* A process of the slice, as the first pass of a run found it. */
+struct pending {
+	__u32 pid;
+	__u32 slot;
+	__u64 task;    /* its one thread if the shortcut may apply, else 0 */
+	__u64 last_rt; /* the shortcut's reading (see tk_proc) */
+	__u64 last_cpu_ns;
+	__u64 last_rss_pages;
+};
+
+/* The processes a run's first pass found (per CPU: only the sampling CPU's
+ * timer uses it). */
+struct pending_list {
+	__u32 count;
+	__u32 _pad;
+	struct pending items[TK_SLICE];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pending_list);
+} pending SEC(".maps");
+
+/* The record of traced process `pid` if the sampler may read it: alive,
+ * its signal_struct known. The signal_struct is freed after the process is
+ * reaped, which only comes after all its threads called exit
+ * (TK_PROC_GROUP_DEAD, set by tk_exit: no thread count involved), and a
+ * grace period after: the sampler runs in softirq, an RCU read section, so
+ * what it reads stays valid if the flag was clear when it looked. The exit
+ * record has the rest. `task` likewise: tk_switch clears it before the
+ * thread's task_struct can be freed. */
+static __always_inline struct tk_proc *live_proc(__u32 pid)
 {
+	struct tk_proc *p = bpf_map_lookup_elem(&procs, &pid);
+
+	if (!p || !p->signal || (p->flags & (TK_PROC_GROUP_DEAD | TK_PROC_EXITED)))
+		return 0;
+	return p;
+}
+
+/* Whether the run has used `budget` ns; the clock is read every 16
+ * processes only, since each read costs too. */
+static __always_inline int over_budget(__u32 i, struct sample_ctx *ctx, __u64 budget)
+{
+	return i && !(i & 15) && bpf_ktime_get_ns() - ctx->start > budget;
+}
+
+/* First pass, slot `base + i` of `watched`: note the live process there
+ * and what the shortcut needs. The two passes let the CPU fetch the cold
+ * cache lines of several processes at once: each pass's reads do not
+ * depend on one another from process to process, where one walk chained
+ * them all. */
+static long find_one(__u32 i, struct sample_ctx *ctx)
+{
+	__u32 zero = 0;
 	__u32 slot = ctx->base + i;
+
+	if (over_budget(i, ctx, TK_RUN_BUDGET_NS / 2))
+		return 1;
+	struct pending_list *l = bpf_map_lookup_elem(&pending, &zero);
+	if (!l || l->count >= TK_SLICE)
+		return 1;
+	ctx->walked = i + 1;
 	__u32 *pid = bpf_map_lookup_elem(&watched, &slot);
 	if (!pid || !*pid)
 		return 0;
-	struct tk_proc *p = bpf_map_lookup_elem(&procs, pid);
-	/* The signal_struct is freed after the process is reaped, which only
-	 * comes after all its threads called exit (TK_PROC_GROUP_DEAD, set by
-	 * tk_exit: no thread count involved), and a grace period after: this
-	 * runs in softirq, an RCU read section, so what it reads stays valid
-	 * if the flag was clear when it looked. The exit record has the rest. */
-	if (!p || !p->signal || (p->flags & (TK_PROC_GROUP_DEAD | TK_PROC_EXITED)))
+	struct tk_proc *p = live_proc(*pid);
+	if (!p)
 		return 0;
-	/* Samples must never crowd exec and exit events out of the ring. */
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > TK_RING_BYTES / 4 * 3) {
-		count(TK_STAT_SAMPLE_DROPPED);
-		return 0;
-	}
-	struct mm_struct *mm = 0;
-	__u64 cpu = group_runtime((struct signal_struct *)p->signal, &mm);
+	__u32 n = l->count;
+	if (n >= TK_SLICE)
+		return 1;
+	struct pending *e = &l->items[n];
+	e->pid = *pid;
+	e->slot = slot;
+	e->last_rt = p->last_rt;
+	e->task = e->last_rt && p->threads == 1 ? p->task : 0;
+	e->last_cpu_ns = p->last_cpu_ns;
+	e->last_rss_pages = p->last_rss_pages;
+	l->count = n + 1;
+	return 0;
+}
 
-	struct tk_sample *s = bpf_ringbuf_reserve(&events, sizeof(*s), 0);
-	if (!s) {
-		count(TK_STAT_SAMPLE_DROPPED);
+/* A full reading of process `pid` into `e`: its CPU clock from all its
+ * threads, its RSS from its mm; the shortcut's reading is kept if it has
+ * one thread. False if the process ended meanwhile. */
+static __always_inline int read_fully(__u32 pid, struct tk_sample *e)
+{
+	struct tk_proc *p = live_proc(pid);
+	if (!p)
 		return 0;
+	__u64 task = p->task;
+	struct walk w = {};
+	__u64 cpu = group_runtime((struct signal_struct *)p->signal, &w);
+	__u64 rss = rss_pages(w.mm);
+	e->cpu_ns = cpu;
+	e->rss_pages = rss > 0xffffffffULL ? 0xffffffffU : rss;
+	if (w.first == w.last && w.last == task && p->threads == 1) {
+		p->last_cpu_ns = cpu;
+		p->last_rss_pages = e->rss_pages;
+		p->last_rt = w.last_rt;
+	} else {
+		p->last_rt = 0;
 	}
-	s->kind = TK_EV_SAMPLE;
-	s->pid = *pid;
-	s->ts_ns = ctx->now;
-	s->cpu_ns = cpu;
-	s->rss_pages = rss_pages(mm);
-	/* Wake user space only once the ring is half full: it drains on its
-	 * own every few seconds. */
-	__u64 queued = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	bpf_ringbuf_submit(s, queued > TK_RING_BYTES / 2 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	return 1;
+}
+
+/* Second pass: sample the `i`th process the first pass found into the
+ * run's record. */
+static long take_one(__u32 i, struct sample_ctx *ctx)
+{
+	__u32 zero = 0;
+	struct pending_list *l = bpf_map_lookup_elem(&pending, &zero);
+	struct tk_samples *b = bpf_map_lookup_elem(&batch, &zero);
+	if (!l || !b || i >= TK_SLICE)
+		return 1;
+	struct pending *p = &l->items[i];
+	if (over_budget(i, ctx, TK_RUN_BUDGET_NS)) {
+		/* The rest of the slice is the next run's. */
+		ctx->walked = p->slot - ctx->base;
+		return 1;
+	}
+	__u32 n = b->count;
+	if (n >= TK_SLICE)
+		return 1;
+	struct tk_sample *e = &b->samples[n];
+	e->pid = p->pid;
+	/* One thread that has not run since the last full reading: the
+	 * process's clock has not moved, and neither has its memory but for
+	 * reclaim, which the next reading after it runs shows. Only that
+	 * thread's runtime is read (one cache line, where a full reading
+	 * touches the process's signal_struct, each thread and its mm). */
+	struct task_struct *task = (void *)p->task;
+	if (task && BPF_CORE_READ(task, se.sum_exec_runtime) == p->last_rt) {
+		e->cpu_ns = p->last_cpu_ns;
+		e->rss_pages = p->last_rss_pages;
+	} else if (!read_fully(p->pid, e)) {
+		return 0; /* it ended since the first pass */
+	}
+	b->count = n + 1;
 	return 0;
 }
 
@@ -404,12 +559,35 @@ struct {
 #define TK_TIMER_CPU_PIN 2 /* BPF_F_TIMER_CPU_PIN: stay on this CPU */
 #define TK_CLOCK_MONOTONIC 1 /* bpf_ktime_get_ns()'s clock */
 
-/* Processes sampled per run: one run must stay short whatever the number of
- * traced processes, so a tick's walk is cut into slices, each its own run. */
-#define TK_SLICE 32
+/* One run must stay short whatever the number of traced processes, so a
+ * tick's walk is cut into slices of at most TK_SLICE processes (or what
+ * TK_RUN_BUDGET_NS allows), each its own run. */
 /* The pause between two slices of one walk, ns: the CPU goes back to its
  * tasks in between. */
 #define TK_SLICE_GAP_NS 100000
+
+/* Hand the run's record to user space: the entries written, in one copy. */
+static __always_inline void emit_samples(struct tk_samples *b)
+{
+	__u32 n = b->count;
+
+	if (n == 0)
+		return;
+	if (n > TK_SLICE)
+		n = TK_SLICE;
+	/* Samples must never crowd exec and exit events out of the ring. */
+	__u64 queued = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	if (queued > TK_RING_BYTES / 4 * 3) {
+		count_n(TK_STAT_SAMPLE_DROPPED, n);
+		return;
+	}
+	/* Wake user space only once the ring is half full: it drains on its
+	 * own every few seconds. */
+	__u64 size = sizeof(*b) - sizeof(b->samples) + n * sizeof(b->samples[0]);
+	if (bpf_ringbuf_output(&events, b, size,
+			       queued > TK_RING_BYTES / 2 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP))
+		count_n(TK_STAT_SAMPLE_DROPPED, n);
+}
 
 /* One run of the sampler: the next slice of the current tick's walk over
  * `watched`, then the timer is set for the slice after it or, once the walk
@@ -438,9 +616,20 @@ static int tk_tick(void *map, __u32 *key, struct tk_ticker *t)
 		n = TK_MAX_WATCHED;
 	__u32 from = s->next < n ? s->next : n;
 	__u32 to = n - from > TK_SLICE ? from + TK_SLICE : n;
-	struct sample_ctx c = { .now = start, .base = from };
+	struct sample_ctx c = { .start = start, .base = from };
+	struct tk_samples *b = bpf_map_lookup_elem(&batch, &zero);
+	struct pending_list *l = bpf_map_lookup_elem(&pending, &zero);
+	if (!b || !l)
+		return 0;
+	b->kind = TK_EV_SAMPLES;
+	b->count = 0;
+	b->ts_ns = start;
+	l->count = 0;
 
-	bpf_loop(to - from, sample_one, &c, 0);
+	bpf_loop(to - from, find_one, &c, 0);
+	bpf_loop(l->count, take_one, &c, 0);
+	to = from + c.walked;
+	emit_samples(b);
 	if (to < n) {
 		s->next = to;
 		bpf_timer_start(&t->timer, TK_SLICE_GAP_NS, TK_TIMER_CPU_PIN);
@@ -494,7 +683,12 @@ int tk_adopt(struct bpf_iter__task *ctx)
 		return 0;
 	__u32 tgid = task->tgid;
 	struct tk_proc *p = bpf_map_lookup_elem(&procs, &tgid);
-	if (p && !p->signal)
+	if (!p)
+		return 0;
+	if (!p->signal)
 		p->signal = (__u64)BPF_CORE_READ(task, signal);
+	/* The sampler's shortcut needs the thread of a one-thread process. */
+	if (!p->task && task->pid == tgid)
+		p->task = (__u64)task;
 	return 0;
 }

@@ -25,7 +25,7 @@
 #define TK_EV_EXEC 1 /* a process in scope called exec */
 #define TK_EV_FORK 2 /* a traced process forked a child process */
 #define TK_EV_EXIT 3 /* the last thread of a traced process is gone */
-#define TK_EV_SAMPLE 4 /* a live process's CPU and RSS at a tick (struct tk_sample) */
+#define TK_EV_SAMPLES 4 /* live processes' CPU and RSS at a tick (struct tk_samples) */
 
 /* Threads walked per process and sample; a larger group's sample is short by
  * the rest (its exit total is not) and TK_STAT_WALK_CUT counts it. */
@@ -56,6 +56,25 @@
 
 /* Per traced process (key: tgid), map `procs`. */
 struct tk_proc {
+	/* First the fields the sampler reads for every process at every
+	 * tick, next to each other: fewer cache lines to fetch. */
+	__u32 threads;  /* live threads */
+	__u32 flags;    /* TK_PROC_* */
+	/* The process's signal_struct (a kernel address), which every thread
+	 * shares and exec keeps: the sampler walks its threads from there. 0
+	 * until known (an adopted process gets it from the tk_adopt iterator). */
+	__u64 signal;
+	/* The sampler's shortcut for a process of one thread: that thread (a
+	 * kernel address; 0 when not known or when it ended), its runtime at
+	 * the last full reading (0: no reading to go by) and what that reading
+	 * gave. While the thread's runtime stays the same, the process did not
+	 * run and its CPU clock is unchanged: the sampler repeats the reading
+	 * without touching the process's other structures. A thread starting
+	 * or ending clears `last_rt`. */
+	__u64 task;
+	__u64 last_rt;
+	__u64 last_cpu_ns;
+	__u64 last_rss_pages;
 	/* CPU time of its threads that have ended, ns, each taken from the
 	 * thread's se.sum_exec_runtime at its final switch-out. It starts at
 	 * the CPU of the threads that ended before tracing began, so once
@@ -65,16 +84,10 @@ struct tk_proc {
 	__u64 cpu_ns;
 	__u64 start_ns; /* exec (or fork) time, bpf_ktime_get_ns() */
 	__u64 exit_ns;  /* the last thread's final switch-out, 0 while alive */
-	__u32 threads;  /* live threads */
 	__u32 ppid;     /* parent tgid at exec */
 	__s32 exit_code; /* wait(2) status: code << 8, or signal number */
-	__u32 flags;    /* TK_PROC_* */
 	__u32 image;      /* execs since tracing began: tells user space which image an event is about */
 	__u32 _pad;
-	/* The process's signal_struct (a kernel address), which every thread
-	 * shares and exec keeps: the sampler walks its threads from there. 0
-	 * until known (an adopted process gets it from the tk_adopt iterator). */
-	__u64 signal;
 	__u64 rss_pages; /* resident pages when the last thread called exit */
 };
 
@@ -94,16 +107,27 @@ struct tk_event {
 	__u8 filename[TK_FILENAME_LEN]; /* NUL-terminated */
 };
 
-/* One sample record, written by the sampler every interval for each live
- * traced process; its first two fields are those of tk_event. */
+/* Processes sampled per sampler run, at most (see tk_tick). */
+#define TK_SLICE 128
+
+/* One process's reading at a tick. */
 struct tk_sample {
-	__u32 kind; /* TK_EV_SAMPLE */
-	__u32 pid;  /* tgid */
-	__u64 ts_ns;     /* the tick, bpf_ktime_get_ns() */
+	__u32 pid; /* tgid */
+	/* File + anon + shmem pages, as statm's resident (saturated). */
+	__u32 rss_pages;
 	/* The process's CPU clock (thread_group_cputime: the runtime of its
 	 * released threads plus that of every thread still listed), ns. */
 	__u64 cpu_ns;
-	__u64 rss_pages; /* file + anon + shmem pages, as statm's resident */
+};
+
+/* One ring-buffer record per sampler run: the readings of the processes it
+ * sampled, all at one tick; only the first `count` entries are written
+ * (the record is cut there). Its first field is that of tk_event. */
+struct tk_samples {
+	__u32 kind;  /* TK_EV_SAMPLES */
+	__u32 count; /* entries in `samples` */
+	__u64 ts_ns; /* the tick, bpf_ktime_get_ns() */
+	struct tk_sample samples[TK_SLICE];
 };
 
 /* The sampler's state, map `sampler` (one entry). The sampler is a BPF

@@ -10,19 +10,23 @@ mod generated {
 }
 
 pub use generated::{
-    TK_COMM_LEN, TK_EV_EXEC, TK_EV_EXIT, TK_EV_FORK, TK_EV_SAMPLE, TK_FILENAME_LEN, TK_MAX_COMMS,
+    TK_COMM_LEN, TK_EV_EXEC, TK_EV_EXIT, TK_EV_FORK, TK_EV_SAMPLES, TK_FILENAME_LEN, TK_MAX_COMMS,
     TK_MAX_THREADS, TK_MAX_WATCHED, TK_PROC_EXITED, TK_PROC_GROUP_DEAD, TK_SCOPE_HOST,
-    TK_SCOPE_WORKER, TK_SLOW_RUN_NS, TK_STAT_MAX, TK_STAT_PROCS_FULL, TK_STAT_RINGBUF_LOST,
-    TK_STAT_SAMPLE_DROPPED, TK_STAT_SAMPLER_MAX_NS, TK_STAT_SAMPLER_MOVED, TK_STAT_SAMPLER_RUN_NS,
-    TK_STAT_SAMPLER_RUNS, TK_STAT_SAMPLER_SLOW_RUNS, TK_STAT_SCOPE_FULL, TK_STAT_WALK_CUT,
+    TK_SCOPE_WORKER, TK_SLICE, TK_SLOW_RUN_NS, TK_STAT_MAX, TK_STAT_PROCS_FULL,
+    TK_STAT_RINGBUF_LOST, TK_STAT_SAMPLE_DROPPED, TK_STAT_SAMPLER_MAX_NS, TK_STAT_SAMPLER_MOVED,
+    TK_STAT_SAMPLER_RUN_NS, TK_STAT_SAMPLER_RUNS, TK_STAT_SAMPLER_SLOW_RUNS, TK_STAT_SCOPE_FULL,
+    TK_STAT_WALK_CUT,
 };
 
 /// Per traced process (key: tgid), map `procs` (`struct tk_proc`).
 pub type TkProc = generated::tk_proc;
 /// An exec/fork/exit ring-buffer record (`struct tk_event`).
 pub type TkEvent = generated::tk_event;
-/// A sample ring-buffer record, kind [`TK_EV_SAMPLE`] (`struct tk_sample`).
+/// One process's reading in a [`TkSamples`] record (`struct tk_sample`).
 pub type TkSample = generated::tk_sample;
+/// A sampler run's ring-buffer record, kind [`TK_EV_SAMPLES`] (`struct
+/// tk_samples`), cut after its `count` entries.
+pub type TkSamples = generated::tk_samples;
 /// Which CPU samples, map `sampler` (`struct tk_sampler`).
 pub type TkSampler = generated::tk_sampler;
 
@@ -58,20 +62,68 @@ pub mod names {
 
 /// A ring-buffer record, told apart by its first field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Record {
+pub enum Record<'a> {
     Event(TkEvent),
-    Sample(TkSample),
+    Samples(Samples<'a>),
 }
 
-impl Record {
+impl<'a> Record<'a> {
     /// Read a record from ring-buffer bytes; `None` if too short for its kind.
-    pub fn from_bytes(bytes: &[u8]) -> Option<Record> {
+    pub fn from_bytes(bytes: &'a [u8]) -> Option<Record<'a>> {
         let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
-        if kind == TK_EV_SAMPLE {
-            read::<TkSample>(bytes).map(Record::Sample)
+        if kind == TK_EV_SAMPLES {
+            Samples::from_bytes(bytes).map(Record::Samples)
         } else {
             read::<TkEvent>(bytes).map(Record::Event)
         }
+    }
+}
+
+/// A sampler run's readings, read in place from the ring buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Samples<'a> {
+    /// The tick, `bpf_ktime_get_ns()`.
+    pub ts_ns: u64,
+    entries: &'a [u8],
+}
+
+impl<'a> Samples<'a> {
+    const HEADER: usize = core::mem::offset_of!(TkSamples, samples);
+    const ENTRY: usize = core::mem::size_of::<TkSample>();
+
+    fn from_bytes(bytes: &'a [u8]) -> Option<Samples<'a>> {
+        let header = bytes.get(..Self::HEADER)?;
+        let at = |field: usize, len: usize| header.get(field..field + len);
+        let count = u32::from_ne_bytes(
+            at(core::mem::offset_of!(TkSamples, count), 4)?
+                .try_into()
+                .ok()?,
+        ) as usize;
+        let ts_ns = u64::from_ne_bytes(
+            at(core::mem::offset_of!(TkSamples, ts_ns), 8)?
+                .try_into()
+                .ok()?,
+        );
+        if count > TK_SLICE as usize {
+            return None;
+        }
+        let entries = bytes.get(Self::HEADER..Self::HEADER + count * Self::ENTRY)?;
+        Some(Samples { ts_ns, entries })
+    }
+
+    /// The readings, in the order the sampler took them.
+    pub fn iter(&self) -> impl Iterator<Item = TkSample> + 'a {
+        self.entries
+            .chunks_exact(Self::ENTRY)
+            .filter_map(read::<TkSample>)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len() / Self::ENTRY
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 }
 

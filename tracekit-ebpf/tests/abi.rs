@@ -19,7 +19,7 @@ fn c_layout() -> HashMap<String, u64> {
     let mut body = String::from(
         "#include <stdio.h>\n#include <stddef.h>\n#include \"tracekit.h\"\nint main(void){\n",
     );
-    let structs: [(&str, &[&str]); 4] = [
+    let structs: [(&str, &[&str]); 5] = [
         (
             "tk_proc",
             &[
@@ -34,6 +34,10 @@ fn c_layout() -> HashMap<String, u64> {
                 "_pad",
                 "signal",
                 "rss_pages",
+                "task",
+                "last_rt",
+                "last_cpu_ns",
+                "last_rss_pages",
             ],
         ),
         (
@@ -53,10 +57,8 @@ fn c_layout() -> HashMap<String, u64> {
                 "filename",
             ],
         ),
-        (
-            "tk_sample",
-            &["kind", "pid", "ts_ns", "cpu_ns", "rss_pages"],
-        ),
+        ("tk_sample", &["pid", "rss_pages", "cpu_ns"]),
+        ("tk_samples", &["kind", "count", "ts_ns", "samples"]),
         ("tk_sampler", &["cpu", "next", "last_ns", "tick_ns"]),
     ];
     for (s, fields) in structs {
@@ -75,7 +77,8 @@ fn c_layout() -> HashMap<String, u64> {
         "TK_EV_EXEC",
         "TK_EV_FORK",
         "TK_EV_EXIT",
-        "TK_EV_SAMPLE",
+        "TK_EV_SAMPLES",
+        "TK_SLICE",
         "TK_MAX_THREADS",
         "TK_PROC_GROUP_DEAD",
         "TK_PROC_EXITED",
@@ -137,6 +140,16 @@ fn abi_matches_c() {
         ("tk_proc._pad", offset_of!(TkProc, _pad) as u64),
         ("tk_proc.signal", offset_of!(TkProc, signal) as u64),
         ("tk_proc.rss_pages", offset_of!(TkProc, rss_pages) as u64),
+        ("tk_proc.task", offset_of!(TkProc, task) as u64),
+        ("tk_proc.last_rt", offset_of!(TkProc, last_rt) as u64),
+        (
+            "tk_proc.last_cpu_ns",
+            offset_of!(TkProc, last_cpu_ns) as u64,
+        ),
+        (
+            "tk_proc.last_rss_pages",
+            offset_of!(TkProc, last_rss_pages) as u64,
+        ),
         ("tk_event.size", size_of::<TkEvent>() as u64),
         ("tk_event.kind", offset_of!(TkEvent, kind) as u64),
         ("tk_event.pid", offset_of!(TkEvent, pid) as u64),
@@ -156,14 +169,17 @@ fn abi_matches_c() {
         ("tk_sampler.last_ns", offset_of!(TkSampler, last_ns) as u64),
         ("tk_sampler.tick_ns", offset_of!(TkSampler, tick_ns) as u64),
         ("tk_sample.size", size_of::<TkSample>() as u64),
-        ("tk_sample.kind", offset_of!(TkSample, kind) as u64),
         ("tk_sample.pid", offset_of!(TkSample, pid) as u64),
-        ("tk_sample.ts_ns", offset_of!(TkSample, ts_ns) as u64),
-        ("tk_sample.cpu_ns", offset_of!(TkSample, cpu_ns) as u64),
         (
             "tk_sample.rss_pages",
             offset_of!(TkSample, rss_pages) as u64,
         ),
+        ("tk_sample.cpu_ns", offset_of!(TkSample, cpu_ns) as u64),
+        ("tk_samples.size", size_of::<TkSamples>() as u64),
+        ("tk_samples.kind", offset_of!(TkSamples, kind) as u64),
+        ("tk_samples.count", offset_of!(TkSamples, count) as u64),
+        ("tk_samples.ts_ns", offset_of!(TkSamples, ts_ns) as u64),
+        ("tk_samples.samples", offset_of!(TkSamples, samples) as u64),
         ("TK_COMM_LEN", TK_COMM_LEN as u64),
         ("TK_FILENAME_LEN", TK_FILENAME_LEN as u64),
         ("TK_MAX_COMMS", TK_MAX_COMMS as u64),
@@ -173,7 +189,8 @@ fn abi_matches_c() {
         ("TK_EV_EXEC", TK_EV_EXEC as u64),
         ("TK_EV_FORK", TK_EV_FORK as u64),
         ("TK_EV_EXIT", TK_EV_EXIT as u64),
-        ("TK_EV_SAMPLE", TK_EV_SAMPLE as u64),
+        ("TK_EV_SAMPLES", TK_EV_SAMPLES as u64),
+        ("TK_SLICE", TK_SLICE as u64),
         ("TK_MAX_THREADS", TK_MAX_THREADS as u64),
         ("TK_PROC_GROUP_DEAD", TK_PROC_GROUP_DEAD as u64),
         ("TK_PROC_EXITED", TK_PROC_EXITED as u64),

@@ -75,7 +75,7 @@ fn invocations(out: &Output) -> Vec<&Invocation> {
     out.lines
         .iter()
         .filter_map(|l| match l {
-            Line::Invocation(i) => Some(i),
+            Line::Invocation(i) => Some(i.as_ref()),
             _ => None,
         })
         .collect()

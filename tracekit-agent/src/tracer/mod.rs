@@ -155,11 +155,12 @@ impl Collector {
         }
     }
 
-    /// Take the events that arrived, without blocking.
-    pub fn drain(&mut self, out: &mut Vec<Event>) -> Result<()> {
+    /// Take the events that arrived, without blocking, until `out` holds
+    /// `max` or more; true if more may wait.
+    pub fn drain(&mut self, out: &mut Vec<Event>, max: usize) -> Result<bool> {
         match self {
-            Collector::Ebpf(c) => c.drain(out),
-            Collector::Procfs(_) => Ok(()),
+            Collector::Ebpf(c) => c.drain(out, max),
+            Collector::Procfs(_) => Ok(false),
         }
     }
 

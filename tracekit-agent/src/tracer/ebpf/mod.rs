@@ -12,7 +12,9 @@ mod watched;
 pub use loader::{LoadConfig, load_and_pin, online_cpus, parse_cpu_list};
 pub use sampler::sampler_stalled;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+
+use rustc_hash::FxHashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use anyhow::{Context, Result, anyhow};
@@ -50,8 +52,9 @@ pub struct EbpfCollector {
     stats: PerCpuArray<MapData, u64>,
     /// The processes the kernel samples (see [`Watched`]).
     watched: Watched,
-    /// Processes adopted while running: their CPU clock when tracing began.
-    adopted_at: HashMap<u32, u64>,
+    /// Processes adopted while running: their CPU clock when tracing began
+    /// (looked up for every sample: a fast hash).
+    adopted_at: FxHashMap<u32, u64>,
     page_kb: u64,
     /// Holds BPF run-time statistics on while the agent runs.
     _stats_fd: Option<OwnedFd>,
@@ -145,7 +148,7 @@ impl EbpfCollector {
                 full_warned: false,
             },
             _stats_fd: stats_fd,
-            adopted_at: HashMap::new(),
+            adopted_at: FxHashMap::default(),
             page_kb: page_size_kb(),
             recovered: 0,
             last_lost: 0,
@@ -239,21 +242,33 @@ impl EbpfCollector {
         self.events.as_raw_fd()
     }
 
-    pub fn drain(&mut self, out: &mut Vec<Event>) -> Result<()> {
+    /// Take what waits in the ring buffer, until `out` holds `max` events
+    /// or more; true if it stopped there (more may wait).
+    pub fn drain(&mut self, out: &mut Vec<Event>, max: usize) -> Result<bool> {
         let ring = &mut self.events;
-        while let Some(item) = ring.next() {
+        loop {
+            if out.len() >= max {
+                return Ok(true);
+            }
+            let Some(item) = ring.next() else {
+                return Ok(false);
+            };
             let ev = match Record::from_bytes(&item) {
                 Some(Record::Event(ev)) => ev,
-                Some(Record::Sample(s)) => {
-                    // CPU since tracing began: an adopted process's clock
-                    // less its reading at adoption.
-                    let since = self.adopted_at.get(&s.pid).copied().unwrap_or(0);
-                    out.push(Event::Sample(KernelSample {
-                        pid: s.pid,
-                        ts_ns: s.ts_ns,
-                        cpu_ns: s.cpu_ns.saturating_sub(since),
-                        rss_kb: (s.rss_pages > 0).then(|| s.rss_pages * self.page_kb),
-                    }));
+                Some(Record::Samples(batch)) => {
+                    out.reserve(batch.len());
+                    for s in batch.iter() {
+                        // CPU since tracing began: an adopted process's
+                        // clock less its reading at adoption.
+                        let since = self.adopted_at.get(&s.pid).copied().unwrap_or(0);
+                        let rss_pages = u64::from(s.rss_pages);
+                        out.push(Event::Sample(KernelSample {
+                            pid: s.pid,
+                            ts_ns: batch.ts_ns,
+                            cpu_ns: s.cpu_ns.saturating_sub(since),
+                            rss_kb: (rss_pages > 0).then(|| rss_pages * self.page_kb),
+                        }));
+                    }
                     continue;
                 }
                 None => {
@@ -282,7 +297,6 @@ impl EbpfCollector {
                 other => tracing::warn!(kind = other, "unknown event kind ignored"),
             }
         }
-        Ok(())
     }
 
     /// At every tick: say so if sampling moved or stopped, and recover what
