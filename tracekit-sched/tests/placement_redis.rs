@@ -480,6 +480,10 @@ async fn long_batches_agree_with_the_pure_policy() {
         "a-very-long-node-name-0001",
         "a-very-long-node-name-0002",
         "a-very-long-node-name-000",
+        // Bytes above 0x7f: Redis and the tie rule order by bytes.
+        "é",
+        "e\u{ff}",
+        "\u{100}a",
     ];
     let weighers = [Weigher::None, Weigher::Instances, Weigher::Vcpu];
     let mut decisions = 0;

@@ -135,7 +135,11 @@ local function refile_entry(node, c, cap, par)
   vcap[node], vtotal[node], vrc[node], vpar[node] = nil, nil, nil, nil
   unbucket(node, c)
   unindex_node(node)
-  index_node(node)
+  -- A node whose heartbeat is too old stays out (its next heartbeat puts
+  -- it back).
+  if num(redis.call('ZSCORE', ALIVE, node)) > since then
+    index_node(node)
+  end
   pages[c] = nil
   pages[cap] = nil
   if par == 0 and cap >= 1 then

@@ -272,7 +272,11 @@ impl EbpfCollector {
                     continue;
                 }
                 None => {
-                    tracing::warn!(len = item.len(), "short ring-buffer record ignored");
+                    tracing::warn!(
+                        len = item.len(),
+                        slice = tracekit_ebpf::abi::TK_SLICE,
+                        "a ring-buffer record that is too short or holds more samples than a slice (kernel/user ABI mismatch?): ignored"
+                    );
                     continue;
                 }
             };
