@@ -37,6 +37,11 @@ fn the_readme_units_hardening_leaves_the_agent_working() {
         return;
     }
     let mut env = Env::new(&[]);
+    // Installed outside the directories the unit closes (the build may
+    // live under /root).
+    let installed = tempfile::tempdir_in("/run").unwrap();
+    let agent_bin = installed.path().join("tracekit-agent");
+    std::fs::copy(AGENT, &agent_bin).unwrap();
     let mut cmd = Command::new("unshare");
     cmd.args([
         "--mount",
@@ -47,8 +52,8 @@ fn the_readme_units_hardening_leaves_the_agent_working() {
         "-c",
         HARDEN,
         "sh",
-        AGENT,
-    ]);
+    ])
+    .arg(&agent_bin);
     env.agent_args(
         &mut cmd,
         "h1",

@@ -247,7 +247,7 @@ async fn the_readme_units_hardening_leaves_the_central_working() {
         return;
     }
     const HARDEN: &str = r#"set -e
-mount --bind / / ; mount -o remount,bind,ro /
+mount --rbind / / ; mount -o remount,bind,ro /
 for d in /home /root /tmp; do
   if [ -d "$d" ]; then mount -t tmpfs -o mode=000 tmpfs "$d"; fi
 done
@@ -259,6 +259,11 @@ exec setpriv --no-new-privs "$bin" "$@"
     q.register(&reg("a", 2, 0)).await.unwrap();
     let items: Vec<(u64, String)> = (0..2).map(|i| (i, task(&format!("t{i}"), 1))).collect();
     q.submit("d", SubmitTarget::Pending, &items).await.unwrap();
+    // Installed outside the directories the unit closes (the build may
+    // live under /tmp or /root).
+    let installed = tempfile::tempdir_in("/run").unwrap();
+    let bin = installed.path().join("tracekit-sched");
+    std::fs::copy(env!("CARGO_BIN_EXE_tracekit-sched"), &bin).unwrap();
     let mut central = std::process::Command::new("unshare");
     central
         .args([
@@ -271,7 +276,7 @@ exec setpriv --no-new-privs "$bin" "$@"
             HARDEN,
             "sh",
         ])
-        .arg(env!("CARGO_BIN_EXE_tracekit-sched"))
+        .arg(&bin)
         .args(["central", "--idle-interval", "0.05"])
         .env("REDIS_PASSWORD", server.password())
         .env("TRACEKIT_REDIS", server.url_without_password())

@@ -20,6 +20,21 @@ pub const PROC_METRICS_FILE: &str = "proc_metrics.jsonl";
 pub const WITHDRAWN_FILE: &str = "withdrawn.jsonl";
 /// `CTS/nodes.json`: the node list, rounded as OpenDC wants it.
 pub const NODES_FILE: &str = "nodes.json";
+impl ProgramCost {
+    pub fn new(program: String, run_count: u64, run_time_ns: u64) -> ProgramCost {
+        ProgramCost {
+            program,
+            run_count,
+            run_time_ns,
+            ns_per_call: if run_count > 0 {
+                run_time_ns as f64 / run_count as f64
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
 /// `CTS/tracer_stats.json`: the collector's own cost and losses.
 pub const TRACER_STATS_FILE: &str = "tracer_stats.json";
 /// `CTS/audit_report.md`.
@@ -305,16 +320,7 @@ impl TracerStats {
                 let run_count = p.run_count - before.map_or(0, |b| b.run_count.min(p.run_count));
                 let run_time_ns =
                     p.run_time_ns - before.map_or(0, |b| b.run_time_ns.min(p.run_time_ns));
-                ProgramCost {
-                    program: p.program.clone(),
-                    run_count,
-                    run_time_ns,
-                    ns_per_call: if run_count > 0 {
-                        run_time_ns as f64 / run_count as f64
-                    } else {
-                        0.0
-                    },
-                }
+                ProgramCost::new(p.program.clone(), run_count, run_time_ns)
             })
             .collect();
         TracerStats {

@@ -373,16 +373,11 @@ impl EbpfCollector {
                 }
                 let run_count = info.run_count();
                 let run_time_ns = info.run_time().as_nanos() as u64;
-                Some(ProgramCost {
-                    program: info.name_as_str().unwrap_or("?").to_string(),
+                Some(ProgramCost::new(
+                    info.name_as_str().unwrap_or("?").to_string(),
                     run_count,
                     run_time_ns,
-                    ns_per_call: if run_count > 0 {
-                        run_time_ns as f64 / run_count as f64
-                    } else {
-                        0.0
-                    },
-                })
+                ))
             })
             .collect();
         CollectorStats {
