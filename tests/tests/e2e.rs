@@ -233,12 +233,16 @@ fn clock_correction_undoes_a_node_pretended_ahead(run: &Path, tmp: &Path) {
     const AHEAD_MS: i64 = 2000;
     let skewed = tmp.join("skewed-run");
     copy_dir(run, &skewed);
+    // A node that ran tasks (placement may leave one idle).
     let node = std::fs::read_dir(&skewed)
         .expect("copied run")
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.join("node_meta.json").exists())
-        .expect("a node");
+        .find(|p| {
+            p.join("node_meta.json").exists()
+                && std::fs::metadata(p.join("CTS/invocations.jsonl")).is_ok_and(|m| m.len() > 0)
+        })
+        .expect("a node that ran tasks");
     let shift = |file: &str, fields: &[&str]| {
         let path = node.join(file);
         let lines: Vec<Value> = read_jsonl(&path).expect("trace lines");
