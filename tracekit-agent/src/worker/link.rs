@@ -121,21 +121,19 @@ pub async fn intake(
         if *stop.borrow() {
             return;
         }
-        // Closed while no run is open to record tasks into.
-        if !*open.borrow() {
+        // Closed while no run is open to record tasks into (a following
+        // agent between runs is closed whatever the flag says).
+        let is_open = *open.borrow_and_update();
+        let run = recording.as_ref().map(|r| r.borrow().clone());
+        if !is_open || matches!(run, Some(None)) {
             tokio::select! {
-                r = open.wait_for(|o| *o) => if r.is_err() { return },
+                r = open.changed() => if r.is_err() { return },
                 _ = stop.changed() => {}
             }
             continue;
         }
+        let run = run.flatten();
         let token = lease.borrow().clone();
-        let run = recording.as_ref().and_then(|r| r.borrow().clone());
-        if recording.is_some() && run.is_none() {
-            // Between runs: the loop opens the gate once a run starts.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        }
         match queue
             .take_task_wait(&node, &token, run.as_deref(), Duration::from_millis(500))
             .await
@@ -489,7 +487,7 @@ const PUBLISH_ATTEMPTS: u32 = 10;
 
 /// Publish run `run`'s trace directory for `gather`. What Redis refuses is
 /// tried again a few times; what cannot be published stays on disk, said.
-async fn publish(queue: &Queue, node: &str, run: &str, dir: &Path) {
+pub async fn publish(queue: &Queue, node: &str, run: &str, dir: &Path) {
     let mut delay = Duration::from_millis(250);
     for attempt in 1.. {
         match tracekit_proto::gather::publish(queue.conn(), run, node, dir).await {

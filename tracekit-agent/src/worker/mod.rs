@@ -513,9 +513,8 @@ pub async fn run_until(
             // gate opens.
             let _ = recording_tx.send(recording.clone());
             worker.hold = recording.is_none();
-            if recording.is_some() {
-                let _ = open_tx.send(true);
-            }
+            // Also when the switch came before the change was seen above.
+            let _ = open_tx.send(recording.is_some());
         }
         let period = session.tick_every(!worker.jobs.is_empty());
         // Waiting for a task's exit record is the eBPF collector's business
@@ -629,15 +628,15 @@ async fn publish_at_stop(
         );
         return;
     }
-    let publish = tracekit_proto::gather::publish(queue.conn(), run, node, dir);
     let until = deadline.max(tokio::time::Instant::now() + PUBLISH_AT_LEAST);
-    match tokio::time::timeout_at(until, publish).await {
-        Ok(Ok(m)) => tracing::info!(run, files = m.files.len(), "traces published for gather"),
-        Ok(Err(e)) => tracing::error!("publishing traces: {e:#} (they stay in {})", dir.display()),
-        Err(_) => tracing::error!(
+    if tokio::time::timeout_at(until, link::publish(queue, node, run, dir))
+        .await
+        .is_err()
+    {
+        tracing::error!(
             "publishing traces: Redis out of reach (they stay in {})",
             dir.display()
-        ),
+        );
     }
 }
 

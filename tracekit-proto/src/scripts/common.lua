@@ -86,6 +86,22 @@ local function gauge(field, n)
   end
 end
 
+-- Tasks not finished: pending, placed on node queues, running.
+local function outstanding()
+  return redis.call('LLEN', PENDING),
+    math.max(num(redis.call('HGET', STATS_LIVE, 'placed')), 0),
+    math.max(num(redis.call('HGET', STATS_LIVE, 'running')), 0)
+end
+
+-- Keep the run's counters (STATS_RUN) and what is outstanding in its hash.
+local function keep_run_counters(info, pending, placed, running)
+  redis.call('HSET', info, 'pending', pending, 'placed', placed, 'running', running)
+  local counters = redis.call('HGETALL', STATS_RUN)
+  if #counters > 0 then
+    redis.call('HSET', info, unpack(counters))
+  end
+end
+
 -- Dead-letter a task: an entry with the raw task (kept byte for byte unless
 -- it is above the size limit: then its head, quoted), why (quoted), where,
 -- when and its failed attempts goes to DEAD; its attempt count and last

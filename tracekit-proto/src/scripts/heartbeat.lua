@@ -15,11 +15,13 @@ end
 if not lease_is(node, token) then
   return { 0 }
 end
+local current = redis.call('GET', RUN_CURRENT)
 if mode == 'follow' then
-  -- A node noted as recording the current run (by a take) has switched:
-  -- a heartbeat composed before the switch must not move it back.
-  local current = redis.call('GET', RUN_CURRENT)
-  if not (current and run ~= current and redis.call('HGET', NODE_RUN, node) == current) then
+  -- Written when it changes. A node noted as recording the current run (by
+  -- a take) has switched: a heartbeat composed before the switch must not
+  -- move it back.
+  local stored = redis.call('HGET', NODE_RUN, node)
+  if stored ~= run and not (current and stored == current) then
     redis.call('HSET', NODE_RUN, node, run)
   end
 else
@@ -29,4 +31,4 @@ redis.call('ZADD', ALIVE, now_ms(), node)
 if not redis.call('ZSCORE', IDX_LIVE, node) and redis.call('SISMEMBER', LEAVING, node) == 0 then
   index_node(node)
 end
-return { 1, redis.call('GET', RUN_CURRENT) or '' }
+return { 1, current or '' }

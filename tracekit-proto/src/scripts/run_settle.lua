@@ -7,12 +7,5 @@ local info = key_run_info(run)
 if redis.call('EXISTS', RUN_CURRENT) == 1 or not redis.call('HGET', info, 'stopped_ms') then
   return 0
 end
-local pending = redis.call('LLEN', PENDING)
-local placed = math.max(num(redis.call('HGET', STATS_LIVE, 'placed')), 0)
-local running = math.max(num(redis.call('HGET', STATS_LIVE, 'running')), 0)
-redis.call('HSET', info, 'pending', pending, 'placed', placed, 'running', running)
-local counters = redis.call('HGETALL', STATS_RUN)
-if #counters > 0 then
-  redis.call('HSET', info, unpack(counters))
-end
+keep_run_counters(info, outstanding())
 return 1

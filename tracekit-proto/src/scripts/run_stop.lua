@@ -15,20 +15,14 @@ end
 if wanted ~= '' and wanted ~= current then
   return { -1, current }
 end
-local pending = redis.call('LLEN', PENDING)
-local placed = math.max(num(redis.call('HGET', STATS_LIVE, 'placed')), 0)
-local running = math.max(num(redis.call('HGET', STATS_LIVE, 'running')), 0)
+local pending, placed, running = outstanding()
 if not force and pending + placed + running > 0 then
   return { -2, current, pending, placed, running }
 end
 local info = key_run_info(current)
 redis.call('DEL', RUN_CURRENT)
-redis.call('HSET', info, 'stopped_ms', now_ms(),
-  'pending', pending, 'placed', placed, 'running', running)
-local counters = redis.call('HGETALL', STATS_RUN)
-if #counters > 0 then
-  redis.call('HSET', info, unpack(counters))
-end
+redis.call('HSET', info, 'stopped_ms', now_ms())
+keep_run_counters(info, pending, placed, running)
 local out = { 1, current, pending, placed, running }
 local waiting = key_run_waiting(current)
 redis.call('DEL', waiting)
